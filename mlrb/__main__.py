@@ -1,0 +1,3 @@
+from mlrb.cli import main
+
+raise SystemExit(main())

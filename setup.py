@@ -1,0 +1,33 @@
+"""Build script: the Python package plus the pybind11 CPU extension ``mlrb._C``.
+
+The extension links against nothing from torch: kernels read raw buffers handed over as
+numpy views of CPU tensors, so the build needs only pybind11 and a C++17 compiler with
+OpenMP (see pyproject.toml; torch must never become a build requirement).
+"""
+import glob
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+ext_modules = [
+    Pybind11Extension(
+        "mlrb._C",
+        sources,
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3"] + openmp,
+        extra_link_args=openmp,
+    )
+] if sources else []
+
+setup(
+    packages=find_packages(include=["mlrb", "mlrb.*"]) + ["mlrb.kernels"],
+    # Triton kernels live in the top-level kernels/ folder (product layout) and install
+    # as the subpackage mlrb.kernels.
+    package_dir={"mlrb": "mlrb", "mlrb.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+)
