@@ -1,0 +1,74 @@
+"""Inputs and reference checks shared by the tests of the fused backends (cpu, triton).
+
+Test files in this folder import it as ``from ops_cases import ...`` (pytest puts the
+folder of a test file without __init__.py on sys.path).
+"""
+from __future__ import annotations
+
+import torch
+
+import mlrb
+from mlrb import reference
+from mlrb.names import resolve_select
+
+
+def make_inputs(B=2, H=40, W=56, *, dtype=torch.float32, mask=None, seed=0, device="cpu"):
+    """Smooth-ish positive depth pair plus an optional mask.
+
+    mask: None, "holes" (random 30% invalid plus an invalid block), "sparse" (KITTI-like,
+    ~5% valid), "empty" (all False), "full" (all True).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(B, 1, H, W, generator=gen, dtype=torch.float64)
+    gt = 1.0 + 4.0 * torch.nn.functional.avg_pool2d(base, 3, 1, 1, count_include_pad=False)
+    pred = gt + 0.3 * torch.randn(B, 1, H, W, generator=gen, dtype=torch.float64)
+    pred = pred.abs() + 0.05
+    m = None
+    if mask == "holes":
+        m = torch.rand(B, 1, H, W, generator=gen) > 0.3
+        m[:, :, H // 4: H // 2, W // 3: W // 2] = False
+    elif mask == "sparse":
+        m = torch.rand(B, 1, H, W, generator=gen) < 0.05
+    elif mask == "empty":
+        m = torch.zeros(B, 1, H, W, dtype=torch.bool)
+    elif mask == "full":
+        m = torch.ones(B, 1, H, W, dtype=torch.bool)
+    elif mask is not None:
+        raise ValueError(mask)
+    pred, gt = pred.to(dtype).to(device), gt.to(dtype).to(device)
+    return pred, gt, None if m is None else m.to(device)
+
+
+def reference_value_and_grad(pred, gt, mask, select=None, G=None, **kw):
+    """Reference losses and d(sum G * L)/d pred, computed in float64."""
+    idx = resolve_select(select)
+    p = pred.detach().to(torch.float64).requires_grad_(True)
+    L = reference.loss_space(p, gt.to(torch.float64), mask, idx, **kw)
+    if G is None:
+        G = torch.ones_like(L)
+    (grad,) = torch.autograd.grad((L * G.to(L.dtype)).sum(), p)
+    return L.detach(), grad
+
+
+def backend_value_and_grad(backend, pred, gt, mask, select=None, G=None, **kw):
+    p = pred.detach().clone().requires_grad_(True)
+    L = mlrb.fused_loss_space(p, gt, mask, select=select, backend=backend, **kw)
+    if G is None:
+        G = torch.ones_like(L)
+    (grad,) = torch.autograd.grad((L * G.to(L.dtype)).sum(), p)
+    return L.detach(), grad
+
+
+def assert_close_to_reference(backend, pred, gt, mask=None, select=None, *, rtol, atol, seed=0, **kw):
+    """Forward and backward of ``backend`` against the float64 reference, with a random G."""
+    n = len(resolve_select(select))
+    G = torch.rand(pred.shape[0], n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.5
+    L_ref, g_ref = reference_value_and_grad(pred, gt, mask, select, G, **kw)
+    L, g = backend_value_and_grad(backend, pred, gt, mask, select, G.to(pred.device), **kw)
+    names = mlrb.names.names_of(resolve_select(select))
+    L, g = L.cpu().to(torch.float64), g.cpu().to(torch.float64)
+    for j, name in enumerate(names):
+        torch.testing.assert_close(L[:, j], L_ref[:, j].cpu(), rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"forward {name}: {m}")
+    torch.testing.assert_close(g, g_ref.cpu().to(g.dtype), rtol=rtol, atol=atol * max(1.0, g_ref.abs().max().item()),
+                               msg=lambda m: f"grad_pred: {m}")
