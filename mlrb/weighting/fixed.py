@@ -1,0 +1,44 @@
+"""Fixed weights, for ablations (e.g. a single loss, or the paper's weights frozen)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor
+
+from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_vector
+
+
+class FixedWeights(LossWeighting):
+    """total = sum_i w_i * L_i with constant weights.
+
+    ``end_period`` only records the period's means, so contributions w_i * Lbar_i can be
+    logged exactly as for the rebalancers.
+
+    Args:
+        n: number of losses.
+        weights: a number or n values (default 1/n over the enabled losses). Disabled
+            losses get weight 0 whatever is given.
+        names, enabled, steps_per_period, steps_per_epoch, periods_per_epoch,
+        sync_distributed, process_group: see :class:`~mlrb.weighting.base.LossWeighting`.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        weights: float | Sequence[float] | Tensor | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        enabled: Sequence[bool] | Tensor | None = None,
+        steps_per_period: int | None = None,
+        steps_per_epoch: int | None = None,
+        periods_per_epoch: int = 4,
+        sync_distributed: bool = True,
+        process_group=None,
+    ) -> None:
+        super().__init__(
+            n, names=names, enabled=enabled, steps_per_period=steps_per_period,
+            steps_per_epoch=steps_per_epoch, periods_per_epoch=periods_per_epoch,
+            sync_distributed=sync_distributed, process_group=process_group,
+        )
+        w = as_vector(1.0 / self.n_enabled if weights is None else weights, n, "weights")
+        self.register_buffer("weights", w * self.enabled.to(STATE_DTYPE))
