@@ -18,6 +18,8 @@ fully vectorised in torch and therefore usable on GPU tensors as well.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -102,7 +104,8 @@ def kendall_tau_1d(x: Tensor, y: Tensor) -> float:
     ranks = torch.unique(ys, return_inverse=True)[1]
     n_d = count_inversions(ranks)
     num = n0 - n1 - n2 + n3 - 2 * n_d
-    return num / ((n0 - n1) ** 0.5 * (n0 - n2) ** 0.5)
+    tau = num / math.sqrt((n0 - n1) * (n0 - n2))  # exact integers until the sqrt
+    return min(1.0, max(-1.0, tau))
 
 
 def kendall_tau_per_image(pred, gt, mask=None) -> tuple[Tensor, Tensor]:
