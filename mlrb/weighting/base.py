@@ -117,12 +117,12 @@ class LossWeighting(nn.Module):
         self.steps_per_period = None if steps_per_period is None else int(steps_per_period)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.periods_per_epoch = int(periods_per_epoch)
+        if self.periods_per_epoch < 1:
+            raise ValueError(f"periods_per_epoch must be >= 1, got {periods_per_epoch}")
         self._period_ends = (
             frozenset(period_end_steps(self.steps_per_epoch, self.periods_per_epoch))
             if self.steps_per_epoch is not None else frozenset()
         )
-        if self.periods_per_epoch < 1:
-            raise ValueError(f"periods_per_epoch must be >= 1, got {periods_per_epoch}")
         self.sync_distributed = bool(sync_distributed)
         self.process_group = process_group
 
