@@ -26,57 +26,59 @@ from torch import Tensor
 from ._input import as_bhw, as_mask, check_pair
 
 
-def _tied_pairs(sorted_vals: Tensor) -> int:
-    """Sum of t(t-1)/2 over runs of equal values in a sorted 1-D tensor."""
-    if sorted_vals.numel() < 2:
-        return 0
-    _, counts = torch.unique_consecutive(sorted_vals, return_counts=True)
+def _pairs_from_counts(counts: Tensor) -> int:
+    """Sum of t(t-1)/2 over tie-group sizes t."""
     counts = counts.to(torch.int64)
     return int((counts * (counts - 1) // 2).sum())
 
 
 def count_inversions(r: Tensor) -> int:
-    """Number of pairs i < j with r[i] > r[j], for non-negative integer ranks ``r`` (1-D)."""
+    """Number of pairs i < j with r[i] > r[j], for non-negative integer ranks ``r`` (1-D).
+
+    Wavelet-tree count, one O(N) pass per bit of ``max(r)``. The arrangement ``v`` at level
+    ``b`` is ``r`` stably sorted by ``r >> (b+1)``; group sizes and offsets come from
+    histograms of ``r >> b``, which do not depend on the arrangement.
+    """
     n = r.numel()
     if n < 2:
         return 0
-    r = r.to(torch.int64)
+    if n >= 2 ** 31:
+        raise ValueError("count_inversions supports fewer than 2**31 elements")
     max_r = int(r.max())
+    if int(r.min()) < 0:
+        raise ValueError("ranks must be non-negative")
     if max_r == 0:
         return 0
+    dev = r.device
+    v = r.to(torch.int32)
+    pos = torch.arange(n, dtype=torch.int32, device=dev)
+    hist = torch.bincount(v.to(torch.int64), minlength=max_r + 1)
     levels = max_r.bit_length()
-    idx = torch.arange(n, device=r.device)
-    big = torch.full_like(idx, n)
-    v = r
-    total = torch.zeros((), dtype=torch.int64, device=r.device)
+    # hists[b][k] = #{i : r_i >> b == k}; pad to even length so pairs (2g, 2g+1) exist.
+    hists = []
+    for _ in range(levels):
+        if hist.numel() % 2:
+            hist = torch.cat([hist, hist.new_zeros(1)])
+        hists.append(hist)
+        hist = hist.view(-1, 2).sum(1)
+    total = torch.zeros((), dtype=torch.int64, device=dev)
     for b in range(levels - 1, -1, -1):
-        g = v >> (b + 1)  # group = shared higher bits; groups are contiguous in v's order
-        bit = (v >> b) & 1
-        new_group = torch.ones_like(bit, dtype=torch.bool)
-        new_group[1:] = g[1:] != g[:-1]
-        start = torch.cummax(torch.where(new_group, idx, torch.zeros_like(idx)), 0).values
-        is_end = torch.ones_like(new_group)
-        is_end[:-1] = new_group[1:]
-        end = torch.where(is_end, idx, big).flip(0).cummin(0).values.flip(0)
-        ones_incl = torch.cumsum(bit, 0)
-        ones_before = ones_incl - bit
-        ones_in_group_before = ones_before - ones_before[start]
+        h = hists[b]
+        starts = (torch.cumsum(h, 0) - h).to(torch.int32)  # first slot of key r>>b, next level
+        ones = h[1::2]
+        ones_off = (torch.cumsum(ones, 0) - ones).to(torch.int32)  # ones in earlier groups
+        key = v >> b
+        bit = key & 1
+        g = (key >> 1).long()
+        ones_in_group_before = torch.cumsum(bit, 0, dtype=torch.int32) - bit - ones_off[g]
         zero = bit == 0
-        total += ones_in_group_before[zero].sum()
-        # Stable partition inside each group: zeros first, then ones (order kept).
-        zeros_in_group_before = (idx - start) - ones_in_group_before
-        group_ones = ones_incl[end] - ones_before[start]
-        group_zeros = (end - start + 1) - group_ones
-        new_pos = torch.where(zero, start + zeros_in_group_before,
-                              start + group_zeros + ones_in_group_before)
-        v = torch.empty_like(v).scatter_(0, new_pos, v)
+        # every 0 preceded by a 1 of its group is one inversion at this bit
+        total += torch.where(zero, ones_in_group_before, 0).sum(dtype=torch.int64)
+        # stable partition of each group: zeros keep rank, ones follow the group's zeros
+        new_pos = torch.where(zero, pos - ones_in_group_before,
+                              starts[key.long()] + ones_in_group_before)
+        v = torch.empty_like(v).scatter_(0, new_pos.long(), v)
     return int(total)
-
-
-def _lexsort(primary: Tensor, secondary: Tensor) -> Tensor:
-    """Indices sorting by primary, ties broken by secondary."""
-    o = torch.sort(secondary, stable=True).indices
-    return o[torch.sort(primary[o], stable=True).indices]
 
 
 def kendall_tau_1d(x: Tensor, y: Tensor) -> float:
@@ -87,22 +89,18 @@ def kendall_tau_1d(x: Tensor, y: Tensor) -> float:
     n = x.numel()
     if n < 2:
         raise ValueError(f"Kendall's tau needs at least 2 samples, got {n}")
-    x = x.to(torch.float64)
-    y = y.to(torch.float64)
-    order = _lexsort(x, y)
-    xs, ys = x[order], y[order]
+    # Dense ranks (ties share a rank) and tie-group sizes of each variable.
+    _, rx, cx = torch.unique(x, return_inverse=True, return_counts=True)
+    _, ry, cy = torch.unique(y, return_inverse=True, return_counts=True)
     n0 = n * (n - 1) // 2
-    n1 = _tied_pairs(xs)
-    n2 = _tied_pairs(torch.sort(y).values)
-    # Joint ties: runs where both coordinates repeat in the (x, y)-sorted order.
-    same = torch.zeros(n, dtype=torch.bool, device=x.device)
-    same[1:] = (xs[1:] == xs[:-1]) & (ys[1:] == ys[:-1])
-    run_id = torch.cumsum(~same, 0)
-    n3 = _tied_pairs(run_id)
+    n1, n2 = _pairs_from_counts(cx), _pairs_from_counts(cy)
     if n0 == n1 or n0 == n2:
         return 0.0  # a constant map orders nothing: neither concordant nor discordant pairs
-    ranks = torch.unique(ys, return_inverse=True)[1]
-    n_d = count_inversions(ranks)
+    # Sort by (x rank, y rank); runs of equal keys are the joint ties.
+    ky = cy.numel()
+    keys = torch.sort(rx.to(torch.int64) * ky + ry.to(torch.int64)).values
+    n3 = _pairs_from_counts(torch.unique_consecutive(keys, return_counts=True)[1])
+    n_d = count_inversions(keys % ky)  # discordant pairs = inversions of y ranks
     num = n0 - n1 - n2 + n3 - 2 * n_d
     tau = num / math.sqrt((n0 - n1) * (n0 - n2))  # exact integers until the sqrt
     return min(1.0, max(-1.0, tau))
