@@ -1,0 +1,196 @@
+"""The depth estimator of Lee & Kim (ECCV 2020): a timm encoder and the decoder of Fig. S-8.
+
+Encoder: any timm backbone created with ``features_only=True``; only its last (stride 32)
+feature map is used (288x384 input -> 9x12 features, Sec. 4.1).
+Decoder (supplement, Fig. S-8 (a)): a 1x1 conv from the n_e encoder channels to n_d,
+then 5 up-sample blocks, each a bilinear x2 followed by two 3x3 conv + ReLU that halve
+the channels (Fig. S-8 (b)), then a 3x3 conv to one channel: the depth map D^0 at the
+input resolution. n_d = 1024 for ordinary depth estimation.
+
+Pretrained encoder weights are only ever read from disk: a checkpoint file given by the
+user, or timm's / Hugging Face's local cache. Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Backbones of the paper (DenseNet161, PNASNet-5 Large; EfficientNet-B5 as a modern
+# equivalent) with their batch sizes, and the small default that trains on a CPU.
+PRESETS: dict[str, dict] = {
+    "densenet161": {"timm_name": "densenet161", "batch_size": 12},
+    "pnasnet5large": {"timm_name": "pnasnet5large", "batch_size": 8},
+    "efficientnet_b5": {"timm_name": "efficientnet_b5", "batch_size": 8},
+    "resnet18": {"timm_name": "resnet18", "batch_size": 8},
+}
+DEFAULT_MODEL = "resnet18"
+NUM_UP_BLOCKS = 5
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were requested but are not available locally."""
+
+
+class UpBlock(nn.Module):
+    """Fig. S-8 (b): bilinear x2, then 3x3 conv + ReLU to n_i/2, then 3x3 conv + ReLU."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.conv_a = nn.Conv2d(n_in, n_out, kernel_size=3, padding=1)
+        self.conv_b = nn.Conv2d(n_out, n_out, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # align_corners=True as in the paper's public decoder.
+        x = F.interpolate(x, size=(x.shape[-2] * 2, x.shape[-1] * 2), mode="bilinear", align_corners=True)
+        return F.relu(self.conv_b(F.relu(self.conv_a(x))))
+
+
+class Decoder(nn.Module):
+    """Fig. S-8 (a): 1x1 conv n_e -> n_d, 5 up-sample blocks halving channels, 3x3 conv -> 1."""
+
+    def __init__(self, n_e: int, n_d: int = 1024, num_blocks: int = NUM_UP_BLOCKS):
+        super().__init__()
+        if n_d < 2 ** num_blocks or n_d % 2 ** num_blocks:
+            raise ValueError(f"n_d must be a positive multiple of {2 ** num_blocks} (it is halved {num_blocks} times); got {n_d}")
+        self.conv_in = nn.Conv2d(n_e, n_d, kernel_size=1)
+        self.blocks = nn.Sequential(*[UpBlock(n_d >> i, n_d >> (i + 1)) for i in range(num_blocks)])
+        self.conv_out = nn.Conv2d(n_d >> num_blocks, 1, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.blocks(self.conv_in(x)))
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    timm_name: str
+    n_e: int
+    n_d: int
+    reduction: int
+    pretrained: str
+
+
+class DepthNet(nn.Module):
+    """Encoder-decoder depth estimator.
+
+    ``forward(image)`` takes RGB in [0, 1] of shape (B, 3, H, W) (normalised here with the
+    encoder's statistics) and returns depth of shape (B, 1, H, W). ``head`` is "linear"
+    (the paper's plain conv output) or "softplus" (strictly positive, needed by losses on
+    log depth such as the AMLR pair).
+    """
+
+    def __init__(self, encoder: nn.Module, n_e: int, n_d: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 head: str = "linear", info: ModelInfo | None = None):
+        super().__init__()
+        if head not in ("linear", "softplus"):
+            raise ValueError(f"head must be 'linear' or 'softplus', got {head!r}")
+        self.encoder = encoder
+        self.decoder = Decoder(n_e, n_d)
+        self.head = head
+        self.info = info
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB in [0, 1]; got shape {tuple(image.shape)}")
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        depth = self.decoder(self.encoder(x)[-1])
+        if depth.shape[-2:] != image.shape[-2:]:
+            # Input sizes that are not multiples of 32 (or backbones with padding) give a
+            # slightly different decoder output; bring D^0 back to the input grid.
+            depth = F.interpolate(depth, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return F.softplus(depth) if self.head == "softplus" else depth
+
+
+def _cached_weights_file(timm_name: str) -> str | None:
+    """The local file of timm's default pretrained weights for ``timm_name``, or None.
+
+    Looks in the Hugging Face hub cache (models hosted there) and torch hub's checkpoint
+    folder (models with a URL); never touches the network.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None:
+        return None
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, _, revision = hub_id.partition("@")
+            for fname in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+                if not fname:
+                    continue
+                path = try_to_load_from_cache(repo, fname, revision=revision or None)
+                if isinstance(path, str) and os.path.isfile(path):
+                    return path
+    url = cfg.get("url")
+    if url:
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url.split("?")[0]))
+        if os.path.isfile(path):
+            return path
+    del timm
+    return None
+
+
+def build_model(name: str = DEFAULT_MODEL, *, n_d: int = 1024, pretrained: str | None = None,
+                random_if_missing: bool = False, head: str = "linear") -> DepthNet:
+    """Build the depth estimator with encoder ``name`` (a preset or any timm model name).
+
+    pretrained:
+      None        random initialisation;
+      "cache"     timm's default ImageNet weights, only if already in the local cache;
+      a path      a checkpoint file (state dict of the full timm classifier, .pth or
+                  .safetensors) loaded through timm, classifier weights dropped.
+    If the weights are not available locally a PretrainedWeightsError explains how to get
+    them, unless ``random_if_missing`` (then a warning and random initialisation).
+    """
+    import timm
+
+    preset = PRESETS.get(name, {})
+    timm_name = preset.get("timm_name", name)
+    if not timm.is_model(timm_name):
+        raise ValueError(f"unknown encoder {name!r}: not a preset ({', '.join(PRESETS)}) nor a timm model name")
+    kwargs: dict = {"features_only": True, "out_indices": (-1,)}
+    source = "random"
+    if pretrained is not None:
+        path = _cached_weights_file(timm_name) if pretrained == "cache" else os.path.expanduser(pretrained)
+        if path is None or not os.path.isfile(path):
+            where = "in the local timm / Hugging Face cache" if pretrained == "cache" else f"at {pretrained!r}"
+            msg = (f"pretrained weights for {timm_name!r} not found {where}; mlrb never downloads. "
+                   f"Fetch them once on a machine with network access (e.g. "
+                   f"timm.create_model({timm_name!r}, pretrained=True) fills the cache, or save its "
+                   f"state_dict() to a file) and pass --pretrained PATH, or train from random "
+                   f"initialisation (--pretrained none / --random-if-missing).")
+            if not random_if_missing:
+                raise PretrainedWeightsError(msg)
+            import warnings
+            warnings.warn(msg + " Using random initialisation.", RuntimeWarning, stacklevel=2)
+        else:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": path})
+            source = path
+    try:
+        encoder = timm.create_model(timm_name, **kwargs)
+    except (RuntimeError, OSError, KeyError) as exc:
+        if source == "random":
+            raise
+        raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
+    info_ = encoder.feature_info
+    n_e, reduction = info_.channels()[-1], info_.reduction()[-1]
+    cfg = getattr(encoder, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    info = ModelInfo(name=name, timm_name=timm_name, n_e=n_e, n_d=n_d, reduction=reduction, pretrained=source)
+    return DepthNet(encoder, n_e, n_d, mean=mean, std=std, head=head, info=info)
