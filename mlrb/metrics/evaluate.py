@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--wkdr", action="store_true", help="also compute WKDR, WKDR=, WKDR!=")
     ap.add_argument("--n-pairs", type=int, default=50_000, help="point pairs per image for "
                     "WKDR (default 50000)")
+    ap.add_argument("--wkdr-threshold", type=float, default=0.02, help="ordinal threshold t "
+                    "of the ratio test d_i > (1+t) d_j (default 0.02)")
     ap.add_argument("--seed", type=int, default=0, help="pair-sampling seed (image k uses "
                     "seed + k)")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -161,7 +163,7 @@ def evaluate_folders(args: argparse.Namespace) -> tuple[dict[str, float], Metric
                 acc.update({"kendall_tau": tau}, cnt >= 2)
             if args.wkdr:
                 rates, okw = wkdr_per_image(p, gt, valid, n_pairs=args.n_pairs,
-                                            seed=args.seed + k)
+                                            threshold=args.wkdr_threshold, seed=args.seed + k)
                 acc.update(rates, okw)
     if acc.num_images == 0:
         raise EvalError("no image has a valid ground-truth pixel (check caps and crop)")

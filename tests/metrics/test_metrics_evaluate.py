@@ -57,6 +57,11 @@ def test_eval_matches_library_and_prints_table(nyu_folders, capsys):
     assert res["metrics"]["kendall_tau"] == pytest.approx(kendall_tau(p, g, mask), rel=1e-9)
     assert res["images"] == 2 and res["skipped"] == 1
     assert 0.0 <= res["metrics"]["wkdr"] <= 1.0
+    # a looser ordinal threshold makes more pairs "equivalent" and changes WKDR
+    assert main([str(root / "pred"), str(root / "gt"), "--dataset", "nyu", "--wkdr",
+                 "--n-pairs", "500", "--wkdr-threshold", "0.5", "--json", str(out_json),
+                 "--no-progress"]) == 0
+    assert json.loads(out_json.read_text())["metrics"]["wkdr"] != res["metrics"]["wkdr"]
 
 
 def test_eval_via_cli_kitti_png_predictions(tmp_path, capsys):
