@@ -1,0 +1,112 @@
+// Python bindings of the fused CPU kernels (extension mlrb._C).
+//
+// No libtorch: mlrb/ops/cpu.py hands over numpy views of contiguous CPU tensors, and the
+// kernels run with the GIL released on the number of threads given by the caller
+// (torch.get_num_threads()).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "loss_space/loss_math.h"
+#include "loss_space/loss_space.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using Mask = std::optional<py::array_t<bool, py::array::c_style>>;
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style>;
+
+mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g, const Mask& mask,
+                              const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale,
+                              int num_threads) {
+  if (p.ndim != 3) throw std::invalid_argument("pred must be a (B, H, W) array");
+  if (g.shape != p.shape) throw std::invalid_argument("pred and gt shapes differ");
+  if (mask && mask->request().shape != p.shape) throw std::invalid_argument("mask shape differs from pred");
+  if (indices.empty()) throw std::invalid_argument("indices is empty");
+  for (int i : indices)
+    if (i < 0 || i >= mlrb::kNumAll) throw std::invalid_argument("loss index out of range: " + std::to_string(i));
+  mlrb::LossSpaceArgs a;
+  a.B = static_cast<int>(p.shape[0]);
+  a.H = static_cast<int>(p.shape[1]);
+  a.W = static_cast<int>(p.shape[2]);
+  if (a.H == 0 || a.W == 0) throw std::invalid_argument("pred is empty");
+  a.n = static_cast<int>(indices.size());
+  a.si_lambda = si_lambda;
+  a.si_sqrt = si_sqrt;
+  a.si_scale = si_scale;
+  a.num_threads = num_threads < 1 ? 1 : num_threads;
+  return a;
+}
+
+template <typename T>
+py::array_t<double> forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const std::vector<int>& indices,
+                            double si_lambda, bool si_sqrt, double si_scale, int num_threads) {
+  mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
+                                    num_threads);
+  a.indices = indices.data();
+  py::array_t<double> out({a.B, a.n});
+  const T* p = pred.data();
+  const T* g = gt.data();
+  const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mlrb::cpu::loss_space_forward<T>(p, g, m, a, o);
+  }
+  return out;
+}
+
+template <typename T>
+Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& gt, const Mask& mask,
+                const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale, int num_threads) {
+  mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
+                                    num_threads);
+  a.indices = indices.data();
+  const py::buffer_info gi = grad_out.request();
+  if (gi.ndim != 2 || gi.shape[0] != a.B || gi.shape[1] != a.n)
+    throw std::invalid_argument("grad_out must be (B, len(indices))");
+  Arr<T> grad({a.B, a.H, a.W});
+  const double* G = grad_out.data();
+  const T* p = pred.data();
+  const T* g = gt.data();
+  const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
+  T* o = grad.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mlrb::cpu::loss_space_backward<T>(G, p, g, m, a, o);
+  }
+  return grad;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "mlrb fused CPU kernels of the multi-scale loss space (C++/OpenMP)";
+  const char* fdoc =
+      "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> (B, n) float64\n"
+      "pred, gt: C-contiguous (B, H, W) float32/float64 arrays; mask: bool array or None.";
+  const char* bdoc =
+      "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> "
+      "grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64.";
+  // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
+  mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
+          py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
+          py::arg("si_scale"), py::arg("num_threads"));
+  mod.def("loss_space_forward", &forward<float>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
+          py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
+          py::arg("si_scale"), py::arg("num_threads"));
+  mod.def("loss_space_backward", &backward<double>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
+          py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
+          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"));
+  mod.def("loss_space_backward", &backward<float>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
+          py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
+          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"));
+}

@@ -1,0 +1,34 @@
+// Entry points of the fused loss-space kernels (spec: ../shared/spec/loss-space.md).
+//
+// Inputs are raw, C-contiguous (B, H, W) buffers; the mask is optional (nullptr: every
+// pixel valid) and holds one byte per pixel (0 = invalid). `indices` select columns of
+// mlrb.names.ALL_NAMES (0..77 the space, 78 "Si", 79 "Gr").
+#pragma once
+
+#include <cstdint>
+
+namespace mlrb {
+
+struct LossSpaceArgs {
+  int B = 0, H = 0, W = 0;
+  const int* indices = nullptr;  // n selected columns
+  int n = 0;
+  double si_lambda = 1.0;  // AMLR scale-invariant loss: si_scale * [sqrt](E d^2 - lambda (E d)^2)
+  bool si_sqrt = false;
+  double si_scale = 1.0;
+  int num_threads = 1;
+};
+
+namespace cpu {
+
+// out (B, n), float64: the selected losses per sample.
+template <typename T>
+void loss_space_forward(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& args, double* out);
+
+// grad_pred (B, H, W) = d(sum_{b,i} grad_out[b, i] L[b, i]) / d pred; grad_out is (B, n) float64.
+template <typename T>
+void loss_space_backward(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask,
+                         const LossSpaceArgs& args, T* grad_pred);
+
+}  // namespace cpu
+}  // namespace mlrb

@@ -1,0 +1,123 @@
+// The pyramid D^k of the loss space and its transpose (spec, "Pyramid").
+//
+// D^k is F.interpolate(D^0, scale_factor=1/2^k, mode="bicubic", align_corners=False),
+// i.e. a separable 4-tap filter: output index i of an axis reads input indices
+// first(i) .. first(i) + 3 (clamped to the border) with weights w[0..3]. Both axes of a
+// level are described by an Axis; the map is filtered along columns first, then rows.
+// The backward pass needs the transpose of that linear map (a clamped scatter).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "loss_space/loss_math.h"
+
+namespace mlrb {
+
+struct Axis {
+  int n_in = 0;    // full-resolution size
+  int n_out = 0;   // size at this level
+  int stride = 0;  // first(i) = stride * i + first0
+  int first0 = 0;
+  double w[4] = {0, 0, 0, 0};
+
+  MLRB_HOST_DEVICE int tap(int i, int a) const {
+    const int t = stride * i + first0 + a;
+    return t < 0 ? 0 : (t >= n_in ? n_in - 1 : t);
+  }
+};
+
+// A level falls back to the 1x1 resize when floor(H / 2^k) or floor(W / 2^k) is 0.
+inline bool level_fallback(int H, int W, int k) { return k > 0 && ((H >> k) == 0 || (W >> k) == 0); }
+
+// Axis of level k >= 1 for an input size n_in (fallback: the 1x1 resize of that axis).
+inline Axis level_axis(int n_in, int k, bool fallback) {
+  Axis a;
+  a.n_in = n_in;
+  if (fallback) {
+    // Source position of the single output: n_in / 2 - 0.5 (scale n_in, align_corners=False).
+    const double src = n_in / 2.0 - 0.5;
+    const double fl = std::floor(src);
+    a.n_out = 1;
+    a.stride = 0;
+    a.first0 = static_cast<int>(fl) - 1;
+    cubic_weights(src - fl, a.w);
+  } else {
+    a.n_out = n_in >> k;
+    a.stride = 1 << k;
+    a.first0 = (1 << (k - 1)) - 2;
+    for (int t = 0; t < 4; ++t) a.w[t] = kCubicHalf[t];
+  }
+  return a;
+}
+
+// One level of pred and gt (and of the mask: valid iff the whole 4x4 footprint is valid).
+// With a mask, invalid full-resolution pixels read as 0 so that NaN/Inf there never reach
+// a value. tmp_p, tmp_g: W scratch entries each; tmp_m: W bytes.
+template <typename T, bool HasMask>
+void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const Axis& ax,
+                 T* out_p, T* out_g, uint8_t* out_m, T* tmp_p, T* tmp_g, uint8_t* tmp_m) {
+  const int W = ax.n_in;
+  const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
+  const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
+  for (int i = 0; i < ay.n_out; ++i) {
+    const int r[4] = {ay.tap(i, 0), ay.tap(i, 1), ay.tap(i, 2), ay.tap(i, 3)};
+    const T *p0 = p + (int64_t)r[0] * W, *p1 = p + (int64_t)r[1] * W, *p2 = p + (int64_t)r[2] * W,
+            *p3 = p + (int64_t)r[3] * W;
+    const T *g0 = g + (int64_t)r[0] * W, *g1 = g + (int64_t)r[1] * W, *g2 = g + (int64_t)r[2] * W,
+            *g3 = g + (int64_t)r[3] * W;
+    if constexpr (HasMask) {
+      const uint8_t *m0 = m + (int64_t)r[0] * W, *m1 = m + (int64_t)r[1] * W, *m2 = m + (int64_t)r[2] * W,
+                    *m3 = m + (int64_t)r[3] * W;
+#pragma omp simd
+      for (int c = 0; c < W; ++c) {
+        const T z = T(0);
+        tmp_p[c] = wy[0] * (m0[c] ? p0[c] : z) + wy[1] * (m1[c] ? p1[c] : z) + wy[2] * (m2[c] ? p2[c] : z) +
+                   wy[3] * (m3[c] ? p3[c] : z);
+        tmp_g[c] = wy[0] * (m0[c] ? g0[c] : z) + wy[1] * (m1[c] ? g1[c] : z) + wy[2] * (m2[c] ? g2[c] : z) +
+                   wy[3] * (m3[c] ? g3[c] : z);
+        tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
+      }
+    } else {
+#pragma omp simd
+      for (int c = 0; c < W; ++c) {
+        tmp_p[c] = wy[0] * p0[c] + wy[1] * p1[c] + wy[2] * p2[c] + wy[3] * p3[c];
+        tmp_g[c] = wy[0] * g0[c] + wy[1] * g1[c] + wy[2] * g2[c] + wy[3] * g3[c];
+      }
+    }
+    T* op = out_p + (int64_t)i * ax.n_out;
+    T* og = out_g + (int64_t)i * ax.n_out;
+    for (int j = 0; j < ax.n_out; ++j) {
+      const int c0 = ax.tap(j, 0), c1 = ax.tap(j, 1), c2 = ax.tap(j, 2), c3 = ax.tap(j, 3);
+      op[j] = wx[0] * tmp_p[c0] + wx[1] * tmp_p[c1] + wx[2] * tmp_p[c2] + wx[3] * tmp_p[c3];
+      og[j] = wx[0] * tmp_g[c0] + wx[1] * tmp_g[c1] + wx[2] * tmp_g[c2] + wx[3] * tmp_g[c3];
+      if constexpr (HasMask) out_m[(int64_t)i * ax.n_out + j] = tmp_m[c0] & tmp_m[c1] & tmp_m[c2] & tmp_m[c3];
+    }
+  }
+}
+
+// grad (H x W) += P^T gk: the transpose of build_level applied to a level gradient gk.
+// tmp: W scratch entries.
+template <typename T>
+void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T* tmp) {
+  const int W = ax.n_in;
+  const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
+  const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
+  for (int i = 0; i < ay.n_out; ++i) {
+    std::fill(tmp, tmp + W, T(0));
+    const T* gi = gk + (int64_t)i * ax.n_out;
+    for (int j = 0; j < ax.n_out; ++j) {
+      const T v = gi[j];
+      for (int b = 0; b < 4; ++b) tmp[ax.tap(j, b)] += wx[b] * v;
+    }
+    for (int a = 0; a < 4; ++a) {
+      T* row = grad + (int64_t)ay.tap(i, a) * W;
+      const T wa = wy[a];
+#pragma omp simd
+      for (int c = 0; c < W; ++c) row[c] += wa * tmp[c];
+    }
+  }
+}
+
+}  // namespace mlrb

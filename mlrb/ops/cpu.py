@@ -1,0 +1,127 @@
+"""The fused C++/OpenMP CPU backend of the loss space, registered as torch custom ops.
+
+``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and
+``mlrb::loss_space_cpu_bwd`` the gradient for pred directly from the incoming (B, n)
+gradient, recomputing what it needs (autograd saves only pred, gt and mask). Both are
+opaque to torch.compile (fake implementations give the shapes), like torchvision's ops.
+
+The kernels (csrc/, extension ``mlrb._C``) take raw buffers: contiguous float32/float64
+(B, H, W) maps and an optional bool mask (None: no mask is allocated). They run on
+``torch.get_num_threads()`` threads with a fixed work partition, so results are bitwise
+identical for any thread count. half/bfloat16 inputs are computed in float32.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+try:
+    from mlrb import _C
+except ImportError as exc:  # the extension was not built
+    _C = None
+    _IMPORT_ERROR = exc
+else:
+    _IMPORT_ERROR = None
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """None if this backend can run on tensors of ``device``, else why not."""
+    if _C is None:
+        return f"the C++ extension mlrb._C is not built ({_IMPORT_ERROR}); run `pip install -e .`"
+    if torch.device(device).type != "cpu":
+        return "the cpu backend runs on CPU tensors only"
+    return None
+
+
+def _maps(x: Tensor):
+    """numpy (B, H, W) view of a contiguous (B, 1, H, W) CPU tensor."""
+    return x.detach().reshape(x.shape[0], x.shape[-2], x.shape[-1]).numpy()
+
+
+@torch.library.custom_op("mlrb::loss_space_cpu_fwd", mutates_args=(), device_types="cpu")
+def loss_space_cpu_fwd(
+    pred: Tensor,
+    gt: Tensor,
+    mask: Optional[Tensor],
+    indices: Sequence[int],
+    si_lambda: float,
+    si_sqrt: bool,
+    si_scale: float,
+) -> Tensor:
+    """Selected losses (B, n) of contiguous (B, 1, H, W) float32/float64 pred, gt."""
+    out = _C.loss_space_forward(
+        _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
+        si_lambda, si_sqrt, si_scale, torch.get_num_threads(),
+    )
+    return torch.from_numpy(out).to(pred.dtype)
+
+
+@loss_space_cpu_fwd.register_fake
+def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+    return pred.new_empty((pred.shape[0], len(indices)))
+
+
+@torch.library.custom_op("mlrb::loss_space_cpu_bwd", mutates_args=(), device_types="cpu")
+def loss_space_cpu_bwd(
+    grad: Tensor,
+    pred: Tensor,
+    gt: Tensor,
+    mask: Optional[Tensor],
+    indices: Sequence[int],
+    si_lambda: float,
+    si_sqrt: bool,
+    si_scale: float,
+) -> Tensor:
+    """d(sum grad * L) / d pred, shape and dtype of pred."""
+    g = _C.loss_space_backward(
+        grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
+        None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
+        torch.get_num_threads(),
+    )
+    return torch.from_numpy(g).view(pred.shape)
+
+
+@loss_space_cpu_bwd.register_fake
+def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale = inputs
+    # Only the inputs are kept: the backward recomputes everything else.
+    ctx.save_for_backward(pred, gt, mask)
+    ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
+
+
+def _backward(ctx, grad):
+    pred, gt, mask = ctx.saved_tensors
+    grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params)
+    return grad_pred, None, None, None, None, None, None
+
+
+torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_context=_setup_context)
+
+
+def loss_space(
+    pred: Tensor,
+    gt: Tensor,
+    mask: Tensor | None,
+    indices: Sequence[int],
+    si_lambda: float = 1.0,
+    si_sqrt: bool = False,
+    si_scale: float = 1.0,
+) -> Tensor:
+    """(B, len(indices)) losses for (B, 1, H, W) CPU tensors; float64 for float64 pred, else float32.
+
+    Called by mlrb.fused_loss_space after input checks. Non-contiguous and channels-last
+    inputs are made contiguous; half/bfloat16 are computed in float32 (the gradient comes
+    back in pred's dtype through autograd).
+    """
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    pred = pred.to(dtype).contiguous()
+    gt = gt.to(dtype).contiguous()
+    if mask is not None:
+        mask = mask.contiguous()
+    return loss_space_cpu_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt), float(si_scale))
