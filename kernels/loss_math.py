@@ -1,0 +1,131 @@
+"""Per-pixel formulas of the loss space as @triton.jit helpers: the one place where the
+Triton kernels spell out the math of ../shared/spec/loss-space.md.
+
+Operators are written as the spec's padded differences with explicit border factors
+(pc = [j < w-1], pc2 = [j+1 < w-1], pr = [i < h-1], pr2 = [i+1 < h-1]), so that the
+forward values and the coefficients of their transposes (backward) come from the same
+expressions.
+"""
+import triton
+import triton.language as tl
+
+from . import layout as L
+
+NORMAL_EPS: tl.constexpr = 1e-8  # in the denominator of the normal loss (Eq. 8)
+LOG_EPS: tl.constexpr = 1e-6  # pred is clamped to >= LOG_EPS before the log (AMLR)
+GW: tl.constexpr = L.GW
+
+
+@triton.jit
+def sign(x):
+    """torch.sign: the subgradient of abs, 0 at 0."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@triton.jit
+def tap_weight(t: tl.constexpr, odd):
+    """Bicubic (A = -0.75) weight of tap t at fraction 0.5: (-3, 19, 19, -3) / 32.
+
+    odd != 0 marks the 1x1 fallback of an odd-sized axis, where the fraction is 0 and the
+    weights are (0, 1, 0, 0).
+    """
+    if t == 0 or t == 3:
+        w = tl.where(odd != 0, 0.0, -0.09375)
+    elif t == 1:
+        w = tl.where(odd != 0, 1.0, 0.59375)
+    else:
+        w = tl.where(odd != 0, 0.0, 0.59375)
+    return w
+
+
+@triton.jit
+def level_of(pid, geom, START: tl.constexpr):
+    """Scale k whose programs (column START of the geometry table) contain program pid."""
+    k = pid * 0
+    for l in tl.static_range(6):
+        s = tl.load(geom + l * GW + START)
+        n = tl.load(geom + l * GW + START + 1)
+        k = tl.where((pid >= s) & (n > 0), l, k)
+    return k
+
+
+@triton.jit
+def ops(x00, x01, x02, x10, x11, x20, pc, pc2, pr, pr2):
+    """dx, dy, rr = dx(dx), rc = dx(dy), cc = dy(dy) at one pixel, from x at the offsets
+    (0,0) (0,1) (0,2) (1,0) (1,1) (2,0); zero padding of each difference at the border."""
+    dx = pc * (x00 - x01)
+    dy = pr * (x00 - x10)
+    rr = dx - pc2 * (x01 - x02)
+    rc = pc * pr * (x00 - x10 - x01 + x11)
+    cc = dy - pr2 * (x10 - x20)
+    return dx, dy, rr, rc, cc
+
+
+@triton.jit
+def normal_loss(a1, a2, b1, b2):
+    """1 - cos of the normals (-a1, -a2, 1) and (-b1, -b2, 1) (Eq. 8)."""
+    num = a1 * b1 + a2 * b2 + 1.0
+    den = tl.sqrt(a1 * a1 + a2 * a2 + 1.0) * tl.sqrt(b1 * b1 + b2 * b2 + 1.0) + NORMAL_EPS
+    return 1.0 - num / den
+
+
+@triton.jit
+def normal_loss_grad(a1, a2, b1, b2):
+    """d normal_loss / d (a1, a2): only pred's side gets a gradient."""
+    num = a1 * b1 + a2 * b2 + 1.0
+    sa = tl.sqrt(a1 * a1 + a2 * a2 + 1.0)
+    sb = tl.sqrt(b1 * b1 + b2 * b2 + 1.0)
+    den = sa * sb + NORMAL_EPS
+    q = num * sb / (sa * den * den)
+    return q * a1 - b1 / den, q * a2 - b2 / den
+
+
+@triton.jit
+def log_depth(p, g, valid):
+    """d = log(max(pred, LOG_EPS)) - log(gt) at valid pixels, 0 elsewhere (AMLR)."""
+    lp = tl.log(tl.maximum(tl.where(valid, p, 1.0), LOG_EPS))
+    lg = tl.log(tl.where(valid, g, 1.0))
+    return tl.where(valid, lp - lg, 0.0)
+
+
+@triton.jit
+def load6(ptr, i, j, h, w, ok):
+    """x at (i, j) + (0,0) (0,1) (0,2) (1,0) (1,1) (2,0), indices clamped to the map (the
+    spec's replicate reads); float32."""
+    i0 = tl.minimum(tl.maximum(i, 0), h - 1)
+    i1 = tl.minimum(tl.maximum(i + 1, 0), h - 1)
+    i2 = tl.minimum(tl.maximum(i + 2, 0), h - 1)
+    j0 = tl.minimum(tl.maximum(j, 0), w - 1)
+    j1 = tl.minimum(tl.maximum(j + 1, 0), w - 1)
+    j2 = tl.minimum(tl.maximum(j + 2, 0), w - 1)
+    x00 = tl.load(ptr + i0 * w + j0, mask=ok, other=0.0)
+    x01 = tl.load(ptr + i0 * w + j1, mask=ok, other=0.0)
+    x02 = tl.load(ptr + i0 * w + j2, mask=ok, other=0.0)
+    x10 = tl.load(ptr + i1 * w + j0, mask=ok, other=0.0)
+    x11 = tl.load(ptr + i1 * w + j1, mask=ok, other=0.0)
+    x20 = tl.load(ptr + i2 * w + j0, mask=ok, other=0.0)
+    return x00, x01, x02, x10, x11, x20
+
+
+@triton.jit
+def validity(m00, m01, m02, m10, m11, m20):
+    """0/1 validity of r, c, rr, rc, cc, N, Nr, Nc: every (clamped) pixel read is valid."""
+    vr = m00 * m01
+    vc = m00 * m10
+    vrr = vr * m02
+    vrc = vr * m10 * m11
+    vcc = vc * m20
+    vn = vr * m10
+    vnr = vrr * m10 * m11
+    vnc = vrc * m20
+    return vr, vc, vrr, vrc, vcc, vn, vnr, vnc
+
+
+@triton.jit
+def border(i, j, h, w):
+    """pc, pc2, pr, pr2: which differences of ops() exist at (i, j) (zero padding)."""
+    pc = (j < w - 1).to(tl.float32)
+    pc2 = (j + 1 < w - 1).to(tl.float32)
+    pr = (i < h - 1).to(tl.float32)
+    pr2 = (i + 1 < h - 1).to(tl.float32)
+    return pc, pc2, pr, pr2

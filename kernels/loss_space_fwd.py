@@ -1,0 +1,217 @@
+"""Forward of the loss space: every selected loss of every selected scale in one launch.
+
+A program owns a strip of CW columns of one scale and one sample and walks it in chunks
+of RH rows: the vertical box sums run as carried prefix sums (box.py), every per-pixel
+term comes from loss_math.py, and the program ends by writing its partial sums (one
+number per quantity of layout.py), which reduce.py sums in a fixed order. Loss groups
+are constexpr flags, so an unselected group compiles away.
+"""
+import triton
+import triton.language as tl
+
+from . import layout as L
+from .box import box_cols_fwd_init, box_cols_fwd_step
+from .loss_math import border, level_of, load6, log_depth, normal_loss, ops, sign, validity
+
+GW: tl.constexpr = L.GW
+
+
+@triton.jit
+def _box_loss(he, hm, cb, i, ok, h, w, R: tl.constexpr, cE, cM, e00, m00, HAS_MASK: tl.constexpr):
+    """|e - local mean| and Y = m * sign(e - local mean) / count for one box size."""
+    BE, cE = box_cols_fwd_step(he, cb, i, ok, h, w, R, cE)
+    if HAS_MASK:
+        BM, cM = box_cols_fwd_step(hm, cb, i, ok, h, w, R, cM)
+        cnt = tl.maximum(BM, 1.0)
+    else:
+        cnt = (2 * R + 1) * (2 * R + 1) * 1.0
+    diff = e00 - BE / cnt
+    return m00 * tl.abs(diff), m00 * sign(diff) / cnt, cE, cM
+
+
+@triton.jit
+def _csum(x):
+    return tl.sum(x, axis=0)
+
+
+@triton.jit
+def loss_space_fwd_kernel(
+    ws, part_pyr, part, geom, PLANE, NTP, NTL,
+    HAS_MASK: tl.constexpr, DO_D: tl.constexpr, DO_M: tl.constexpr,
+    DO5: tl.constexpr, DO17: tl.constexpr, DO65: tl.constexpr,
+    DO_R: tl.constexpr, DO_C: tl.constexpr, DO_RR: tl.constexpr, DO_RC: tl.constexpr,
+    DO_CC: tl.constexpr, DO_N: tl.constexpr, DO_NR: tl.constexpr, DO_NC: tl.constexpr,
+    DO_AMLR: tl.constexpr, SAVE_Y: tl.constexpr,
+    RH: tl.constexpr, CW: tl.constexpr, NTP2: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    k = level_of(pid, geom, L.COL)
+    h = tl.load(geom + k * GW + L.H_)
+    w = tl.load(geom + k * GW + L.W_)
+    j = (pid - tl.load(geom + k * GW + L.COL)) * CW + tl.arange(0, CW)[None, :]
+    jok = j < w
+    lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
+    cb = lvl + j
+    NORMALS: tl.constexpr = DO_N or DO_NR or DO_NC
+    OPS: tl.constexpr = DO_R or DO_C or DO_RR or DO_RC or DO_CC or NORMALS
+
+    mu = 0.0
+    if DO_M:
+        # Mean of e over the valid pixels of this scale, from the pyramid's partials.
+        r = tl.arange(0, NTP2)
+        pstart = tl.load(geom + k * GW + L.PYR)
+        okp = r < tl.load(geom + k * GW + L.PYR + 1)
+        sem = tl.sum(tl.load(part_pyr + (b * NTP + pstart + r) * 2, mask=okp, other=0.0), axis=0)
+        sm = tl.sum(tl.load(part_pyr + (b * NTP + pstart + r) * 2 + 1, mask=okp, other=0.0), axis=0)
+        mu = sem / tl.maximum(sm, 1.0)
+
+    zero = tl.zeros((CW,), tl.float32)
+    cE5, cM5, cE17, cM17, cE65, cM65 = zero, zero, zero, zero, zero, zero
+    if DO5:
+        cE5 = box_cols_fwd_init(ws + L.HE[0] * PLANE, cb, jok, h, w, 2, RH, CW)
+        if HAS_MASK:
+            cM5 = box_cols_fwd_init(ws + L.HM[0] * PLANE, cb, jok, h, w, 2, RH, CW)
+    if DO17:
+        cE17 = box_cols_fwd_init(ws + L.HE[1] * PLANE, cb, jok, h, w, 8, RH, CW)
+        if HAS_MASK:
+            cM17 = box_cols_fwd_init(ws + L.HM[1] * PLANE, cb, jok, h, w, 8, RH, CW)
+    if DO65:
+        cE65 = box_cols_fwd_init(ws + L.HE[2] * PLANE, cb, jok, h, w, 32, RH, CW)
+        if HAS_MASK:
+            cM65 = box_cols_fwd_init(ws + L.HM[2] * PLANE, cb, jok, h, w, 32, RH, CW)
+
+    # Per-column accumulators: loss numerators (13 types), valid counts, sign sum, AMLR.
+    aD, aM, a5, a17, a65, ar, ac, arr, arc, acc_, aN, aNr, aNc = \
+        zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+    nm, nr, nc, nrr, nrc, ncc, nN, nNr, nNc, sS = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
+    xn, xs1, xs2, xgx, xnx, xgy, xny = zero, zero, zero, zero, zero, zero, zero
+
+    for i0 in range(0, h, RH):
+        i = i0 + tl.arange(0, RH)[:, None]
+        ok = (i < h) & jok
+        okf = ok.to(tl.float32)
+        e00, e01, e02, e10, e11, e20 = load6(ws + L.EM * PLANE + lvl, i, j, h, w, ok)
+        if HAS_MASK:
+            m00, m01, m02, m10, m11, m20 = load6(ws + L.M * PLANE + lvl, i, j, h, w, ok)
+        else:
+            m00, m01, m02, m10, m11, m20 = okf, okf, okf, okf, okf, okf
+        nm += _csum(m00)
+        if DO_D:
+            aD += _csum(m00 * tl.abs(e00))
+        if DO_M:
+            aM += _csum(m00 * tl.abs(e00 - mu))
+            sS += _csum(m00 * sign(e00 - mu))
+        if DO5:
+            l5, y5, cE5, cM5 = _box_loss(ws + L.HE[0] * PLANE, ws + L.HM[0] * PLANE, cb, i, ok, h, w, 2,
+                                         cE5, cM5, e00, m00, HAS_MASK)
+            a5 += _csum(l5)
+            if SAVE_Y:
+                tl.store(ws + L.Y[0] * PLANE + cb + i * w, y5, mask=ok)
+        if DO17:
+            l17, y17, cE17, cM17 = _box_loss(ws + L.HE[1] * PLANE, ws + L.HM[1] * PLANE, cb, i, ok, h, w, 8,
+                                             cE17, cM17, e00, m00, HAS_MASK)
+            a17 += _csum(l17)
+            if SAVE_Y:
+                tl.store(ws + L.Y[1] * PLANE + cb + i * w, y17, mask=ok)
+        if DO65:
+            l65, y65, cE65, cM65 = _box_loss(ws + L.HE[2] * PLANE, ws + L.HM[2] * PLANE, cb, i, ok, h, w, 32,
+                                             cE65, cM65, e00, m00, HAS_MASK)
+            a65 += _csum(l65)
+            if SAVE_Y:
+                tl.store(ws + L.Y[2] * PLANE + cb + i * w, y65, mask=ok)
+        if OPS:
+            pc, pc2, pr, pr2 = border(i, j, h, w)
+            vr, vc, vrr, vrc, vcc, vn, vnr, vnc = validity(m00, m01, m02, m10, m11, m20)
+            dx, dy, rr, rc, cc = ops(e00, e01, e02, e10, e11, e20, pc, pc2, pr, pr2)
+            if DO_R:
+                ar += _csum(vr * tl.abs(dx))
+                nr += _csum(vr)
+            if DO_C:
+                ac += _csum(vc * tl.abs(dy))
+                nc += _csum(vc)
+            if DO_RR:
+                arr += _csum(vrr * tl.abs(rr))
+                nrr += _csum(vrr)
+            if DO_RC:
+                arc += _csum(vrc * tl.abs(rc))
+                nrc += _csum(vrc)
+            if DO_CC:
+                acc_ += _csum(vcc * tl.abs(cc))
+                ncc += _csum(vcc)
+            if NORMALS:
+                p00, p01, p02, p10, p11, p20 = load6(ws + L.P * PLANE + lvl, i, j, h, w, ok)
+                g00, g01, g02, g10, g11, g20 = load6(ws + L.G * PLANE + lvl, i, j, h, w, ok)
+                pdx, pdy, prr, prc, pcc = ops(p00, p01, p02, p10, p11, p20, pc, pc2, pr, pr2)
+                gdx, gdy, grr, grc, gcc = ops(g00, g01, g02, g10, g11, g20, pc, pc2, pr, pr2)
+                if DO_N:
+                    aN += _csum(tl.where(vn > 0, normal_loss(pdx, pdy, gdx, gdy), 0.0))
+                    nN += _csum(vn)
+                if DO_NR:
+                    aNr += _csum(tl.where(vnr > 0, normal_loss(prr, prc, grr, grc), 0.0))
+                    nNr += _csum(vnr)
+                if DO_NC:
+                    aNc += _csum(tl.where(vnc > 0, normal_loss(prc, pcc, grc, gcc), 0.0))
+                    nNc += _csum(vnc)
+        if DO_AMLR:
+            # The AMLR pair at full resolution: d = log pred - log gt, gt <= 0 invalid.
+            on = k == 0
+            pl = ws + L.P * PLANE + lvl
+            gl = ws + L.G * PLANE + lvl
+            i1 = tl.minimum(i + 1, h - 1)
+            j1 = tl.minimum(j + 1, w - 1)
+            q00 = tl.load(pl + i * w + j, mask=ok, other=1.0)
+            q01 = tl.load(pl + i * w + j1, mask=ok, other=1.0)
+            q10 = tl.load(pl + i1 * w + j, mask=ok, other=1.0)
+            t00 = tl.load(gl + i * w + j, mask=ok, other=0.0)
+            t01 = tl.load(gl + i * w + j1, mask=ok, other=0.0)
+            t10 = tl.load(gl + i1 * w + j, mask=ok, other=0.0)
+            V00 = on & (m00 > 0) & (t00 > 0)
+            V01 = on & (m01 > 0) & (t01 > 0) & (j + 1 < w)
+            V10 = on & (m10 > 0) & (t10 > 0) & (i + 1 < h)
+            d00 = log_depth(q00, t00, V00)
+            d01 = log_depth(q01, t01, V01)
+            d10 = log_depth(q10, t10, V10)
+            xn += _csum(V00.to(tl.float32))
+            xs1 += _csum(d00)
+            xs2 += _csum(d00 * d00)
+            vx = V00 & V01
+            vy = V00 & V10
+            xgx += _csum(tl.where(vx, (d01 - d00) * (d01 - d00), 0.0))
+            xnx += _csum(vx.to(tl.float32))
+            xgy += _csum(tl.where(vy, (d10 - d00) * (d10 - d00), 0.0))
+            xny += _csum(vy.to(tl.float32))
+
+    o = part + (b * NTL + pid) * L.NQ
+    tl.store(o + 0, tl.sum(aD))
+    tl.store(o + 1, tl.sum(aM))
+    tl.store(o + 2, tl.sum(a5))
+    tl.store(o + 3, tl.sum(a17))
+    tl.store(o + 4, tl.sum(a65))
+    tl.store(o + 5, tl.sum(ar))
+    tl.store(o + 6, tl.sum(ac))
+    tl.store(o + 7, tl.sum(arr))
+    tl.store(o + 8, tl.sum(arc))
+    tl.store(o + 9, tl.sum(acc_))
+    tl.store(o + 10, tl.sum(aN))
+    tl.store(o + 11, tl.sum(aNr))
+    tl.store(o + 12, tl.sum(aNc))
+    tl.store(o + 13, tl.sum(nm))
+    tl.store(o + 14, tl.sum(nr))
+    tl.store(o + 15, tl.sum(nc))
+    tl.store(o + 16, tl.sum(nrr))
+    tl.store(o + 17, tl.sum(nrc))
+    tl.store(o + 18, tl.sum(ncc))
+    tl.store(o + 19, tl.sum(nN))
+    tl.store(o + 20, tl.sum(nNr))
+    tl.store(o + 21, tl.sum(nNc))
+    tl.store(o + L.Q_SIGN, tl.sum(sS))
+    tl.store(o + L.Q_SEM, 0.0)
+    tl.store(o + L.Q_SM, 0.0)
+    tl.store(o + L.Q_AN, tl.sum(xn))
+    tl.store(o + L.Q_AS1, tl.sum(xs1))
+    tl.store(o + L.Q_AS2, tl.sum(xs2))
+    tl.store(o + L.Q_AGX, tl.sum(xgx))
+    tl.store(o + L.Q_ANX, tl.sum(xnx))
+    tl.store(o + L.Q_AGY, tl.sum(xgy))
+    tl.store(o + L.Q_ANY, tl.sum(xny))

@@ -1,0 +1,77 @@
+"""Fixed-order reduction of the per-program partial sums into the losses (one program per
+sample): no float atomics anywhere, so a call is bitwise reproducible.
+
+Also writes the per-scale sums (``stats``) that the backward pass needs: valid counts,
+the mean of e and the sign sum of M, and the sums of the AMLR pair.
+"""
+import triton
+import triton.language as tl
+
+from . import layout as L
+
+GW: tl.constexpr = L.GW
+NQ: tl.constexpr = L.NQ
+
+
+@triton.jit
+def _level_vec(p, geom, START: tl.constexpr):
+    """Scale of each program id in the vector p (inactive scales own no programs)."""
+    k = p * 0
+    for l in tl.static_range(6):
+        s = tl.load(geom + l * GW + START)
+        n = tl.load(geom + l * GW + START + 1)
+        k = tl.where((p >= s) & (n > 0), l, k)
+    return k
+
+
+@triton.jit
+def _pick(S, q, idx):
+    """S[idx] for an index vector idx (S indexed by q), without a register gather."""
+    return tl.sum(tl.where(q[None, :] == idx[:, None], S[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def reduce_kernel(
+    part_pyr, part, geom, cols, out, stats, NTP, NTL, n_out, si_lambda, si_scale,
+    SI_SQRT: tl.constexpr, NTP2: tl.constexpr, NTL2: tl.constexpr,
+):
+    b = tl.program_id(0)
+    q = tl.arange(0, NQ)
+    pl = tl.arange(0, NTL2)[:, None]
+    Pl = tl.load(part + (b * NTL + pl) * NQ + q[None, :], mask=pl < NTL, other=0.0)
+    kl = _level_vec(pl, geom, L.COL)
+    pp = tl.arange(0, NTP2)[:, None]
+    t2 = tl.arange(0, 2)
+    two = t2[None, :]
+    Pp = tl.load(part_pyr + (b * NTP + pp) * 2 + two, mask=pp < NTP, other=0.0)
+    kp = _level_vec(pp, geom, L.PYR)
+    t = tl.arange(0, 16)
+    cnt_idx = tl.where(t < 5, L.Q_CNT, t + (L.Q_CNT + 1 - 5))  # D, M, M5..M65 count m
+    S0 = tl.zeros((NQ,), tl.float32)
+    for k in tl.static_range(6):
+        S = tl.sum(tl.where(kl == k, Pl, 0.0), axis=0)
+        sp = tl.sum(tl.where(kp == k, Pp, 0.0), axis=0)
+        S = tl.where(q == L.Q_SEM, tl.sum(tl.where(t2 == 0, sp, 0.0)), S)
+        S = tl.where(q == L.Q_SM, tl.sum(tl.where(t2 == 1, sp, 0.0)), S)
+        tl.store(stats + (b * 6 + k) * NQ + q, S)
+        num = _pick(S, q, t)
+        cnt = _pick(S, q, cnt_idx)
+        val = tl.where(cnt > 0, num / tl.maximum(cnt, 1.0), 0.0)  # an empty set gives 0
+        col = tl.load(cols + k * 13 + t, mask=t < 13, other=-1)
+        tl.store(out + b * n_out + col, val, mask=(t < 13) & (col >= 0))
+        if k == 0:
+            S0 = S
+    # The AMLR pair (Yu & Heo 2023, Eqs. 1-3) from the scale-0 sums.
+    n = tl.maximum(tl.sum(tl.where(q == L.Q_AN, S0, 0.0)), 1.0)
+    s1 = tl.sum(tl.where(q == L.Q_AS1, S0, 0.0)) / n
+    s2 = tl.sum(tl.where(q == L.Q_AS2, S0, 0.0)) / n
+    si = s2 - si_lambda * s1 * s1
+    if SI_SQRT:
+        si = tl.where(si > 0, tl.sqrt(tl.maximum(si, 1e-30)), 0.0)
+    si = si_scale * si
+    gx = tl.sum(tl.where(q == L.Q_AGX, S0, 0.0)) / tl.maximum(tl.sum(tl.where(q == L.Q_ANX, S0, 0.0)), 1.0)
+    gy = tl.sum(tl.where(q == L.Q_AGY, S0, 0.0)) / tl.maximum(tl.sum(tl.where(q == L.Q_ANY, S0, 0.0)), 1.0)
+    c_si = tl.load(cols + 78)
+    c_gr = tl.load(cols + 79)
+    tl.store(out + b * n_out + c_si, si, mask=c_si >= 0)
+    tl.store(out + b * n_out + c_gr, (gx + gy) / 2, mask=c_gr >= 0)

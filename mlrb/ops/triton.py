@@ -1,0 +1,328 @@
+"""The Triton backend of the loss space: host planning, launches, torch custom ops.
+
+Forward is at most 4 launches (pyramid, horizontal box pass when an M_n loss is selected,
+losses, reduction) and backward at most 4 (horizontal transposed box pass when an M_n
+loss is selected, per-scale gradients, the two stages of the transposed pyramid),
+whatever the selection. All intermediates live in one float32 workspace per pass; the
+forward's workspace is kept for backward, which therefore recomputes nothing.
+
+Registered with torch.library.custom_op + register_fake + register_autograd (triton_op
+cannot run under the Triton interpreter), so the backend works under autograd and
+torch.compile. On CPU tensors it runs only under TRITON_INTERPRET=1 (tests).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from mlrb.kernels import layout as L
+from mlrb.names import BOX_SIZES, LOSS_TYPES, NUM_SCALES, NUM_TYPES
+
+_AMLR = (NUM_SCALES * NUM_TYPES, NUM_SCALES * NUM_TYPES + 1)
+_warned_f64 = False
+
+
+# ----------------------------------------------------------------------------- availability
+def _kernels():
+    """The kernel modules, imported on first use (triton is heavy)."""
+    from mlrb.kernels import box, launch, loss_space_bwd, loss_space_fwd, pyramid, reduce
+    return box, launch, loss_space_bwd, loss_space_fwd, pyramid, reduce
+
+
+def interpreted() -> bool:
+    """True when the kernels run under the Triton interpreter (TRITON_INTERPRET=1 was set
+    before they were imported)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(_kernels()[4].pyramid_fwd_kernel, InterpretedFunction)
+
+
+def unavailable_reason(device) -> str | None:
+    """None if the Triton kernels can run on tensors of ``device``, else why not."""
+    device = torch.device(device)
+    try:
+        import triton  # noqa: F401
+        _kernels()
+    except ImportError as exc:
+        return f"triton cannot be imported ({exc})"
+    if device.type == "cuda":
+        if interpreted():
+            return "TRITON_INTERPRET=1 is set, the Triton kernels run only on CPU tensors"
+        return None if torch.cuda.is_available() else "CUDA is not available"
+    if device.type == "cpu":
+        if interpreted():
+            return None
+        return ("Triton kernels need CUDA tensors (on CPU they run only under the Triton "
+                "interpreter: TRITON_INTERPRET=1 set before triton is imported)")
+    return f"no Triton kernels for {device.type} tensors"
+
+
+# ----------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class Blocks:
+    pyr: tuple[int, int]  # (TH, TW) pyramid tiles
+    row: tuple[int, int]  # (RH, CW) row strips of the horizontal box passes
+    col: tuple[int, int]  # (RH, CW) column strips of the loss / gradient kernels
+    ut: tuple[int, int]  # tiles of both stages of the transposed pyramid
+    num_warps: int
+
+
+# GPU: coalesced rows of 64 floats, small register tiles. Interpreter: one program per
+# map (numpy does the work, Python overhead is per program and per op).
+GPU_BLOCKS = Blocks(pyr=(16, 64), row=(16, 64), col=(32, 32), ut=(16, 64), num_warps=4)
+INTERPRETER_BLOCKS = Blocks(pyr=(64, 64), row=(64, 64), col=(64, 64), ut=(64, 64), num_warps=1)
+
+
+def _axis(n_in: int, k: int, fallback: bool) -> tuple[int, int, int, int]:
+    """(n_out, stride, first-tap offset, odd flag) of one axis of D^k, k >= 1.
+
+    Output i reads inputs clamp(stride * i + offset + t), t = 0..3 (spec: 2^k i + 2^(k-1) - 2
+    + t); the 1x1 fallback resamples at n_in / 2 - 0.5, whose fraction is 0 for odd n_in.
+    """
+    if fallback:
+        return 1, 1, math.floor(n_in / 2 - 0.5) - 1, n_in % 2
+    return n_in >> k, 1 << k, (1 << (k - 1)) - 2, 0
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: make_plan caches it
+class Plan:
+    levels: tuple[int, ...]  # active scales
+    shapes: tuple[tuple[int, int], ...]  # (h_k, w_k), all six
+    geom: torch.Tensor  # (6, GW) int32, CPU
+    cols: torch.Tensor  # (80,) int32, CPU: output column of each loss, -1 if unselected
+    flags: dict
+    plane: int
+    ntp: int
+    ntl: int
+    nrow: int
+    nut: int
+    ws_numel: int
+    bws_numel: int
+    ubase: int
+    blocks: Blocks
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=256)
+def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) -> Plan:
+    blocks = INTERPRETER_BLOCKS if interp else GPU_BLOCKS
+    sel = set(indices)
+    types = {LOSS_TYPES[i % NUM_TYPES] for i in sel if i < _AMLR[0]}
+    active = {i // NUM_TYPES for i in sel if i < _AMLR[0]}
+    amlr = bool(sel & set(_AMLR))
+    if amlr:
+        active.add(0)
+    geom = torch.zeros(NUM_SCALES, L.GW, dtype=torch.int32)
+    shapes = []
+    off = uoff = 0
+    starts = dict.fromkeys(("pyr", "row", "col", "ut"), 0)
+    any_box = bool(types & set(BOX_SIZES))
+    for k in range(NUM_SCALES):
+        if k == 0:
+            h, w, rs, ro, rodd = H, W, 1, 0, 0
+            _, cs, co, codd = W, 1, 0, 0
+        else:
+            fb = (H >> k) == 0 or (W >> k) == 0
+            h, rs, ro, rodd = _axis(H, k, fb)
+            w, cs, co, codd = _axis(W, k, fb)
+        shapes.append((h, w))
+        on = k in active
+        n = {
+            "pyr": _cdiv(h, blocks.pyr[0]) * _cdiv(w, blocks.pyr[1]),
+            "row": _cdiv(h, blocks.row[0]) if any_box else 0,
+            "col": _cdiv(w, blocks.col[1]),
+            "ut": _cdiv(h, blocks.ut[0]) * _cdiv(W, blocks.ut[1]) if k > 0 else 0,
+        }
+        row = [h, w, off if on else 0, rs, ro, cs, co, rodd, codd, uoff if on else 0, int(on)]
+        for name in ("pyr", "row", "col", "ut"):
+            cnt = n[name] if on else 0
+            row += [starts[name], cnt]
+            starts[name] += cnt
+        geom[k, :len(row)] = torch.tensor(row, dtype=torch.int32)
+        if on:
+            off += B * h * w
+            if k > 0:
+                uoff += B * h * W
+    cols = torch.full((len(_AMLR) + _AMLR[0],), -1, dtype=torch.int32)
+    for j, i in enumerate(indices):
+        cols[i] = j
+    flags = dict(
+        DO_D="D" in types, DO_M="M" in types, DO5="M5" in types, DO17="M17" in types,
+        DO65="M65" in types, DO_R="r" in types, DO_C="c" in types, DO_RR="rr" in types,
+        DO_RC="rc" in types, DO_CC="cc" in types, DO_N="N" in types, DO_NR="Nr" in types,
+        DO_NC="Nc" in types, DO_AMLR=amlr,
+    )
+    plane = off
+    ntp, ntl, nrow, nut = starts["pyr"], starts["col"], starts["row"], starts["ut"]
+    ws_numel = L.NUM_FWD_PLANES * plane + B * ntp * 2 + B * ntl * L.NQ
+    ubase = L.NUM_BWD_PLANES * plane
+    return Plan(tuple(sorted(active)), tuple(shapes), geom, cols, flags, plane, ntp, ntl, nrow,
+                nut, ws_numel, ubase + uoff, ubase, blocks)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_tables(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return plan.geom.to(device), plan.cols.to(device)
+
+
+def _p2(n: int) -> int:
+    return max(16, 1 << max(0, n - 1).bit_length())
+
+
+def _prep(pred, gt, mask, indices):
+    B, _, H, W = pred.shape
+    plan = make_plan(B, H, W, tuple(indices), interpreted())
+    geom, cols = _device_tables(plan, pred.device)
+    pred = pred.reshape(B, H, W).contiguous()
+    gt = gt.reshape(B, H, W).contiguous()
+    mask_u8 = None if mask is None else mask.reshape(B, H, W).contiguous().view(torch.uint8)
+    return B, H, W, plan, geom, cols, pred, gt, mask_u8
+
+
+# ----------------------------------------------------------------------------- forward
+def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
+    box, launch, _, fwd, pyramid, reduce = _kernels()
+    B, H, W, plan, geom, cols, pred, gt, m = _prep(pred, gt, mask, indices)
+    bl, f = plan.blocks, plan.flags
+    ws = torch.empty(plan.ws_numel, device=pred.device, dtype=torch.float32)
+    out = torch.zeros(B, len(indices), device=pred.device, dtype=torch.float32)
+    stats = torch.empty(B, NUM_SCALES * L.NQ, device=pred.device, dtype=torch.float32)
+    part_pyr = ws[L.NUM_FWD_PLANES * plan.plane:]
+    part = part_pyr[B * plan.ntp * 2:]
+    has_mask = m is not None
+    mptr = m if has_mask else pred
+    nw = bl.num_warps
+    launch.launch(pyramid.pyramid_fwd_kernel, (plan.ntp, B), pred, gt, mptr, ws, part_pyr, geom,
+                  H, W, plan.plane, plan.ntp, HAS_MASK=has_mask, TH=bl.pyr[0], TW=bl.pyr[1],
+                  num_warps=nw)
+    if plan.nrow:
+        launch.launch(box.box_rows_fwd_kernel, (plan.nrow, B), ws, geom, plan.plane,
+                      HAS_MASK=has_mask, DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"],
+                      RH=bl.row[0], CW=bl.row[1], num_warps=nw)
+    launch.launch(fwd.loss_space_fwd_kernel, (plan.ntl, B), ws, part_pyr, part, geom, plan.plane,
+                  plan.ntp, plan.ntl, HAS_MASK=has_mask, **f, SAVE_Y=bool(save_for_backward),
+                  RH=bl.col[0], CW=bl.col[1], NTP2=_p2(max(plan.geom[:, L.PYR + 1].tolist())),
+                  num_warps=nw)
+    launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
+                  plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
+                  NTP2=_p2(plan.ntp), NTL2=_p2(plan.ntl), num_warps=nw)
+    return out, stats, ws
+
+
+# ----------------------------------------------------------------------------- backward
+def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale):
+    box, launch, bwd, _, pyramid, _ = _kernels()
+    B, H, W, plan, geom, cols, pred, _, m = _prep(pred, pred, mask, indices)
+    bl, f = plan.blocks, plan.flags
+    grad_out = grad_out.to(torch.float32).contiguous()
+    bws = torch.empty(plan.bws_numel, device=pred.device, dtype=torch.float32)
+    grad = torch.empty(B, 1, H, W, device=pred.device, dtype=pred.dtype)
+    has_mask = m is not None
+    mptr = m if has_mask else pred
+    nw = bl.num_warps
+    if plan.nrow:
+        launch.launch(box.box_rows_bwd_kernel, (plan.nrow, B), ws, bws, geom, plan.plane,
+                      DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"], RH=bl.row[0], CW=bl.row[1],
+                      num_warps=nw)
+    launch.launch(bwd.loss_space_bwd_kernel, (plan.ntl, B), ws, bws, stats, grad_out, geom, cols,
+                  plan.plane, len(indices), float(si_lambda), float(si_scale), HAS_MASK=has_mask,
+                  **f, SI_SQRT=bool(si_sqrt), RH=bl.col[0], CW=bl.col[1], num_warps=nw)
+    if plan.nut:
+        launch.launch(pyramid.pyramid_bwd_cols_kernel, (plan.nut, B), bws, geom, W, plan.plane,
+                      plan.ubase, TH=bl.ut[0], TW=bl.ut[1], num_warps=nw)
+    launch.launch(pyramid.pyramid_bwd_rows_kernel, (_cdiv(H, bl.ut[0]) * _cdiv(W, bl.ut[1]), B),
+                  bws, geom, mptr, grad, H, W, plan.plane, plan.ubase, HAS_MASK=has_mask,
+                  TH=bl.ut[0], TW=bl.ut[1], num_warps=nw)
+    return grad
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("mlrb_triton::loss_space_fwd", mutates_args=())
+def loss_space_fwd(
+    pred: torch.Tensor, gt: torch.Tensor, mask: Optional[torch.Tensor], indices: list[int],
+    si_lambda: float, si_sqrt: bool, si_scale: float, save_for_backward: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(losses (B, n), per-scale sums (B, 6 * NQ), workspace kept for backward)."""
+    with torch.cuda.device(pred.device) if pred.is_cuda else _nullcontext():
+        return _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward)
+
+
+@loss_space_fwd.register_fake
+def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
+    B, _, H, W = pred.shape
+    plan = make_plan(B, H, W, tuple(indices), interpreted())
+    f32 = dict(device=pred.device, dtype=torch.float32)
+    return (pred.new_empty((B, len(indices)), **f32), pred.new_empty((B, NUM_SCALES * L.NQ), **f32),
+            pred.new_empty((plan.ws_numel,), **f32))
+
+
+@torch.library.custom_op("mlrb_triton::loss_space_bwd", mutates_args=())
+def loss_space_bwd(
+    grad_out: torch.Tensor, pred: torch.Tensor, mask: Optional[torch.Tensor], ws: torch.Tensor,
+    stats: torch.Tensor, indices: list[int], si_lambda: float, si_sqrt: bool, si_scale: float,
+) -> torch.Tensor:
+    """d(sum grad_out * L) / d pred, shape and dtype of pred."""
+    with torch.cuda.device(pred.device) if pred.is_cuda else _nullcontext():
+        return _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale)
+
+
+@loss_space_bwd.register_fake
+def _(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale):
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, _ = inputs
+    _, stats, ws = output
+    ctx.save_for_backward(pred, mask, ws, stats)
+    ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
+
+
+def _autograd_backward(ctx, grad_out, _grad_stats, _grad_ws):
+    pred, mask, ws, stats = ctx.saved_tensors
+    if grad_out is None:
+        return (None,) * 8
+    grad = loss_space_bwd(grad_out, pred, mask, ws, stats, *ctx.params)
+    return grad, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("mlrb_triton::loss_space_fwd", _autograd_backward,
+                                setup_context=_setup_context)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ----------------------------------------------------------------------------- entry point
+def loss_space(pred, gt, mask, indices, si_lambda=1.0, si_sqrt=False, si_scale=1.0) -> torch.Tensor:
+    """Selected losses (B, len(indices)) of (B, 1, H, W) pred, gt and optional bool mask.
+
+    float16 / bfloat16 / float32 inputs run the Triton kernels with float32 arithmetic.
+    float64 inputs run the reference (float64) path: the kernels accumulate in float32.
+    """
+    global _warned_f64
+    if pred.dtype == torch.float64 or gt.dtype == torch.float64:
+        if not _warned_f64:
+            _warned_f64 = True
+            warnings.warn("mlrb: the Triton backend computes in float32; float64 inputs use the "
+                          "float64 reference implementation instead.", RuntimeWarning, stacklevel=3)
+        from mlrb import reference
+        return reference.loss_space(pred, gt, mask, indices, si_lambda=si_lambda, si_sqrt=si_sqrt,
+                                    si_scale=si_scale)
+    save = torch.is_grad_enabled() and pred.requires_grad
+    out, _, _ = loss_space_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt),
+                               float(si_scale), save)
+    return out
