@@ -51,30 +51,30 @@ MLRB_HOST_DEVICE T diff_rc(T x00, T x01, T x10, T x11) { return (x00 - x10) - (x
 
 // Normal loss of the normals (-a1, -a2, 1) and (-b1, -b2, 1) (spec, Eq. 8):
 //   1 - (a1 b1 + a2 b2 + 1) / (|(a1, a2, 1)| |(b1, b2, 1)| + eps).
+// |a| |b| is computed as sqrt(|a|^2 |b|^2): one square root instead of two.
 template <typename T>
 MLRB_HOST_DEVICE T normal_loss(T a1, T a2, T b1, T b2) {
   const T num = a1 * b1 + a2 * b2 + T(1);
-  const T den = std::sqrt(a1 * a1 + a2 * a2 + T(1)) * std::sqrt(b1 * b1 + b2 * b2 + T(1)) + T(kNormalEps);
-  return T(1) - num / den;
+  const T AB = std::sqrt((a1 * a1 + a2 * a2 + T(1)) * (b1 * b1 + b2 * b2 + T(1)));
+  return T(1) - num / (AB + T(kNormalEps));
 }
 
-// d normal_loss / d(a1, a2), scaled by w (the incoming weight of this pixel's term).
-// With A = |(a1, a2, 1)|, B = |(b1, b2, 1)|, den = A B + eps, q = num / den:
-//   d/da1 = (q B a1 / A - b1) / den, and the same with (a2, b2).
+// w * d normal_loss / d(a1, a2). With A = |(a1, a2, 1)|, B = |(b1, b2, 1)|, den = A B + eps:
+//   d/da1 = (c a1 - b1) / den,  c = num B / (A den) = num AB / (A^2 den),
+// and the same with (a2, b2); one square root and one division.
 template <typename T>
 MLRB_HOST_DEVICE void normal_loss_grad(T a1, T a2, T b1, T b2, T w, T& g1, T& g2) {
   const T num = a1 * b1 + a2 * b2 + T(1);
-  const T A = std::sqrt(a1 * a1 + a2 * a2 + T(1));
-  const T B = std::sqrt(b1 * b1 + b2 * b2 + T(1));
-  const T inv_den = T(1) / (A * B + T(kNormalEps));
-  const T c = num * inv_den * B / A;
-  const T s = w * inv_den;
+  const T A2 = a1 * a1 + a2 * a2 + T(1);
+  const T AB = std::sqrt(A2 * (b1 * b1 + b2 * b2 + T(1)));
+  const T den = AB + T(kNormalEps);
+  const T inv = T(1) / (A2 * den);  // 1 / (A^2 den)
+  const T c = num * AB * inv;
+  const T s = w * A2 * inv;  // w / den
   g1 = (c * a1 - b1) * s;
   g2 = (c * a2 - b2) * s;
 }
 
-// Cubic convolution weights (A = -0.75) for a fractional offset t in [0, 1), as
-// PyTorch's bicubic resize computes them; used by the 1x1 fallback level.
 MLRB_HOST_DEVICE double cubic_near(double x) { return ((-0.75 + 2) * x - (-0.75 + 3)) * x * x + 1; }
 MLRB_HOST_DEVICE double cubic_far(double x) { return ((-0.75 * x + 5 * 0.75) * x - 8 * 0.75) * x + 4 * 0.75; }
 MLRB_HOST_DEVICE void cubic_weights(double t, double w[4]) {

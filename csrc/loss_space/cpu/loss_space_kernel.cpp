@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "loss_space/box.h"
@@ -146,13 +147,14 @@ struct BoxMeans {
   T* row;   // scratch row
   double* hs;  // horizontal sums
   double* hc;
+  double* scratch;  // for box_row_sum (and the caller's box_row_sum_transpose)
 
   static int64_t buffer_size(int w) { return 3 * int64_t(w); }
-  static int64_t dbuffer_size(int w) { return 2 * int64_t(w); }
+  static int64_t dbuffer_size(int w) { return 2 * int64_t(w) + box_scratch_size(w, kBoxRadius[2]); }
 
   BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, int r_, T mu_, T* buf, double* dbuf)
       : p(p_), g(g_), m(m_), h(h_), w(w_), r(r_), mu(mu_), V(buf), VC(buf + w_), row(buf + 2 * w_),
-        hs(dbuf), hc(dbuf + w_) {
+        hs(dbuf), hc(dbuf + w_), scratch(dbuf + 2 * w_) {
     std::fill(V, V + w, T(0));
     if constexpr (HasMask) std::fill(VC, VC + w, T(0));
     for (int a = -r; a <= r; ++a) add_row(std::clamp(a, 0, h - 1), T(1));
@@ -184,9 +186,9 @@ struct BoxMeans {
 
   // local[j]: mean of e - mu over the valid pixels of the window of (i, j); count[j]: box(m) clamped to >= 1.
   void means(T* local, T* count) {
-    box_row_sum(V, w, r, hs);
+    box_row_sum(V, w, r, hs, scratch);
     if constexpr (HasMask) {
-      box_row_sum(VC, w, r, hc);
+      box_row_sum(VC, w, r, hc, scratch);
 #pragma omp simd
       for (int j = 0; j < w; ++j) {
         const double c = std::max(hc[j], 1.0);
@@ -230,19 +232,23 @@ void mean_error(const T* p, const T* g, const uint8_t* m, int64_t n, double& sum
 
 // Footprint validity of the 9 distinct valid sets at (i, j), from mask rows M0, M1, M2
 // (rows i, i+1, i+2, padded). Index by loss type; D, M and the box losses use M0.
-template <typename T>
-inline T valid_of(int t, const T* M0, const T* M1, const T* M2, int j) {
-  switch (t) {
-    case kR: return M0[j] * M0[j + 1];
-    case kC: return M0[j] * M1[j];
-    case kRR: return M0[j] * M0[j + 1] * M0[j + 2];
-    case kRC: return M0[j] * M0[j + 1] * M1[j] * M1[j + 1];
-    case kCC: return M0[j] * M1[j] * M2[j];
-    case kN: return M0[j] * M0[j + 1] * M1[j];
-    case kNr: return M0[j] * M0[j + 1] * M0[j + 2] * M1[j] * M1[j + 1];
-    case kNc: return M0[j] * M0[j + 1] * M1[j] * M1[j + 1] * M2[j];
-    default: return M0[j];
-  }
+template <int t, typename T>
+inline T valid_of(const T* M0, const T* M1, const T* M2, int j) {
+  if constexpr (t == kR) return M0[j] * M0[j + 1];
+  else if constexpr (t == kC) return M0[j] * M1[j];
+  else if constexpr (t == kRR) return M0[j] * M0[j + 1] * M0[j + 2];
+  else if constexpr (t == kRC) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1];
+  else if constexpr (t == kCC) return M0[j] * M1[j] * M2[j];
+  else if constexpr (t == kN) return M0[j] * M0[j + 1] * M1[j];
+  else if constexpr (t == kNr) return M0[j] * M0[j + 1] * M0[j + 2] * M1[j] * M1[j + 1];
+  else if constexpr (t == kNc) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1] * M2[j];
+  else return M0[j];
+}
+
+// Calls f(std::integral_constant<int, t>) for each selected type t of Ts (compile-time t).
+template <int... Ts, typename F>
+inline void for_types(uint32_t types, F&& f) {
+  ((types & bit(Ts) ? f(std::integral_constant<int, Ts>{}) : void()), ...);
 }
 
 // Scratch of one task (sample): row buffers and the pyramid level being processed.
@@ -254,24 +260,22 @@ struct Workspace {
 };
 
 // Per-pixel value of the e-based difference types r, c, rr, rc, cc at (i, j).
-template <typename T>
-inline T grad_term(int t, const T* X0, const T* X1, const T* X2, int j) {
-  switch (t) {
-    case kR: return diff1(X0[j], X0[j + 1]);
-    case kC: return diff1(X0[j], X1[j]);
-    case kRR: return diff2(X0[j], X0[j + 1], X0[j + 2]);
-    case kRC: return diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
-    default: return diff2(X0[j], X1[j], X2[j]);  // kCC
-  }
+template <int t, typename T>
+inline T grad_term(const T* X0, const T* X1, const T* X2, int j) {
+  if constexpr (t == kR) return diff1(X0[j], X0[j + 1]);
+  else if constexpr (t == kC) return diff1(X0[j], X1[j]);
+  else if constexpr (t == kRR) return diff2(X0[j], X0[j + 1], X0[j + 2]);
+  else if constexpr (t == kRC) return diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+  else return diff2(X0[j], X1[j], X2[j]);  // kCC
 }
 
 // The two first/second-order derivatives a normal type compares: (dx, dy), (rr, rc), (rc, cc).
-template <typename T>
-inline void normal_args(int t, const T* X0, const T* X1, const T* X2, int j, T& a1, T& a2) {
-  if (t == kN) {
+template <int t, typename T>
+inline void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& a2) {
+  if constexpr (t == kN) {
     a1 = diff1(X0[j], X0[j + 1]);
     a2 = diff1(X0[j], X1[j]);
-  } else if (t == kNr) {
+  } else if constexpr (t == kNr) {
     a1 = diff2(X0[j], X0[j + 1], X0[j + 2]);
     a2 = diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
   } else {
@@ -347,39 +351,39 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
       sum[kM5 + b] += acc;
       cnt[kM5 + b] += c0;
     }
-    for (int t = kR; t <= kCC; ++t) {
-      if (!(types & bit(t))) continue;
+    for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
       T acc = 0, c = 0;
       if constexpr (HasMask) {
 #pragma omp simd reduction(+ : acc, c)
         for (int j = 0; j < w; ++j) {
-          const T v = valid_of(t, M0, M1, M2, j);
-          acc += std::abs(grad_term(t, E0, E1, E2, j)) * v;
+          const T v = valid_of<t>(M0, M1, M2, j);
+          acc += std::abs(grad_term<t>(E0, E1, E2, j)) * v;
           c += v;
         }
       } else {
 #pragma omp simd reduction(+ : acc)
-        for (int j = 0; j < w; ++j) acc += std::abs(grad_term(t, E0, E1, E2, j));
+        for (int j = 0; j < w; ++j) acc += std::abs(grad_term<t>(E0, E1, E2, j));
         c = T(w);
       }
       sum[t] += acc;
       cnt[t] += c;
-    }
-    for (int t = kN; t <= kNc; ++t) {
-      if (!(types & bit(t))) continue;
+    });
+    for_types<kN, kNr, kNc>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
       T acc = 0, c = 0;
 #pragma omp simd reduction(+ : acc, c)
       for (int j = 0; j < w; ++j) {
         T a1, a2, b1, b2;
-        normal_args(t, P0, P1, P2, j, a1, a2);
-        normal_args(t, G0, G1, G2, j, b1, b2);
-        const T v = HasMask ? valid_of(t, M0, M1, M2, j) : T(1);
+        normal_args<t>(P0, P1, P2, j, a1, a2);
+        normal_args<t>(G0, G1, G2, j, b1, b2);
+        const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
         acc += normal_loss(a1, a2, b1, b2) * v;
         c += v;
       }
       sum[t] += acc;
       cnt[t] += c;
-    }
+    });
   }
   for (int t = 0; t < kNumTypes; ++t)
     if (types & bit(t)) out[t] = cnt[t] > 0 ? sum[t] / cnt[t] : 0.0;
@@ -427,13 +431,13 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
     std::fill(cnt, cnt + kNumTypes, 0.0);
     for (int i = 0; i < h; ++i) {
       win.seek(i, true);
-      for (int t = 0; t < kNumTypes; ++t) {
-        if (!(types & bit(t))) continue;
+      for_types<kD, kM, kM5, kM17, kM65, kR, kC, kRR, kRC, kCC, kN, kNr, kNc>(types, [&](auto tc) {
+        constexpr int t = decltype(tc)::value;
         T c = 0;
 #pragma omp simd reduction(+ : c)
-        for (int j = 0; j < w; ++j) c += valid_of(t, win.M[0], win.M[1], win.M[2], j);
+        for (int j = 0; j < w; ++j) c += valid_of<t>(win.M[0], win.M[1], win.M[2], j);
         cnt[t] += c;
-      }
+      });
     }
   }
   T wt[kNumTypes];
@@ -554,7 +558,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
         t0[j] += s;
         x.tb[j] = HasMask ? s / count[j] : s * inv_n2;
       }
-      box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i));
+      box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i), box.scratch);
       // Padded row q = i - r has its whole window (rows up to i) now.
       const T* U_in = ring_row(x, i);
       const int leave = i - 2 * x.r - 1;
@@ -568,29 +572,29 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
       }
       emit(x, i - x.r);
     }
-    for (int t = kR; t <= kCC; ++t) {
-      if (!(types & bit(t))) continue;
-      T* field = t == kR ? tx : t == kC ? ty : t == kRR ? txx : t == kRC ? txy : tyy;
+    for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T* __restrict field = t == kR ? tx : t == kC ? ty : t == kRR ? txx : t == kRC ? txy : tyy;
       const T wg = wt[t];
 #pragma omp simd
       for (int j = 0; j < w; ++j)
-        field[j] += wg * sgn(grad_term(t, E0, E1, E2, j)) * (HasMask ? valid_of(t, M0, M1, M2, j) : T(1));
-    }
-    for (int t = kN; t <= kNc; ++t) {
-      if (!(types & bit(t))) continue;
-      T* f1 = t == kN ? tx : t == kNr ? txx : txy;
-      T* f2 = t == kN ? ty : t == kNr ? txy : tyy;
+        field[j] += wg * sgn(grad_term<t>(E0, E1, E2, j)) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
+    });
+    for_types<kN, kNr, kNc>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T* __restrict f1 = t == kN ? tx : t == kNr ? txx : txy;
+      T* __restrict f2 = t == kN ? ty : t == kNr ? txy : tyy;
       const T wn = wt[t];
 #pragma omp simd
       for (int j = 0; j < w; ++j) {
         T a1, a2, b1, b2, g1, g2;
-        normal_args(t, P0, P1, P2, j, a1, a2);
-        normal_args(t, G0, G1, G2, j, b1, b2);
-        normal_loss_grad(a1, a2, b1, b2, wn * (HasMask ? valid_of(t, M0, M1, M2, j) : T(1)), g1, g2);
+        normal_args<t>(P0, P1, P2, j, a1, a2);
+        normal_args<t>(G0, G1, G2, j, b1, b2);
+        normal_loss_grad(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
         f1[j] += g1;
         f2[j] += g2;
       }
-    }
+    });
 
     // Transposed stencils. The last row's dy terms are 0 (replicate padding): zero them.
     const bool last = i == h - 1;
