@@ -93,8 +93,8 @@ def _axis(n_in: int, k: int, fallback: bool) -> tuple[int, int, int, int]:
 class Plan:
     levels: tuple[int, ...]  # active scales
     shapes: tuple[tuple[int, int], ...]  # (h_k, w_k), all six
-    geom: torch.Tensor  # (6, GW) int32, CPU
-    cols: torch.Tensor  # (80,) int32, CPU: output column of each loss, -1 if unselected
+    geom: tuple  # (6, GW) ints: the geometry table (layout.py)
+    cols: tuple  # (80,) ints: output column of each loss, -1 if unselected
     flags: dict
     plane: int
     ntp: int
@@ -120,7 +120,9 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) ->
     amlr = bool(sel & set(_AMLR))
     if amlr:
         active.add(0)
-    geom = torch.zeros(NUM_SCALES, L.GW, dtype=torch.int32)
+    # Plain ints: a plan may first be made under a fake mode (register_fake), where any
+    # tensor created would be fake; the real tables are made in _device_tables.
+    geom = []
     shapes = []
     off = uoff = 0
     starts = dict.fromkeys(("pyr", "row", "col", "ut"), 0)
@@ -146,12 +148,12 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) ->
             cnt = n[name] if on else 0
             row += [starts[name], cnt]
             starts[name] += cnt
-        geom[k, :len(row)] = torch.tensor(row, dtype=torch.int32)
+        geom.append(tuple(row + [0] * (L.GW - len(row))))
         if on:
             off += B * h * w
             if k > 0:
                 uoff += B * h * W
-    cols = torch.full((len(_AMLR) + _AMLR[0],), -1, dtype=torch.int32)
+    cols = [-1] * (len(_AMLR) + _AMLR[0])
     for j, i in enumerate(indices):
         cols[i] = j
     flags = dict(
@@ -164,13 +166,14 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) ->
     ntp, ntl, nrow, nut = starts["pyr"], starts["col"], starts["row"], starts["ut"]
     ws_numel = L.NUM_FWD_PLANES * plane + B * ntp * 2 + B * ntl * L.NQ
     ubase = L.NUM_BWD_PLANES * plane
-    return Plan(tuple(sorted(active)), tuple(shapes), geom, cols, flags, plane, ntp, ntl, nrow,
+    return Plan(tuple(sorted(active)), tuple(shapes), tuple(geom), tuple(cols), flags, plane, ntp, ntl, nrow,
                 nut, ws_numel, ubase + uoff, ubase, blocks)
 
 
 @functools.lru_cache(maxsize=256)
 def _device_tables(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return plan.geom.to(device), plan.cols.to(device)
+    return (torch.tensor(plan.geom, dtype=torch.int32, device=device),
+            torch.tensor(plan.cols, dtype=torch.int32, device=device))
 
 
 def _p2(n: int) -> int:
@@ -209,7 +212,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                       RH=bl.row[0], CW=bl.row[1], num_warps=nw)
     launch.launch(fwd.loss_space_fwd_kernel, (plan.ntl, B), ws, part_pyr, part, geom, plan.plane,
                   plan.ntp, plan.ntl, HAS_MASK=has_mask, **f, SAVE_Y=bool(save_for_backward),
-                  RH=bl.col[0], CW=bl.col[1], NTP2=_p2(max(plan.geom[:, L.PYR + 1].tolist())),
+                  RH=bl.col[0], CW=bl.col[1], NTP2=_p2(max(row[L.PYR + 1] for row in plan.geom)),
                   num_warps=nw)
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
@@ -251,7 +254,7 @@ def loss_space_fwd(
     si_lambda: float, si_sqrt: bool, si_scale: float, save_for_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(losses (B, n), per-scale sums (B, 6 * NQ), workspace kept for backward)."""
-    with torch.cuda.device(pred.device) if pred.is_cuda else _nullcontext():
+    with _device_ctx(pred):
         return _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward)
 
 
@@ -270,7 +273,7 @@ def loss_space_bwd(
     stats: torch.Tensor, indices: list[int], si_lambda: float, si_sqrt: bool, si_scale: float,
 ) -> torch.Tensor:
     """d(sum grad_out * L) / d pred, shape and dtype of pred."""
-    with torch.cuda.device(pred.device) if pred.is_cuda else _nullcontext():
+    with _device_ctx(pred):
         return _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale)
 
 
@@ -298,12 +301,13 @@ torch.library.register_autograd("mlrb_triton::loss_space_fwd", _autograd_backwar
                                 setup_context=_setup_context)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _device_ctx(t: torch.Tensor):
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    # Interpreter only: its host-side tensor copies must not meet an active dispatch mode
+    # (e.g. AOTAutograd's first-call aliasing check), which cannot see real storage.
+    from torch.utils._python_dispatch import _disable_current_modes
+    return _disable_current_modes()
 
 
 # ----------------------------------------------------------------------------- entry point
