@@ -97,6 +97,7 @@ PYBIND11_MODULE(_C, mod) {
       "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> "
       "grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64.";
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
+  mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
           py::arg("si_scale"), py::arg("num_threads"));

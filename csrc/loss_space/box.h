@@ -11,7 +11,12 @@
 #include <algorithm>
 #include <cstdint>
 
+#ifndef MLRB_CPU_ISA
+#define MLRB_CPU_ISA generic
+#endif
+
 namespace mlrb {
+inline namespace MLRB_CPU_ISA {
 
 // Scratch entries (double) that box_row_sum / box_row_sum_transpose need for a row of w.
 inline int64_t box_scratch_size(int w, int r) { return 2 * int64_t(w) + 8 * r + 4; }
@@ -102,4 +107,5 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, double* scratch) {
   out[w - 1] = static_cast<T>(sum4(Z + w - 1 + r, r + 1));  // q = w - 1 .. w - 1 + r
 }
 
+}  // namespace MLRB_CPU_ISA
 }  // namespace mlrb

@@ -11,7 +11,14 @@
 #define MLRB_HOST_DEVICE inline
 #endif
 
+#ifndef MLRB_CPU_ISA
+#define MLRB_CPU_ISA generic
+#endif
+
 namespace mlrb {
+// Host code is compiled once per instruction set (csrc/loss_space/cpu/*_avx2.cpp); the
+// inline namespace keeps the copies apart at link time.
+inline namespace MLRB_CPU_ISA {
 
 constexpr int kNumScales = 6;
 constexpr int kNumTypes = 13;
@@ -84,4 +91,5 @@ MLRB_HOST_DEVICE void cubic_weights(double t, double w[4]) {
   w[3] = cubic_far(2 - t);
 }
 
+}  // namespace MLRB_CPU_ISA
 }  // namespace mlrb

@@ -30,5 +30,8 @@ template <typename T>
 void loss_space_backward(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask,
                          const LossSpaceArgs& args, T* grad_pred);
 
+// The instruction set the kernels run with on this CPU: "avx2" or "generic".
+const char* isa();
+
 }  // namespace cpu
 }  // namespace mlrb

@@ -13,7 +13,12 @@
 
 #include "loss_space/loss_math.h"
 
+#ifndef MLRB_CPU_ISA
+#define MLRB_CPU_ISA generic
+#endif
+
 namespace mlrb {
+inline namespace MLRB_CPU_ISA {
 
 struct Axis {
   int n_in = 0;    // full-resolution size
@@ -120,4 +125,5 @@ void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T
   }
 }
 
+}  // namespace MLRB_CPU_ISA
 }  // namespace mlrb

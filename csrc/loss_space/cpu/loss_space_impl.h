@@ -1,0 +1,921 @@
+// Implementation of the fused CPU kernels; included once per instruction set by
+// loss_space_kernel.cpp (baseline x86-64 / any CPU) and loss_space_kernel_avx2.cpp, each
+// defining MLRB_CPU_ISA, so that one portable build runs AVX2 code where the CPU has it.
+//
+// Work is split by sample (a fixed partition: sample b is one task whatever the thread
+// count), and inside a sample everything runs in a fixed order, so the results are
+// bitwise identical for any number of threads. Per (sample, scale) the forward makes one
+// pass over the rows (plus a short pre-pass for the global mean of M); the backward
+// recomputes what it needs and pushes d(sum G L)/dD^k through the transpose of the
+// pyramid. Per-row sums use the input precision and are accumulated in double.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "loss_space/box.h"
+#include "loss_space/loss_math.h"
+#include "loss_space/loss_space.h"
+#include "loss_space/pyramid.h"
+
+namespace mlrb {
+namespace cpu {
+namespace MLRB_CPU_ISA {
+namespace {
+
+constexpr uint32_t bit(int t) { return 1u << t; }
+constexpr uint32_t kBoxBits = bit(kM5) | bit(kM17) | bit(kM65);
+constexpr uint32_t kMeanBits = bit(kM) | kBoxBits;
+// Which coefficient fields of the backward a type writes (see scale_backward).
+constexpr uint32_t kFieldX = bit(kR) | bit(kN);
+constexpr uint32_t kFieldY = bit(kC) | bit(kN);
+constexpr uint32_t kFieldXX = bit(kRR) | bit(kNr);
+constexpr uint32_t kFieldXY = bit(kRC) | bit(kNr) | bit(kNc);
+constexpr uint32_t kFieldYY = bit(kCC) | bit(kNc);
+constexpr uint32_t kRowWindowBits = ~(bit(kD) | kMeanBits);  // types reading rows i+1, i+2
+
+struct Selection {
+  uint32_t types[kNumScales] = {0, 0, 0, 0, 0, 0};
+  bool amlr = false;
+};
+
+Selection selection_of(const LossSpaceArgs& a) {
+  Selection s;
+  for (int j = 0; j < a.n; ++j) {
+    const int i = a.indices[j];
+    if (i < kNumLosses)
+      s.types[i / kNumTypes] |= bit(i % kNumTypes);
+    else
+      s.amlr = true;
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------------ row window
+// Rows i, i+1, i+2 (clamped) of p, g, e = p - g and the mask (0/1), each padded with two
+// copies of its last entry so that d/dx at the last column reads x[w-1] - x[w-1] = 0.
+// With a mask, invalid pixels read as 0: values there never reach a loss or a gradient.
+template <typename T, bool HasMask>
+struct RowWindow {
+  const T* p;
+  const T* g;
+  const uint8_t* m;
+  int h, w;
+  std::vector<T> store;
+  T* P[3];
+  T* G[3];
+  T* E[3];
+  T* M[3];
+  int loaded = -1;  // the row i currently in slot 0
+
+  RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer)
+      : p(p_), g(g_), m(m_), h(h_), w(w_) {
+    const int s = w + 2;
+    for (int r = 0; r < 3; ++r) {
+      P[r] = buffer + (4 * r + 0) * s;
+      G[r] = buffer + (4 * r + 1) * s;
+      E[r] = buffer + (4 * r + 2) * s;
+      M[r] = buffer + (4 * r + 3) * s;
+    }
+  }
+  static int64_t buffer_size(int w) { return 12 * int64_t(w + 2); }
+
+  void load(int slot, int row) {
+    const T* pi = p + int64_t(row) * w;
+    const T* gi = g + int64_t(row) * w;
+    T *Ps = P[slot], *Gs = G[slot], *Es = E[slot], *Ms = M[slot];
+    if constexpr (HasMask) {
+      const uint8_t* mi = m + int64_t(row) * w;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const bool v = mi[j] != 0;
+        Ps[j] = v ? pi[j] : T(0);
+        Gs[j] = v ? gi[j] : T(0);
+        Es[j] = Ps[j] - Gs[j];
+        Ms[j] = v ? T(1) : T(0);
+      }
+    } else {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        Ps[j] = pi[j];
+        Gs[j] = gi[j];
+        Es[j] = pi[j] - gi[j];
+      }
+    }
+    for (int j = w; j < w + 2; ++j) {
+      Ps[j] = Ps[w - 1];
+      Gs[j] = Gs[w - 1];
+      Es[j] = Es[w - 1];
+      if constexpr (HasMask) Ms[j] = Ms[w - 1];
+    }
+  }
+
+  // Make slots 0, 1, 2 hold rows i, min(i+1, h-1), min(i+2, h-1); `deep`: rows i+1, i+2 needed.
+  void seek(int i, bool deep) {
+    if (!deep) {
+      load(0, i);
+      loaded = -1;
+      return;
+    }
+    if (loaded >= 0 && i == loaded + 1) {
+      std::rotate(P, P + 1, P + 3);
+      std::rotate(G, G + 1, G + 3);
+      std::rotate(E, E + 1, E + 3);
+      std::rotate(M, M + 1, M + 3);
+      load(2, std::min(i + 2, h - 1));
+    } else {
+      for (int r = 0; r < 3; ++r) load(r, std::min(i + r, h - 1));
+    }
+    loaded = i;
+  }
+};
+
+// ------------------------------------------------------------------------ box means
+// Local means of e - mu over an n x n window (n = 2r + 1), row by row: running column sums
+// of x = (e - mu) m and of m over the rows i-r..i+r (clamped), then a horizontal window
+// sum. Subtracting the global mean mu first keeps float32 sums small; it does not change
+// e - box(e). local(i) = box(x) / box(m) (box(m) = n^2 without a mask).
+template <typename T, bool HasMask>
+struct BoxMeans {
+  const T* p;
+  const T* g;
+  const uint8_t* m;
+  int h, w, r;
+  T mu;
+  T* V;     // running column sums of x
+  T* VC;    // running column sums of m
+  T* row;   // scratch row
+  double* hs;  // horizontal sums
+  double* hc;
+  double* scratch;  // for box_row_sum (and the caller's box_row_sum_transpose)
+
+  static int64_t buffer_size(int w) { return 3 * int64_t(w); }
+  static int64_t dbuffer_size(int w) { return 2 * int64_t(w) + box_scratch_size(w, kBoxRadius[2]); }
+
+  BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, int r_, T mu_, T* buf, double* dbuf)
+      : p(p_), g(g_), m(m_), h(h_), w(w_), r(r_), mu(mu_), V(buf), VC(buf + w_), row(buf + 2 * w_),
+        hs(dbuf), hc(dbuf + w_), scratch(dbuf + 2 * w_) {
+    std::fill(V, V + w, T(0));
+    if constexpr (HasMask) std::fill(VC, VC + w, T(0));
+    for (int a = -r; a <= r; ++a) add_row(std::clamp(a, 0, h - 1), T(1));
+  }
+
+  void add_row(int i, T sign) {
+    const T* pi = p + int64_t(i) * w;
+    const T* gi = g + int64_t(i) * w;
+    if constexpr (HasMask) {
+      const uint8_t* mi = m + int64_t(i) * w;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        V[j] += sign * (mi[j] ? (pi[j] - gi[j]) - mu : T(0));
+        VC[j] += sign * (mi[j] ? T(1) : T(0));
+      }
+    } else {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) V[j] += sign * ((pi[j] - gi[j]) - mu);
+    }
+  }
+
+  // Slide the window from row i - 1 to row i (i >= 1).
+  void advance(int i) {
+    const int in = std::min(i + r, h - 1), out = std::max(i - 1 - r, 0);
+    if (in == out) return;
+    add_row(in, T(1));
+    add_row(out, T(-1));
+  }
+
+  // local[j]: mean of e - mu over the valid pixels of the window of (i, j); count[j]: box(m) clamped to >= 1.
+  void means(T* local, T* count) {
+    box_row_sum(V, w, r, hs, scratch);
+    if constexpr (HasMask) {
+      box_row_sum(VC, w, r, hc, scratch);
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const double c = std::max(hc[j], 1.0);
+        local[j] = static_cast<T>(hs[j] / c);
+        count[j] = static_cast<T>(c);
+      }
+    } else {
+      const double inv = 1.0 / double((2 * r + 1) * (2 * r + 1));
+#pragma omp simd
+      for (int j = 0; j < w; ++j) local[j] = static_cast<T>(hs[j] * inv);
+    }
+  }
+};
+
+// ------------------------------------------------------------------------ per-scale sums
+// Sum of e m and count of m over one scale (for the global mean of M and the box shift).
+template <typename T, bool HasMask>
+void mean_error(const T* p, const T* g, const uint8_t* m, int64_t n, double& sum, double& count) {
+  sum = 0;
+  count = 0;
+  const int64_t block = 4096;  // fixed blocks: float partial sums stay short
+  for (int64_t s = 0; s < n; s += block) {
+    const int64_t e = std::min(n, s + block);
+    T acc = 0;
+    int64_t c = 0;
+    if constexpr (HasMask) {
+#pragma omp simd reduction(+ : acc, c)
+      for (int64_t j = s; j < e; ++j) {
+        acc += m[j] ? p[j] - g[j] : T(0);
+        c += m[j] ? 1 : 0;
+      }
+    } else {
+#pragma omp simd reduction(+ : acc)
+      for (int64_t j = s; j < e; ++j) acc += p[j] - g[j];
+      c = e - s;
+    }
+    sum += acc;
+    count += double(c);
+  }
+}
+
+// Footprint validity of the 9 distinct valid sets at (i, j), from mask rows M0, M1, M2
+// (rows i, i+1, i+2, padded). Index by loss type; D, M and the box losses use M0.
+template <int t, typename T>
+inline T valid_of(const T* M0, const T* M1, const T* M2, int j) {
+  if constexpr (t == kR) return M0[j] * M0[j + 1];
+  else if constexpr (t == kC) return M0[j] * M1[j];
+  else if constexpr (t == kRR) return M0[j] * M0[j + 1] * M0[j + 2];
+  else if constexpr (t == kRC) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1];
+  else if constexpr (t == kCC) return M0[j] * M1[j] * M2[j];
+  else if constexpr (t == kN) return M0[j] * M0[j + 1] * M1[j];
+  else if constexpr (t == kNr) return M0[j] * M0[j + 1] * M0[j + 2] * M1[j] * M1[j + 1];
+  else if constexpr (t == kNc) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1] * M2[j];
+  else return M0[j];
+}
+
+// Calls f(std::integral_constant<int, t>) for each selected type t of Ts (compile-time t).
+template <int... Ts, typename F>
+inline void for_types(uint32_t types, F&& f) {
+  ((types & bit(Ts) ? f(std::integral_constant<int, Ts>{}) : void()), ...);
+}
+
+// Scratch of one task (sample): row buffers and the pyramid level being processed.
+template <typename T>
+struct Workspace {
+  std::vector<T> t;
+  std::vector<double> d;
+  std::vector<uint8_t> u8;
+};
+
+// Per-pixel value of the e-based difference types r, c, rr, rc, cc at (i, j).
+template <int t, typename T>
+inline T grad_term(const T* X0, const T* X1, const T* X2, int j) {
+  if constexpr (t == kR) return diff1(X0[j], X0[j + 1]);
+  else if constexpr (t == kC) return diff1(X0[j], X1[j]);
+  else if constexpr (t == kRR) return diff2(X0[j], X0[j + 1], X0[j + 2]);
+  else if constexpr (t == kRC) return diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+  else return diff2(X0[j], X1[j], X2[j]);  // kCC
+}
+
+// The two first/second-order derivatives a normal type compares: (dx, dy), (rr, rc), (rc, cc).
+template <int t, typename T>
+inline void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& a2) {
+  if constexpr (t == kN) {
+    a1 = diff1(X0[j], X0[j + 1]);
+    a2 = diff1(X0[j], X1[j]);
+  } else if constexpr (t == kNr) {
+    a1 = diff2(X0[j], X0[j + 1], X0[j + 2]);
+    a2 = diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+  } else {
+    a1 = diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+    a2 = diff2(X0[j], X1[j], X2[j]);
+  }
+}
+
+// ------------------------------------------------------------------------ forward, one scale
+// out[t] (t = 0..12): the loss of type t at this scale, for the types in `types`.
+template <typename T, bool HasMask>
+void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, double* out,
+                   Workspace<T>& ws) {
+  double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0};
+  T mu = 0;
+  if (types & kMeanBits) {
+    double s, c;
+    mean_error<T, HasMask>(p, g, m, int64_t(h) * w, s, c);
+    mu = static_cast<T>(c > 0 ? s / c : 0.0);
+  }
+  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
+  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w);
+  ws.t.resize(wsz + 3 * bsz + 2 * int64_t(w));
+  ws.d.resize(3 * BoxMeans<T, HasMask>::dbuffer_size(w));
+  T* buf = ws.t.data();
+  RowWindow<T, HasMask> win(p, g, m, h, w, buf);
+  T* local = buf + wsz + 3 * bsz;
+  T* count = local + w;
+  std::vector<BoxMeans<T, HasMask>> boxes;
+  boxes.reserve(3);
+  for (int b = 0; b < 3; ++b)
+    if (types & bit(kM5 + b))
+      boxes.emplace_back(p, g, m, h, w, kBoxRadius[b], mu, buf + wsz + b * bsz,
+                         ws.d.data() + b * BoxMeans<T, HasMask>::dbuffer_size(w));
+  const bool deep = types & kRowWindowBits;
+
+  for (int i = 0; i < h; ++i) {
+    win.seek(i, deep);
+    const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
+    const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
+    const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
+    const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+    T c0 = 0;
+    if constexpr (HasMask) {
+#pragma omp simd reduction(+ : c0)
+      for (int j = 0; j < w; ++j) c0 += M0[j];
+    } else {
+      c0 = T(w);
+    }
+    if (types & bit(kD)) {
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int j = 0; j < w; ++j) acc += std::abs(E0[j]) * (HasMask ? M0[j] : T(1));
+      sum[kD] += acc;
+      cnt[kD] += c0;
+    }
+    if (types & bit(kM)) {
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int j = 0; j < w; ++j) acc += std::abs(E0[j] - mu) * (HasMask ? M0[j] : T(1));
+      sum[kM] += acc;
+      cnt[kM] += c0;
+    }
+    int nb = 0;
+    for (int b = 0; b < 3; ++b) {
+      if (!(types & bit(kM5 + b))) continue;
+      BoxMeans<T, HasMask>& box = boxes[nb++];
+      if (i > 0) box.advance(i);
+      box.means(local, count);
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int j = 0; j < w; ++j) acc += std::abs((E0[j] - mu) - local[j]) * (HasMask ? M0[j] : T(1));
+      sum[kM5 + b] += acc;
+      cnt[kM5 + b] += c0;
+    }
+    for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T acc = 0, c = 0;
+      if constexpr (HasMask) {
+#pragma omp simd reduction(+ : acc, c)
+        for (int j = 0; j < w; ++j) {
+          const T v = valid_of<t>(M0, M1, M2, j);
+          acc += std::abs(grad_term<t>(E0, E1, E2, j)) * v;
+          c += v;
+        }
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += std::abs(grad_term<t>(E0, E1, E2, j));
+        c = T(w);
+      }
+      sum[t] += acc;
+      cnt[t] += c;
+    });
+    for_types<kN, kNr, kNc>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T acc = 0, c = 0;
+#pragma omp simd reduction(+ : acc, c)
+      for (int j = 0; j < w; ++j) {
+        T a1, a2, b1, b2;
+        normal_args<t>(P0, P1, P2, j, a1, a2);
+        normal_args<t>(G0, G1, G2, j, b1, b2);
+        const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
+        acc += normal_loss(a1, a2, b1, b2) * v;
+        c += v;
+      }
+      sum[t] += acc;
+      cnt[t] += c;
+    });
+  }
+  for (int t = 0; t < kNumTypes; ++t)
+    if (types & bit(t)) out[t] = cnt[t] > 0 ? sum[t] / cnt[t] : 0.0;
+}
+
+// ------------------------------------------------------------------------ backward, one scale
+// Transpose of d/dx (x[j] - x[j+1], 0 on the last column): out[j] = t'[j] - t'[j-1] with
+// t' = t except t'[w-1] = 0.
+template <typename T>
+inline void dx_transpose(const T* t, int w, T* out) {
+  if (w == 1) {
+    out[0] = 0;
+    return;
+  }
+  out[0] = t[0];
+#pragma omp simd
+  for (int j = 1; j < w - 1; ++j) out[j] = t[j] - t[j - 1];
+  out[w - 1] = -t[w - 2];
+}
+
+// gp (h x w) += d(sum_t G[t] L_t) / dD^k for the types of this scale.
+//
+// Every loss is a mean of per-pixel terms f(e) or f(p, g) of a stencil; its gradient is
+// collected in coefficient fields that the transposed stencils then distribute:
+//   gp = t0 - m * sum_n B_n^T(tb_n) + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy)
+// (rc = dx dy, and dx, dy commute). The fields of row i depend on rows i..i+2 only, so
+// one pass over the rows suffices; the box transposes lag r rows behind (ring buffers).
+template <typename T, bool HasMask>
+void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, const double* G,
+                    T* gp, Workspace<T>& ws) {
+  const int64_t n = int64_t(h) * w;
+  // Counts of the valid sets and the global mean (pre-pass; without a mask they are h w).
+  double cnt[kNumTypes];
+  for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
+  T mu = 0;
+  if (types & kMeanBits) {
+    double s, c;
+    mean_error<T, HasMask>(p, g, m, n, s, c);
+    mu = static_cast<T>(c > 0 ? s / c : 0.0);
+  }
+  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
+  if constexpr (HasMask) {
+    ws.t.resize(wsz);
+    RowWindow<T, HasMask> win(p, g, m, h, w, ws.t.data());
+    std::fill(cnt, cnt + kNumTypes, 0.0);
+    for (int i = 0; i < h; ++i) {
+      win.seek(i, true);
+      for_types<kD, kM, kM5, kM17, kM65, kR, kC, kRR, kRC, kCC, kN, kNr, kNc>(types, [&](auto tc) {
+        constexpr int t = decltype(tc)::value;
+        T c = 0;
+#pragma omp simd reduction(+ : c)
+        for (int j = 0; j < w; ++j) c += valid_of<t>(win.M[0], win.M[1], win.M[2], j);
+        cnt[t] += c;
+      });
+    }
+  }
+  T wt[kNumTypes];
+  for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
+  // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m.
+  T m_shift = 0;
+  if ((types & bit(kM)) && cnt[kM] > 0) {
+    double s = 0;
+    for (int i = 0; i < h; ++i) {
+      const T* pi = p + int64_t(i) * w;
+      const T* gi = g + int64_t(i) * w;
+      T acc = 0;
+      if constexpr (HasMask) {
+        const uint8_t* mi = m + int64_t(i) * w;
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += mi[j] ? sgn((pi[j] - gi[j]) - mu) : T(0);
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += sgn((pi[j] - gi[j]) - mu);
+      }
+      s += acc;
+    }
+    m_shift = static_cast<T>(s / cnt[kM]);
+  }
+
+  // Scratch: row window, 3 box pipelines, fields, box rings.
+  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w);
+  int64_t ring_rows = 0;
+  for (int b = 0; b < 3; ++b)
+    if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
+  const int nfields = 13;  // t0 tx ty txx txy tyy A Bf prevBf tyy' prevTyy' local count
+  ws.t.resize(wsz + 3 * bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w);
+  ws.d.resize(3 * BoxMeans<T, HasMask>::dbuffer_size(w));
+  T* buf = ws.t.data();
+  RowWindow<T, HasMask> win(p, g, m, h, w, buf);
+  T* f = buf + wsz + 3 * bsz;
+  T *t0 = f, *tx = f + w, *ty = f + 2 * w, *txx = f + 3 * w, *txy = f + 4 * w, *tyy = f + 5 * w;
+  T *A = f + 6 * w, *Bf = f + 7 * w, *prevBf = f + 8 * w, *tyyz = f + 9 * w, *prevTyy = f + 10 * w;
+  T *local = f + 11 * w, *count = f + 12 * w;
+  T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)
+  T* ring_base = zrun_base + 3 * 2 * w;
+  std::fill(prevBf, prevBf + w, T(0));
+  std::fill(prevTyy, prevTyy + w, T(0));
+
+  struct BoxT {
+    int b, r, ring;
+    T *Z, *tb, *U;
+  };
+  std::vector<BoxMeans<T, HasMask>> boxes;
+  std::vector<BoxT> bt;
+  boxes.reserve(3);
+  {
+    T* ring = ring_base;
+    for (int b = 0; b < 3; ++b) {
+      if (!(types & bit(kM5 + b))) continue;
+      const int r = kBoxRadius[b];
+      boxes.emplace_back(p, g, m, h, w, r, mu, buf + wsz + b * bsz,
+                         ws.d.data() + b * BoxMeans<T, HasMask>::dbuffer_size(w));
+      BoxT x{b, r, 2 * r + 2, zrun_base + b * 2 * w, zrun_base + b * 2 * w + w, ring};
+      std::fill(x.Z, x.Z + w, T(0));
+      bt.push_back(x);
+      ring += int64_t(x.ring) * w;
+    }
+  }
+  // Box transpose: U rows (horizontal transposes of tb) enter a running vertical window;
+  // the window of padded row q (rows q-r..q+r) lands on row clamp(q), times the mask.
+  auto emit = [&](const BoxT& x, int q) {
+    const int row = std::clamp(q, 0, h - 1);
+    T* out = gp + int64_t(row) * w;
+    if constexpr (HasMask) {
+      const uint8_t* mi = m + int64_t(row) * w;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) out[j] -= mi[j] ? x.Z[j] : T(0);
+    } else {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) out[j] -= x.Z[j];
+    }
+  };
+  auto ring_row = [&](const BoxT& x, int i) { return x.U + int64_t(i % x.ring) * w; };
+
+  const bool deep = types & kRowWindowBits;
+  const bool fx = types & kFieldX, fy = types & kFieldY, fxx = types & kFieldXX, fxy = types & kFieldXY,
+             fyy = types & kFieldYY;
+  const bool has_rows = fy || fyy || fxy;  // fields that need dy^T (row i-1)
+  for (int i = 0; i < h; ++i) {
+    win.seek(i, deep);
+    const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
+    const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
+    const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
+    const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+    std::fill(t0, t0 + w, T(0));
+    if (fx) std::fill(tx, tx + w, T(0));
+    if (fy) std::fill(ty, ty + w, T(0));
+    if (fxx) std::fill(txx, txx + w, T(0));
+    if (fxy) std::fill(txy, txy + w, T(0));
+    if (fyy) std::fill(tyy, tyy + w, T(0));
+
+    if (types & bit(kD)) {
+      const T wd = wt[kD];
+#pragma omp simd
+      for (int j = 0; j < w; ++j) t0[j] += wd * sgn(E0[j]) * (HasMask ? M0[j] : T(1));
+    }
+    if (types & bit(kM)) {
+      const T wm = wt[kM];
+#pragma omp simd
+      for (int j = 0; j < w; ++j) t0[j] += wm * (sgn(E0[j] - mu) - m_shift) * (HasMask ? M0[j] : T(1));
+    }
+    for (size_t k = 0; k < bt.size(); ++k) {
+      BoxT& x = bt[k];
+      BoxMeans<T, HasMask>& box = boxes[k];
+      if (i > 0) box.advance(i);
+      box.means(local, count);
+      const T wb = wt[kM5 + x.b];
+      const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const T s = wb * sgn((E0[j] - mu) - local[j]) * (HasMask ? M0[j] : T(1));
+        t0[j] += s;
+        x.tb[j] = HasMask ? s / count[j] : s * inv_n2;
+      }
+      box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i), box.scratch);
+      // Padded row q = i - r has its whole window (rows up to i) now.
+      const T* U_in = ring_row(x, i);
+      const int leave = i - 2 * x.r - 1;
+      if (leave >= 0) {
+        const T* U_out = ring_row(x, leave);
+#pragma omp simd
+        for (int j = 0; j < w; ++j) x.Z[j] += U_in[j] - U_out[j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) x.Z[j] += U_in[j];
+      }
+      emit(x, i - x.r);
+    }
+    for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T* __restrict field = t == kR ? tx : t == kC ? ty : t == kRR ? txx : t == kRC ? txy : tyy;
+      const T wg = wt[t];
+#pragma omp simd
+      for (int j = 0; j < w; ++j)
+        field[j] += wg * sgn(grad_term<t>(E0, E1, E2, j)) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
+    });
+    for_types<kN, kNr, kNc>(types, [&](auto tc) {
+      constexpr int t = decltype(tc)::value;
+      T* __restrict f1 = t == kN ? tx : t == kNr ? txx : txy;
+      T* __restrict f2 = t == kN ? ty : t == kNr ? txy : tyy;
+      const T wn = wt[t];
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        T a1, a2, b1, b2, g1, g2;
+        normal_args<t>(P0, P1, P2, j, a1, a2);
+        normal_args<t>(G0, G1, G2, j, b1, b2);
+        normal_loss_grad(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
+        f1[j] += g1;
+        f2[j] += g2;
+      }
+    });
+
+    // Transposed stencils. The last row's dy terms are 0 (replicate padding): zero them.
+    const bool last = i == h - 1;
+    T* out = gp + int64_t(i) * w;
+    if (fx || fxx) {
+      if (fxx) {
+        dx_transpose(txx, w, A);
+        if (fx) {
+#pragma omp simd
+          for (int j = 0; j < w; ++j) A[j] += tx[j];
+        }
+      } else {
+        std::copy(tx, tx + w, A);
+      }
+      dx_transpose(A, w, Bf);  // Bf as scratch: dx^T(A)
+#pragma omp simd
+      for (int j = 0; j < w; ++j) t0[j] += Bf[j];
+    }
+    if (has_rows) {
+      // Bf = ty + dy^T(tyy) + dx^T(txy), then dy^T(Bf) = Bf' - Bf'(i-1).
+      if (fxy)
+        dx_transpose(txy, w, Bf);
+      else
+        std::fill(Bf, Bf + w, T(0));
+      if (fy) {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) Bf[j] += ty[j];
+      }
+      if (fyy) {
+        if (last)
+          std::fill(tyyz, tyyz + w, T(0));
+        else
+          std::copy(tyy, tyy + w, tyyz);
+#pragma omp simd
+        for (int j = 0; j < w; ++j) Bf[j] += tyyz[j] - prevTyy[j];
+        std::swap(tyyz, prevTyy);
+      }
+      if (last) std::fill(Bf, Bf + w, T(0));
+#pragma omp simd
+      for (int j = 0; j < w; ++j) t0[j] += Bf[j] - prevBf[j];
+      std::swap(Bf, prevBf);
+    }
+#pragma omp simd
+    for (int j = 0; j < w; ++j) out[j] += t0[j];
+  }
+  // Box transposes: the padded rows q = h-r .. h-1+r, whose windows only lose rows.
+  for (BoxT& x : bt) {
+    for (int q = h - x.r; q <= h - 1 + x.r; ++q) {
+      const int leave = q - x.r - 1;
+      if (leave >= 0) {
+        const T* U_out = ring_row(x, leave);
+#pragma omp simd
+        for (int j = 0; j < w; ++j) x.Z[j] -= U_out[j];
+      }
+      emit(x, q);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ AMLR pair
+// d = log(max(p, eps)) - log(g) on valid pixels (mask and g > 0), 0 elsewhere; v = validity.
+template <typename T, bool HasMask>
+inline void log_ratio_row(const T* p, const T* g, const uint8_t* m, int w, T* d, T* v) {
+  for (int j = 0; j < w; ++j) {
+    const bool ok = (!HasMask || m[j]) && g[j] > T(0);
+    v[j] = ok ? T(1) : T(0);
+    d[j] = ok ? std::log(std::max(p[j], T(kLogEps))) - std::log(g[j]) : T(0);
+  }
+}
+
+struct AmlrSums {
+  double sd = 0, sdd = 0, n = 0, sx = 0, nx = 0, sy = 0, ny = 0;
+};
+
+template <typename T, bool HasMask>
+AmlrSums amlr_sums(const T* p, const T* g, const uint8_t* m, int H, int W, T* buf) {
+  AmlrSums s;
+  T *d = buf, *v = buf + W, *dp = buf + 2 * W, *vp = buf + 3 * W;
+  for (int i = 0; i < H; ++i) {
+    const int64_t o = int64_t(i) * W;
+    log_ratio_row<T, HasMask>(p + o, g + o, HasMask ? m + o : nullptr, W, d, v);
+    T a = 0, aa = 0, c = 0, ax = 0, cx = 0;
+#pragma omp simd reduction(+ : a, aa, c)
+    for (int j = 0; j < W; ++j) {
+      a += d[j];
+      aa += d[j] * d[j];
+      c += v[j];
+    }
+    for (int j = 0; j + 1 < W; ++j) {
+      const T pv = v[j] * v[j + 1], df = d[j + 1] - d[j];
+      ax += pv * df * df;
+      cx += pv;
+    }
+    s.sd += a;
+    s.sdd += aa;
+    s.n += c;
+    s.sx += ax;
+    s.nx += cx;
+    if (i > 0) {
+      T ay = 0, cy = 0;
+#pragma omp simd reduction(+ : ay, cy)
+      for (int j = 0; j < W; ++j) {
+        const T pv = v[j] * vp[j], df = d[j] - dp[j];
+        ay += pv * df * df;
+        cy += pv;
+      }
+      s.sy += ay;
+      s.ny += cy;
+    }
+    std::swap(d, dp);
+    std::swap(v, vp);
+  }
+  return s;
+}
+
+struct AmlrValues {
+  double si_raw, si, gr, mean_d;
+};
+
+inline AmlrValues amlr_values(const AmlrSums& s, const LossSpaceArgs& a) {
+  AmlrValues r;
+  r.mean_d = s.n > 0 ? s.sd / s.n : 0.0;
+  const double mean_dd = s.n > 0 ? s.sdd / s.n : 0.0;
+  r.si_raw = mean_dd - a.si_lambda * r.mean_d * r.mean_d;
+  double si = r.si_raw;
+  if (a.si_sqrt) si = si > 0 ? std::sqrt(std::max(si, 1e-30)) : 0.0;
+  r.si = a.si_scale * si;
+  r.gr = ((s.nx > 0 ? s.sx / s.nx : 0.0) + (s.ny > 0 ? s.sy / s.ny : 0.0)) / 2;
+  return r;
+}
+
+// grad (H x W) += d(G_si Si + G_gr Gr) / d pred.
+template <typename T, bool HasMask>
+void amlr_backward(const T* p, const T* g, const uint8_t* m, int H, int W, const LossSpaceArgs& a, double G_si,
+                   double G_gr, T* grad, T* buf) {
+  const AmlrSums s = amlr_sums<T, HasMask>(p, g, m, H, W, buf);
+  const AmlrValues val = amlr_values(s, a);
+  double dsq = 1.0;
+  if (a.si_sqrt) dsq = val.si_raw > 0 ? 0.5 / std::sqrt(std::max(val.si_raw, 1e-30)) : 0.0;
+  // dSi/dd_j = c_si (2 d_j - 2 lambda mean_d) / n on valid pixels.
+  const T c_si = static_cast<T>(s.n > 0 ? G_si * a.si_scale * dsq * 2.0 / s.n : 0.0);
+  const T lam_mean = static_cast<T>(a.si_lambda * val.mean_d);
+  // dGr/dd: pairs (j, j+1) add 2 w (d_j - d_{j+1}) to d_j and the opposite to d_{j+1}.
+  const T wx = static_cast<T>(s.nx > 0 ? G_gr * 0.5 * 2.0 / s.nx : 0.0);
+  const T wy = static_cast<T>(s.ny > 0 ? G_gr * 0.5 * 2.0 / s.ny : 0.0);
+  T* rows[3][2];  // (d, v) of rows i-1, i, i+1
+  for (int r = 0; r < 3; ++r) {
+    rows[r][0] = buf + (2 * r) * W;
+    rows[r][1] = buf + (2 * r + 1) * W;
+  }
+  T* gd = buf + 6 * W;
+  auto load = [&](int r, int i) {
+    const int64_t o = int64_t(i) * W;
+    log_ratio_row<T, HasMask>(p + o, g + o, HasMask ? m + o : nullptr, W, rows[r][0], rows[r][1]);
+  };
+  load(1, 0);
+  if (H > 1) load(2, 1);
+  for (int i = 0; i < H; ++i) {
+    const T *d = rows[1][0], *v = rows[1][1];
+    for (int j = 0; j < W; ++j) {
+      T gj = c_si * (d[j] - lam_mean) * v[j];
+      if (j > 0) gj += wx * v[j - 1] * v[j] * (d[j] - d[j - 1]);
+      if (j + 1 < W) gj += wx * v[j] * v[j + 1] * (d[j] - d[j + 1]);
+      if (i > 0) gj += wy * rows[0][1][j] * v[j] * (d[j] - rows[0][0][j]);
+      if (i + 1 < H) gj += wy * v[j] * rows[2][1][j] * (d[j] - rows[2][0][j]);
+      gd[j] = gj;
+    }
+    const int64_t o = int64_t(i) * W;
+    for (int j = 0; j < W; ++j) {
+      const T pj = p[o + j];
+      grad[o + j] += (v[j] != T(0) && pj >= T(kLogEps)) ? gd[j] / pj : T(0);
+    }
+    std::swap(rows[0][0], rows[1][0]);
+    std::swap(rows[0][1], rows[1][1]);
+    std::swap(rows[1][0], rows[2][0]);
+    std::swap(rows[1][1], rows[2][1]);
+    if (i + 2 < H) load(2, i + 2);
+  }
+}
+
+// ------------------------------------------------------------------------ per sample
+struct Level {
+  int h, w;
+  Axis ay, ax;
+};
+
+inline Level level_of(int H, int W, int k) {
+  Level L;
+  if (k == 0) {
+    L.h = H;
+    L.w = W;
+    return L;
+  }
+  const bool fb = level_fallback(H, W, k);
+  L.ay = level_axis(H, k, fb);
+  L.ax = level_axis(W, k, fb);
+  L.h = L.ay.n_out;
+  L.w = L.ax.n_out;
+  return L;
+}
+
+template <typename T, bool HasMask>
+void forward_sample(const T* p, const T* g, const uint8_t* m, const LossSpaceArgs& a, const Selection& sel,
+                    double* out80, Workspace<T>& ws, std::vector<T>& level, std::vector<uint8_t>& lmask) {
+  const int H = a.H, W = a.W;
+  for (int k = 0; k < kNumScales; ++k) {
+    if (!sel.types[k]) continue;
+    double* out = out80 + kNumTypes * k;
+    if (k == 0) {
+      scale_forward<T, HasMask>(p, g, m, H, W, sel.types[k], out, ws);
+      continue;
+    }
+    const Level L = level_of(H, W, k);
+    const int64_t n = int64_t(L.h) * L.w;
+    level.resize(2 * n + 2 * int64_t(W));
+    lmask.resize(HasMask ? n + W : 0);
+    T *lp = level.data(), *lg = lp + n;
+    uint8_t* lm = HasMask ? lmask.data() : nullptr;
+    build_level<T, HasMask>(p, g, m, L.ay, L.ax, lp, lg, lm, lg + n, lg + n + W, HasMask ? lm + n : nullptr);
+    scale_forward<T, HasMask>(lp, lg, lm, L.h, L.w, sel.types[k], out, ws);
+  }
+  if (sel.amlr) {
+    ws.t.resize(std::max<int64_t>(ws.t.size(), 4 * int64_t(W)));
+    const AmlrValues v = amlr_values(amlr_sums<T, HasMask>(p, g, m, H, W, ws.t.data()), a);
+    out80[kSi] = v.si;
+    out80[kGr] = v.gr;
+  }
+}
+
+template <typename T, bool HasMask>
+void backward_sample(const double* G80, const T* p, const T* g, const uint8_t* m, const LossSpaceArgs& a,
+                     const Selection& sel, T* grad, Workspace<T>& ws, std::vector<T>& level,
+                     std::vector<uint8_t>& lmask) {
+  const int H = a.H, W = a.W;
+  const int64_t N = int64_t(H) * W;
+  std::fill(grad, grad + N, T(0));
+  for (int k = kNumScales - 1; k >= 0; --k) {
+    if (!sel.types[k]) continue;
+    const double* G = G80 + kNumTypes * k;
+    if (k == 0) {
+      scale_backward<T, HasMask>(p, g, m, H, W, sel.types[k], G, grad, ws);
+      continue;
+    }
+    const Level L = level_of(H, W, k);
+    const int64_t n = int64_t(L.h) * L.w;
+    level.resize(3 * n + 2 * int64_t(W));
+    lmask.resize(HasMask ? n + W : 0);
+    T *lp = level.data(), *lg = lp + n, *lgrad = lg + n, *tmp = lgrad + n;
+    uint8_t* lm = HasMask ? lmask.data() : nullptr;
+    build_level<T, HasMask>(p, g, m, L.ay, L.ax, lp, lg, lm, tmp, tmp + W, HasMask ? lm + n : nullptr);
+    std::fill(lgrad, lgrad + n, T(0));
+    scale_backward<T, HasMask>(lp, lg, lm, L.h, L.w, sel.types[k], G, lgrad, ws);
+    add_level_transpose(lgrad, L.ay, L.ax, grad, tmp);
+  }
+  if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0)) {
+    ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
+    amlr_backward<T, HasMask>(p, g, m, H, W, a, G80[kSi], G80[kGr], grad, ws.t.data());
+  }
+  if constexpr (HasMask) {
+    // Invalid pixels never influence a loss: their gradient is exactly 0.
+#pragma omp simd
+    for (int64_t q = 0; q < N; ++q) grad[q] = m[q] ? grad[q] : T(0);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void forward_impl(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, double* out) {
+  const Selection sel = selection_of(a);
+  const int64_t N = int64_t(a.H) * a.W;
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    Workspace<T> ws;
+    std::vector<T> level;
+    std::vector<uint8_t> lmask;
+    double vals[kNumAll];
+#pragma omp for schedule(dynamic, 1)
+    for (int b = 0; b < a.B; ++b) {
+      std::fill(vals, vals + kNumAll, 0.0);
+      const T* p = pred + b * N;
+      const T* g = gt + b * N;
+      if (mask)
+        forward_sample<T, true>(p, g, mask + b * N, a, sel, vals, ws, level, lmask);
+      else
+        forward_sample<T, false>(p, g, nullptr, a, sel, vals, ws, level, lmask);
+      for (int j = 0; j < a.n; ++j) out[int64_t(b) * a.n + j] = vals[a.indices[j]];
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask,
+                         const LossSpaceArgs& a, T* grad_pred) {
+  const Selection sel = selection_of(a);
+  const int64_t N = int64_t(a.H) * a.W;
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    Workspace<T> ws;
+    std::vector<T> level;
+    std::vector<uint8_t> lmask;
+    double G80[kNumAll];
+#pragma omp for schedule(dynamic, 1)
+    for (int b = 0; b < a.B; ++b) {
+      std::fill(G80, G80 + kNumAll, 0.0);
+      for (int j = 0; j < a.n; ++j) G80[a.indices[j]] += grad_out[int64_t(b) * a.n + j];
+      const T* p = pred + b * N;
+      const T* g = gt + b * N;
+      if (mask)
+        backward_sample<T, true>(G80, p, g, mask + b * N, a, sel, grad_pred + b * N, ws, level, lmask);
+      else
+        backward_sample<T, false>(G80, p, g, nullptr, a, sel, grad_pred + b * N, ws, level, lmask);
+    }
+  }
+}
+
+}  // namespace MLRB_CPU_ISA
+}  // namespace cpu
+}  // namespace mlrb
