@@ -19,6 +19,8 @@ namespace py = pybind11;
 
 namespace {
 
+int64_t g_last_workspace_bytes = 0;  // scratch of the last kernel call (written with the GIL held)
+
 using Mask = std::optional<py::array_t<bool, py::array::c_style>>;
 
 template <typename T>
@@ -57,10 +59,13 @@ py::array_t<double> forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& ma
   const T* g = gt.data();
   const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
   double* o = out.mutable_data();
+  int64_t scratch = 0;
+  a.workspace_bytes = &scratch;
   {
     py::gil_scoped_release release;
     mlrb::cpu::loss_space_forward<T>(p, g, m, a, o);
   }
+  g_last_workspace_bytes = scratch;
   return out;
 }
 
@@ -79,10 +84,13 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
   const T* g = gt.data();
   const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
   T* o = grad.mutable_data();
+  int64_t scratch = 0;
+  a.workspace_bytes = &scratch;
   {
     py::gil_scoped_release release;
     mlrb::cpu::loss_space_backward<T>(G, p, g, m, a, o);
   }
+  g_last_workspace_bytes = scratch;
   return grad;
 }
 
@@ -97,6 +105,8 @@ PYBIND11_MODULE(_C, mod) {
       "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> "
       "grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64.";
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
+  mod.def("last_workspace_bytes", [] { return g_last_workspace_bytes; },
+          "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
   mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),

@@ -136,8 +136,13 @@ def saved_bytes(fn: Callable, pred, gt, mask) -> int:
 
 
 def backward_allocations(fn: Callable, pred, gt, mask, min_bytes: int | None = None) -> list[int]:
-    """Sizes of the tensor allocations of at least one full-resolution map (B*H*W elements of
-    pred's dtype, or min_bytes) made while the backward of fn runs (torch profiler)."""
+    """Sizes of the tensor allocations of at least one full-resolution map (pred.numel()
+    elements of pred's dtype, or min_bytes) made while the backward of fn runs.
+
+    Measured with the torch profiler (ops whose own net allocation is that large). Memory
+    that torch does not allocate (the C++ kernels' scratch and the numpy buffer of the
+    cpu backend's output) is not included: see mlrb._C.last_workspace_bytes().
+    """
     from torch.profiler import ProfilerActivity, profile
 
     if min_bytes is None:
@@ -147,8 +152,12 @@ def backward_allocations(fn: Callable, pred, gt, mask, min_bytes: int | None = N
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if pred.is_cuda else [])
     with profile(activities=activities, profile_memory=True) as prof:
         out.backward()
-    return [ev.cpu_memory_usage + ev.device_memory_usage for ev in prof.events()
-            if ev.name == "[memory]" and ev.cpu_memory_usage + ev.device_memory_usage >= min_bytes]
+    sizes = []
+    for ev in prof.events():
+        own = ev.self_cpu_memory_usage + getattr(ev, "self_device_memory_usage", 0)
+        if own >= min_bytes:
+            sizes.append(own)
+    return sizes
 
 
 def _run_gpu(argv) -> int | None:

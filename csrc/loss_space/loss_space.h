@@ -17,6 +17,7 @@ struct LossSpaceArgs {
   bool si_sqrt = false;
   double si_scale = 1.0;
   int num_threads = 1;
+  int64_t* workspace_bytes = nullptr;  // if set: += bytes of scratch the threads used
 };
 
 namespace cpu {

@@ -888,6 +888,11 @@ void forward_impl(const T* pred, const T* gt, const uint8_t* mask, const LossSpa
         forward_sample<T, false>(p, g, nullptr, a, sel, vals, ws, level, lmask);
       for (int j = 0; j < a.n; ++j) out[int64_t(b) * a.n + j] = vals[a.indices[j]];
     }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  level.capacity() * sizeof(T) + lmask.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
   }
 }
 
@@ -913,6 +918,11 @@ void backward_impl(const double* grad_out, const T* pred, const T* gt, const uin
       else
         backward_sample<T, false>(G80, p, g, nullptr, a, sel, grad_pred + b * N, ws, level, lmask);
     }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  level.capacity() * sizeof(T) + lmask.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
   }
 }
 
