@@ -16,7 +16,7 @@ import triton.language as tl
 from . import layout as L
 from .loss_math import level_of
 
-GW: tl.constexpr = L.GW
+GW = tl.constexpr(L.GW)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -119,14 +119,14 @@ def box_rows_bwd_kernel(
 
 # ----------------------------------------------------------------------------- columns
 @triton.jit
-def box_cols_fwd_init(src, cb, jok, h, w, R: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr):
-    """Carry of the vertical running window before row 0 (replicate padding)."""
+def box_cols_fwd_init(src, cb, jok, h, w, i_start, R: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr):
+    """Carry of the vertical running window before row i_start (replicate padding): the
+    window sum of row i_start - 1, so that a program can start anywhere in its column."""
     ii = tl.arange(0, RH)[:, None]
     carry = tl.zeros((CW,), tl.float32)
     for t0 in tl.static_range(-R - 1, R, RH):
-        t = t0 + ii
-        r = tl.minimum(tl.maximum(t, 0), h - 1)
-        carry += tl.sum(tl.load(src + cb + r * w, mask=jok & (t < R), other=0.0), axis=0)
+        r = tl.minimum(tl.maximum(i_start + t0 + ii, 0), h - 1)
+        carry += tl.sum(tl.load(src + cb + r * w, mask=jok & (t0 + ii < R), other=0.0), axis=0)
     return carry
 
 
@@ -139,16 +139,20 @@ def box_cols_fwd_step(src, cb, i, ok, h, w, R: tl.constexpr, carry):
 
 
 @triton.jit
-def box_cols_bwd_init(src, cb, jok, h, w, R: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr):
-    """Carry and border weights of the vertical transposed box (see the module doc)."""
+def box_cols_bwd_init(src, cb, jok, h, w, i_start, R: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr):
+    """Carry (zero-padded window sum of row i_start - 1) and the border weights of the
+    vertical transposed box (see the module doc)."""
     ii = tl.arange(0, RH)[:, None]
     carry = tl.zeros((CW,), tl.float32)
     ex0 = tl.zeros((CW,), tl.float32)
     exl = tl.zeros((CW,), tl.float32)
+    for t0 in tl.static_range(-R - 1, R, RH):
+        t = i_start + t0 + ii
+        carry += tl.sum(tl.load(src + cb + t * w, mask=jok & (t0 + ii < R) & (t >= 0) & (t < h), other=0.0),
+                        axis=0)
     for q0 in tl.static_range(0, R, RH):
         q = q0 + ii
         v = tl.load(src + cb + q * w, mask=jok & (q < R) & (q < h), other=0.0)
-        carry += tl.sum(v, axis=0)
         ex0 += tl.sum((R - q) * v, axis=0)
         ql = h - R + q
         vl = tl.load(src + cb + ql * w, mask=jok & (q < R) & (ql >= 0), other=0.0)

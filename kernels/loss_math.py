@@ -11,9 +11,9 @@ import triton.language as tl
 
 from . import layout as L
 
-NORMAL_EPS: tl.constexpr = 1e-8  # in the denominator of the normal loss (Eq. 8)
-LOG_EPS: tl.constexpr = 1e-6  # pred is clamped to >= LOG_EPS before the log (AMLR)
-GW: tl.constexpr = L.GW
+NORMAL_EPS = tl.constexpr(1e-8)  # in the denominator of the normal loss (Eq. 8)
+LOG_EPS = tl.constexpr(1e-6)  # pred is clamped to >= LOG_EPS before the log (AMLR)
+GW = tl.constexpr(L.GW)
 
 
 @triton.jit

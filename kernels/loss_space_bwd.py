@@ -17,8 +17,8 @@ from .box import box_cols_bwd_init, box_cols_bwd_step
 from .loss_math import (LOG_EPS, border, level_of, load6, log_depth, normal_loss_grad, ops,
                         sign, validity)
 
-GW: tl.constexpr = L.GW
-NQ: tl.constexpr = L.NQ
+GW = tl.constexpr(L.GW)
+NQ = tl.constexpr(L.NQ)
 
 
 @triton.jit
@@ -99,15 +99,20 @@ def loss_space_bwd_kernel(
     DO5: tl.constexpr, DO17: tl.constexpr, DO65: tl.constexpr,
     DO_R: tl.constexpr, DO_C: tl.constexpr, DO_RR: tl.constexpr, DO_RC: tl.constexpr,
     DO_CC: tl.constexpr, DO_N: tl.constexpr, DO_NR: tl.constexpr, DO_NC: tl.constexpr,
-    DO_AMLR: tl.constexpr, SI_SQRT: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr,
+    DO_AMLR: tl.constexpr, SI_SQRT: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr, SEG: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     k = level_of(pid, geom, L.COL)
     h = tl.load(geom + k * GW + L.H_)
     w = tl.load(geom + k * GW + L.W_)
-    j = (pid - tl.load(geom + k * GW + L.COL)) * CW + tl.arange(0, CW)[None, :]
+    # Program = (column strip, segment of SEG rows) of scale k.
+    t = pid - tl.load(geom + k * GW + L.COL)
+    nstrips = tl.cdiv(w, CW)
+    j = (t % nstrips) * CW + tl.arange(0, CW)[None, :]
     jok = j < w
+    i_start = (t // nstrips) * SEG
+    i_end = tl.minimum(i_start + SEG, h)
     lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
     cb = lvl + j
     st = stats + (b * 6 + k) * NQ
@@ -133,11 +138,11 @@ def loss_space_bwd_kernel(
     zero = tl.zeros((CW,), tl.float32)
     k5, a5, b5, k17, a17, b17, k65, a65, b65 = zero, zero, zero, zero, zero, zero, zero, zero, zero
     if DO5:
-        k5, a5, b5 = box_cols_bwd_init(bws + L.TB[0] * PLANE, cb, jok, h, w, 2, RH, CW)
+        k5, a5, b5 = box_cols_bwd_init(bws + L.TB[0] * PLANE, cb, jok, h, w, i_start, 2, RH, CW)
     if DO17:
-        k17, a17, b17 = box_cols_bwd_init(bws + L.TB[1] * PLANE, cb, jok, h, w, 8, RH, CW)
+        k17, a17, b17 = box_cols_bwd_init(bws + L.TB[1] * PLANE, cb, jok, h, w, i_start, 8, RH, CW)
     if DO65:
-        k65, a65, b65 = box_cols_bwd_init(bws + L.TB[2] * PLANE, cb, jok, h, w, 32, RH, CW)
+        k65, a65, b65 = box_cols_bwd_init(bws + L.TB[2] * PLANE, cb, jok, h, w, i_start, 32, RH, CW)
 
     if DO_AMLR:
         s0 = stats + b * 6 * NQ
@@ -159,9 +164,9 @@ def loss_space_bwd_kernel(
     NRC: tl.constexpr = DO_RC or DO_NR or DO_NC
     NCC: tl.constexpr = DO_CC or DO_NC
 
-    for i0 in range(0, h, RH):
+    for i0 in range(i_start, i_end, RH):
         i = i0 + tl.arange(0, RH)[:, None]
-        ok = (i < h) & jok
+        ok = (i < i_end) & jok
         o = lvl + i * w + j
         e00 = tl.load(ws + L.EM * PLANE + o, mask=ok, other=0.0)
         if HAS_MASK:

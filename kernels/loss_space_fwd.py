@@ -13,7 +13,7 @@ from . import layout as L
 from .box import box_cols_fwd_init, box_cols_fwd_step
 from .loss_math import border, level_of, load6, log_depth, normal_loss, ops, sign, validity
 
-GW: tl.constexpr = L.GW
+GW = tl.constexpr(L.GW)
 
 
 @triton.jit
@@ -42,15 +42,20 @@ def loss_space_fwd_kernel(
     DO_R: tl.constexpr, DO_C: tl.constexpr, DO_RR: tl.constexpr, DO_RC: tl.constexpr,
     DO_CC: tl.constexpr, DO_N: tl.constexpr, DO_NR: tl.constexpr, DO_NC: tl.constexpr,
     DO_AMLR: tl.constexpr, SAVE_Y: tl.constexpr,
-    RH: tl.constexpr, CW: tl.constexpr, NTP2: tl.constexpr,
+    RH: tl.constexpr, CW: tl.constexpr, SEG: tl.constexpr, NTP2: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
     k = level_of(pid, geom, L.COL)
     h = tl.load(geom + k * GW + L.H_)
     w = tl.load(geom + k * GW + L.W_)
-    j = (pid - tl.load(geom + k * GW + L.COL)) * CW + tl.arange(0, CW)[None, :]
+    # Program = (column strip, segment of SEG rows) of scale k.
+    t = pid - tl.load(geom + k * GW + L.COL)
+    nstrips = tl.cdiv(w, CW)
+    j = (t % nstrips) * CW + tl.arange(0, CW)[None, :]
     jok = j < w
+    i_start = (t // nstrips) * SEG
+    i_end = tl.minimum(i_start + SEG, h)
     lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
     cb = lvl + j
     NORMALS: tl.constexpr = DO_N or DO_NR or DO_NC
@@ -69,17 +74,17 @@ def loss_space_fwd_kernel(
     zero = tl.zeros((CW,), tl.float32)
     cE5, cM5, cE17, cM17, cE65, cM65 = zero, zero, zero, zero, zero, zero
     if DO5:
-        cE5 = box_cols_fwd_init(ws + L.HE[0] * PLANE, cb, jok, h, w, 2, RH, CW)
+        cE5 = box_cols_fwd_init(ws + L.HE[0] * PLANE, cb, jok, h, w, i_start, 2, RH, CW)
         if HAS_MASK:
-            cM5 = box_cols_fwd_init(ws + L.HM[0] * PLANE, cb, jok, h, w, 2, RH, CW)
+            cM5 = box_cols_fwd_init(ws + L.HM[0] * PLANE, cb, jok, h, w, i_start, 2, RH, CW)
     if DO17:
-        cE17 = box_cols_fwd_init(ws + L.HE[1] * PLANE, cb, jok, h, w, 8, RH, CW)
+        cE17 = box_cols_fwd_init(ws + L.HE[1] * PLANE, cb, jok, h, w, i_start, 8, RH, CW)
         if HAS_MASK:
-            cM17 = box_cols_fwd_init(ws + L.HM[1] * PLANE, cb, jok, h, w, 8, RH, CW)
+            cM17 = box_cols_fwd_init(ws + L.HM[1] * PLANE, cb, jok, h, w, i_start, 8, RH, CW)
     if DO65:
-        cE65 = box_cols_fwd_init(ws + L.HE[2] * PLANE, cb, jok, h, w, 32, RH, CW)
+        cE65 = box_cols_fwd_init(ws + L.HE[2] * PLANE, cb, jok, h, w, i_start, 32, RH, CW)
         if HAS_MASK:
-            cM65 = box_cols_fwd_init(ws + L.HM[2] * PLANE, cb, jok, h, w, 32, RH, CW)
+            cM65 = box_cols_fwd_init(ws + L.HM[2] * PLANE, cb, jok, h, w, i_start, 32, RH, CW)
 
     # Per-column accumulators: loss numerators (13 types), valid counts, sign sum, AMLR.
     aD, aM, a5, a17, a65, ar, ac, arr, arc, acc_, aN, aNr, aNc = \
@@ -87,9 +92,9 @@ def loss_space_fwd_kernel(
     nm, nr, nc, nrr, nrc, ncc, nN, nNr, nNc, sS = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
     xn, xs1, xs2, xgx, xnx, xgy, xny = zero, zero, zero, zero, zero, zero, zero
 
-    for i0 in range(0, h, RH):
+    for i0 in range(i_start, i_end, RH):
         i = i0 + tl.arange(0, RH)[:, None]
-        ok = (i < h) & jok
+        ok = (i < i_end) & jok
         okf = ok.to(tl.float32)
         e00, e01, e02, e10, e11, e20 = load6(ws + L.EM * PLANE + lvl, i, j, h, w, ok)
         if HAS_MASK:

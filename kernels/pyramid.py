@@ -12,7 +12,7 @@ import triton.language as tl
 from . import layout as L
 from .loss_math import level_of, tap_weight
 
-GW: tl.constexpr = L.GW
+GW = tl.constexpr(L.GW)
 
 
 @triton.jit

@@ -9,8 +9,8 @@ import triton.language as tl
 
 from . import layout as L
 
-GW: tl.constexpr = L.GW
-NQ: tl.constexpr = L.NQ
+GW = tl.constexpr(L.GW)
+NQ = tl.constexpr(L.NQ)
 
 
 @triton.jit

@@ -65,17 +65,30 @@ def unavailable_reason(device) -> str | None:
 # ----------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class Blocks:
-    pyr: tuple[int, int]  # (TH, TW) pyramid tiles
-    row: tuple[int, int]  # (RH, CW) row strips of the horizontal box passes
-    col: tuple[int, int]  # (RH, CW) column strips of the loss / gradient kernels
-    ut: tuple[int, int]  # tiles of both stages of the transposed pyramid
-    num_warps: int
+    """Tile sizes and warps per kernel: (rows, columns, num_warps)."""
+    pyr: tuple[int, int, int]  # pyramid tiles
+    row: tuple[int, int, int]  # row strips of the horizontal box passes (rows, column chunk)
+    col: tuple[int, int, int]  # loss kernel: (row chunk, strip width); the width is shared
+    col_bwd: tuple[int, int, int]  # gradient kernel: same strip width as the loss kernel
+    ut: tuple[int, int, int]  # both stages of the transposed pyramid
+    seg: int = 64  # rows per program of the loss / gradient kernels (a multiple of their RH)
+    reduce_warps: int = 4
 
 
-# GPU: coalesced rows of 64 floats, small register tiles. Interpreter: one program per
-# map (numpy does the work, Python overhead is per program and per op).
-GPU_BLOCKS = Blocks(pyr=(16, 64), row=(16, 64), col=(32, 32), ut=(16, 64), num_warps=4)
-INTERPRETER_BLOCKS = Blocks(pyr=(64, 64), row=(64, 64), col=(64, 64), ut=(64, 64), num_warps=1)
+# GPU: rows of 32-64 floats (coalesced), tiles sized so that ptxas reports no spills for
+# sm_90 (checked with cuobjdump -res-usage on kernels compiled without a GPU). The
+# interpreter: one program per map (numpy does the work; Python overhead is per op).
+GPU_BLOCKS = Blocks(pyr=(8, 64, 8), row=(8, 64, 4), col=(8, 32, 4), col_bwd=(4, 32, 4), ut=(8, 64, 4),
+                    seg=64)
+INTERPRETER_BLOCKS = Blocks(pyr=(64, 64, 1), row=(64, 64, 1), col=(64, 64, 1), col_bwd=(64, 64, 1),
+                            ut=(64, 64, 1), seg=1 << 16, reduce_warps=1)
+blocks_override: Blocks | None = None  # tests set it to run the tiled (GPU) code paths
+
+
+def current_blocks() -> Blocks:
+    if blocks_override is not None:
+        return blocks_override
+    return INTERPRETER_BLOCKS if interpreted() else GPU_BLOCKS
 
 
 def _axis(n_in: int, k: int, fallback: bool) -> tuple[int, int, int, int]:
@@ -112,8 +125,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) -> Plan:
-    blocks = INTERPRETER_BLOCKS if interp else GPU_BLOCKS
+def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) -> Plan:
     sel = set(indices)
     types = {LOSS_TYPES[i % NUM_TYPES] for i in sel if i < _AMLR[0]}
     active = {i // NUM_TYPES for i in sel if i < _AMLR[0]}
@@ -140,7 +152,7 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], interp: bool) ->
         n = {
             "pyr": _cdiv(h, blocks.pyr[0]) * _cdiv(w, blocks.pyr[1]),
             "row": _cdiv(h, blocks.row[0]) if any_box else 0,
-            "col": _cdiv(w, blocks.col[1]),
+            "col": _cdiv(w, blocks.col[1]) * _cdiv(h, blocks.seg),
             "ut": _cdiv(h, blocks.ut[0]) * _cdiv(W, blocks.ut[1]) if k > 0 else 0,
         }
         row = [h, w, off if on else 0, rs, ro, cs, co, rodd, codd, uoff if on else 0, int(on)]
@@ -182,7 +194,7 @@ def _p2(n: int) -> int:
 
 def _prep(pred, gt, mask, indices):
     B, _, H, W = pred.shape
-    plan = make_plan(B, H, W, tuple(indices), interpreted())
+    plan = make_plan(B, H, W, tuple(indices), current_blocks())
     geom, cols = _device_tables(plan, pred.device)
     pred = pred.reshape(B, H, W).contiguous()
     gt = gt.reshape(B, H, W).contiguous()
@@ -195,6 +207,8 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
     box, launch, _, fwd, pyramid, reduce = _kernels()
     B, H, W, plan, geom, cols, pred, gt, m = _prep(pred, gt, mask, indices)
     bl, f = plan.blocks, plan.flags
+    assert bl.col[1] == bl.col_bwd[1] and bl.seg % bl.col[0] == 0 == bl.seg % bl.col_bwd[0], \
+        "the loss and gradient kernels share their programs (column strip, row segment)"
     ws = torch.empty(plan.ws_numel, device=pred.device, dtype=torch.float32)
     out = torch.zeros(B, len(indices), device=pred.device, dtype=torch.float32)
     stats = torch.empty(B, NUM_SCALES * L.NQ, device=pred.device, dtype=torch.float32)
@@ -202,21 +216,20 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
     part = part_pyr[B * plan.ntp * 2:]
     has_mask = m is not None
     mptr = m if has_mask else pred
-    nw = bl.num_warps
     launch.launch(pyramid.pyramid_fwd_kernel, (plan.ntp, B), pred, gt, mptr, ws, part_pyr, geom,
                   H, W, plan.plane, plan.ntp, HAS_MASK=has_mask, TH=bl.pyr[0], TW=bl.pyr[1],
-                  num_warps=nw)
+                  num_warps=bl.pyr[2])
     if plan.nrow:
         launch.launch(box.box_rows_fwd_kernel, (plan.nrow, B), ws, geom, plan.plane,
                       HAS_MASK=has_mask, DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"],
-                      RH=bl.row[0], CW=bl.row[1], num_warps=nw)
+                      RH=bl.row[0], CW=bl.row[1], num_warps=bl.row[2])
     launch.launch(fwd.loss_space_fwd_kernel, (plan.ntl, B), ws, part_pyr, part, geom, plan.plane,
                   plan.ntp, plan.ntl, HAS_MASK=has_mask, **f, SAVE_Y=bool(save_for_backward),
-                  RH=bl.col[0], CW=bl.col[1], NTP2=_p2(max(row[L.PYR + 1] for row in plan.geom)),
-                  num_warps=nw)
+                  RH=bl.col[0], CW=bl.col[1], SEG=bl.seg, NTP2=_p2(max(row[L.PYR + 1] for row in plan.geom)),
+                  num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
-                  NTP2=_p2(plan.ntp), NTL2=_p2(plan.ntl), num_warps=nw)
+                  NTP2=_p2(plan.ntp), NTL2=_p2(plan.ntl), num_warps=bl.reduce_warps)
     return out, stats, ws
 
 
@@ -230,20 +243,19 @@ def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_s
     grad = torch.empty(B, 1, H, W, device=pred.device, dtype=pred.dtype)
     has_mask = m is not None
     mptr = m if has_mask else pred
-    nw = bl.num_warps
     if plan.nrow:
         launch.launch(box.box_rows_bwd_kernel, (plan.nrow, B), ws, bws, geom, plan.plane,
                       DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"], RH=bl.row[0], CW=bl.row[1],
-                      num_warps=nw)
+                      num_warps=bl.row[2])
     launch.launch(bwd.loss_space_bwd_kernel, (plan.ntl, B), ws, bws, stats, grad_out, geom, cols,
                   plan.plane, len(indices), float(si_lambda), float(si_scale), HAS_MASK=has_mask,
-                  **f, SI_SQRT=bool(si_sqrt), RH=bl.col[0], CW=bl.col[1], num_warps=nw)
+                  **f, SI_SQRT=bool(si_sqrt), RH=bl.col_bwd[0], CW=bl.col_bwd[1], SEG=bl.seg, num_warps=bl.col_bwd[2])
     if plan.nut:
         launch.launch(pyramid.pyramid_bwd_cols_kernel, (plan.nut, B), bws, geom, W, plan.plane,
-                      plan.ubase, TH=bl.ut[0], TW=bl.ut[1], num_warps=nw)
+                      plan.ubase, TH=bl.ut[0], TW=bl.ut[1], num_warps=bl.ut[2])
     launch.launch(pyramid.pyramid_bwd_rows_kernel, (_cdiv(H, bl.ut[0]) * _cdiv(W, bl.ut[1]), B),
                   bws, geom, mptr, grad, H, W, plan.plane, plan.ubase, HAS_MASK=has_mask,
-                  TH=bl.ut[0], TW=bl.ut[1], num_warps=nw)
+                  TH=bl.ut[0], TW=bl.ut[1], num_warps=bl.ut[2])
     return grad
 
 
@@ -261,7 +273,7 @@ def loss_space_fwd(
 @loss_space_fwd.register_fake
 def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
     B, _, H, W = pred.shape
-    plan = make_plan(B, H, W, tuple(indices), interpreted())
+    plan = make_plan(B, H, W, tuple(indices), current_blocks())
     f32 = dict(device=pred.device, dtype=torch.float32)
     return (pred.new_empty((B, len(indices)), **f32), pred.new_empty((B, NUM_SCALES * L.NQ), **f32),
             pred.new_empty((plan.ws_numel,), **f32))

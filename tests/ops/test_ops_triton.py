@@ -207,3 +207,39 @@ def test_every_type_has_a_column():
     # Guards the kernels' column table against a change of LOSS_TYPES order.
     assert [INDEX[f"{t}@0"] for t in LOSS_TYPES] == list(range(13))
     assert names_of(resolve_select(ALL)) == ALL
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """GPU-like tiling on small maps: several tiles, chunks and strips per scale, so the
+    carried prefix sums, multi-program partial sums and tile decoding are exercised."""
+    monkeypatch.setattr(triton_backend, "blocks_override", triton_backend.Blocks(
+        pyr=(8, 16, 1), row=(8, 16, 1), col=(4, 8, 1), col_bwd=(4, 8, 1), ut=(8, 16, 1), seg=8,
+        reduce_warps=1))
+
+
+def test_tiled_code_paths(small_tiles):
+    check(1, 19, 28, "holes")
+
+
+def test_kernels_compile_for_h100_without_spills():
+    """The interpreter is lenient; compile every kernel for sm_90 with the GPU tile sizes
+    (no GPU needed) and require that ptxas spills nothing."""
+    import os
+    import subprocess
+    import sys
+
+    import triton
+
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    if not os.path.exists(os.path.join(tools, "cuobjdump")):
+        pytest.skip("triton's NVIDIA backend tools (ptxas, cuobjdump) are not installed")
+    script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, script, "90"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert len(rows) == 8, done.stdout
+    for name, regs, stack in rows:
+        assert int(stack) == 0, f"{name} spills: {regs} registers, {stack} bytes of stack"
