@@ -35,7 +35,7 @@ class DataFileError(RuntimeError):
     """A dataset file is missing, unreadable or has the wrong format."""
 
 
-def _read_png(path: str, *, depth: bool) -> np.ndarray:
+def _read_image(path: str, *, depth: bool) -> np.ndarray:
     from PIL import Image
 
     if not os.path.isfile(path):
@@ -140,8 +140,12 @@ class AugmentedDataset(Dataset):
 
 
 def _resolve(path: str, root: str) -> str:
+    # BTS lists write paths with a leading "/" that are relative to the data root; a truly
+    # absolute path (one that exists as such) is kept.
     path = path.strip()
-    return path if os.path.isabs(path) else os.path.join(root, path.lstrip("/"))
+    if os.path.isabs(path) and os.path.exists(path):
+        return path
+    return os.path.join(root, path.lstrip("/"))
 
 
 class NYUv2CSV(Dataset):
@@ -181,7 +185,7 @@ class NYUv2CSV(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, dep = self.rows[index]
-        return _to_sample(_read_png(rgb, depth=False), _read_png(dep, depth=True) * self.scale, self.size)
+        return _to_sample(_read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale, self.size)
 
 
 class BTSSplit(Dataset):
@@ -233,7 +237,7 @@ class BTSSplit(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, dep = self.rows[index]
-        image, depth = _read_png(rgb, depth=False), _read_png(dep, depth=True) * self.scale
+        image, depth = _read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale
         if self.dataset == "kitti":
             image, depth = _kb_crop(image), _kb_crop(depth)
         sample = _to_sample(image, depth, self.size)

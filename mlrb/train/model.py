@@ -12,6 +12,7 @@ user, or timm's / Hugging Face's local cache. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -62,6 +63,15 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(n_e, n_d, kernel_size=1)
         self.blocks = nn.Sequential(*[UpBlock(n_d >> i, n_d >> (i + 1)) for i in range(num_blocks)])
         self.conv_out = nn.Conv2d(n_d >> num_blocks, 1, kernel_size=3, padding=1)
+        # He initialisation keeps the activations' scale through the ten ReLU convs (PyTorch's
+        # default shrinks it ~3x per layer, leaving a random decoder's output ~1e-3 and
+        # training from scratch very slow); the output starts near a constant depth, see
+        # DepthNet.init_output_depth.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.conv_out.weight, std=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.blocks(self.conv_in(x)))
@@ -97,6 +107,15 @@ class DepthNet(nn.Module):
         self.info = info
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def init_output_depth(self, depth: float) -> None:
+        """Start the prediction near ``depth`` metres (e.g. the training set's mean depth)
+        by setting the bias of the last conv; its weights start small."""
+        if not depth > 0:
+            raise ValueError(f"depth must be > 0, got {depth}")
+        bias = depth if self.head == "linear" else math.log(math.expm1(depth))  # softplus^-1
+        self.decoder.conv_out.bias.fill_(bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.dim() != 4 or image.shape[1] != 3:
@@ -184,7 +203,7 @@ def build_model(name: str = DEFAULT_MODEL, *, n_d: int = 1024, pretrained: str |
             source = path
     try:
         encoder = timm.create_model(timm_name, **kwargs)
-    except (RuntimeError, OSError, KeyError) as exc:
+    except Exception as exc:  # torch.load / safetensors / state-dict mismatches raise various types
         if source == "random":
             raise
         raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc

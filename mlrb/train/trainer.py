@@ -62,6 +62,7 @@ class TrainConfig:
     pretrained: str | None = None
     random_if_missing: bool = False
     head: str = "auto"  # "auto": softplus when the selection has log-depth (AMLR) losses
+    init_depth: float | str | None = "auto"  # output starts here; "auto": mean training depth; None: 0
     # losses and weighting
     select: str = "all"
     backend: str = "auto"
@@ -141,7 +142,13 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
-                                 random_if_missing=cfg.random_if_missing, head=head).to(self.device)
+                                 random_if_missing=cfg.random_if_missing, head=head)
+        init_depth = cfg.init_depth
+        if init_depth == "auto":
+            init_depth = mean_depth(self.train_set)
+        if init_depth is not None:
+            self.model.init_output_depth(float(init_depth))
+        self.model.to(self.device)
         self.weighter = _build_weighter(cfg, self.names).to(self.device)
         params = list(self.model.parameters()) + list(self.weighter.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
@@ -499,6 +506,21 @@ class Trainer:
         """Tear down the process group if this trainer created it."""
         if getattr(self, "_owns_pg", False) and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def mean_depth(dataset, n: int = 32) -> float:
+    """Mean valid depth over (up to) ``n`` samples spread over the dataset."""
+    base = getattr(dataset, "base", dataset)  # no augmentation needed for a mean
+    idx = sorted({int(i * len(base) / n) for i in range(n)}) if len(base) > n else range(len(base))
+    total, count = 0.0, 0
+    for i in idx:
+        s = base[i]
+        valid = s["mask"] & torch.isfinite(s["depth"]) & (s["depth"] > 0)
+        total += float(s["depth"][valid].double().sum())
+        count += int(valid.sum())
+    if count == 0:
+        raise ValueError("no valid depth in the first training samples; check the data (or set init_depth)")
+    return total / count
 
 
 def _norm(v):
