@@ -272,7 +272,8 @@ def loss_space_fwd(
 
 @loss_space_fwd.register_fake
 def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
-    B, _, H, W = pred.shape
+    # The workspace size depends on the tiling of every scale: specialise symbolic sizes.
+    B, H, W = (int(d) for d in (pred.shape[0], pred.shape[-2], pred.shape[-1]))
     plan = make_plan(B, H, W, tuple(indices), current_blocks())
     f32 = dict(device=pred.device, dtype=torch.float32)
     return (pred.new_empty((B, len(indices)), **f32), pred.new_empty((B, NUM_SCALES * L.NQ), **f32),
