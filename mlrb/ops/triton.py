@@ -194,7 +194,7 @@ def _p2(n: int) -> int:
 
 def _prep(pred, gt, mask, indices):
     B, _, H, W = pred.shape
-    plan = make_plan(B, H, W, tuple(indices), current_blocks())
+    plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
     geom, cols = _device_tables(plan, pred.device)
     pred = pred.reshape(B, H, W).contiguous()
     gt = gt.reshape(B, H, W).contiguous()
@@ -274,7 +274,7 @@ def loss_space_fwd(
 def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
     # The workspace size depends on the tiling of every scale: specialise symbolic sizes.
     B, H, W = (int(d) for d in (pred.shape[0], pred.shape[-2], pred.shape[-1]))
-    plan = make_plan(B, H, W, tuple(indices), current_blocks())
+    plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
     f32 = dict(device=pred.device, dtype=torch.float32)
     return (pred.new_empty((B, len(indices)), **f32), pred.new_empty((B, NUM_SCALES * L.NQ), **f32),
             pred.new_empty((plan.ws_numel,), **f32))
