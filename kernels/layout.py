@@ -26,10 +26,13 @@ HM = (7, 8, 9)  # horizontal window sums of M
 Y = (10, 11, 12)  # m * sign(e - local mean) / count: what backward needs of each M_n
 NUM_FWD_PLANES = 13
 
+NUM_FWD_PLANES_NO_BOX = 4  # without an M_n loss only P, G, M, EM are allocated
+
 # --- backward workspace planes (then the column stage of the transposed pyramid)
-TB = (0, 1, 2)  # horizontal transposed box of each Y
-GP = 3  # dL/dpred^k at every level
+GP = 0  # dL/dpred^k at every level
+TB = (1, 2, 3)  # horizontal transposed box of each Y
 NUM_BWD_PLANES = 4
+NUM_BWD_PLANES_NO_BOX = 1
 
 BOX_RADII = (2, 8, 32)  # M5, M17, M65: r = (n - 1) / 2
 

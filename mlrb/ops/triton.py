@@ -104,19 +104,21 @@ def _axis(n_in: int, k: int, fallback: bool) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: make_plan caches it
 class Plan:
+    """Everything the launches of one (B, H, W, selection, tiling) need, computed once."""
     levels: tuple[int, ...]  # active scales
     shapes: tuple[tuple[int, int], ...]  # (h_k, w_k), all six
     geom: tuple  # (6, GW) ints: the geometry table (layout.py)
     cols: tuple  # (80,) ints: output column of each loss, -1 if unselected
-    flags: dict
-    plane: int
-    ntp: int
-    ntl: int
-    nrow: int
-    nut: int
+    flags: dict  # constexpr loss-group flags of the kernels
+    plane: int  # elements of one workspace plane (all active scales, all samples)
+    ntp: int  # programs of the pyramid launch (per sample)
+    ntl: int  # programs of the loss and gradient launches
+    nrow: int  # programs of the horizontal box passes (0: no M_n selected)
+    nut: int  # programs of the column stage of the transposed pyramid
+    fwd_planes: int  # planes in the forward workspace, then the partial sums
     ws_numel: int
     bws_numel: int
-    ubase: int
+    ubase: int  # offset of the column stage's output in the backward workspace
     blocks: Blocks
 
 
@@ -126,6 +128,7 @@ def _cdiv(a: int, b: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) -> Plan:
+    """Level sizes and taps, active scales, program counts and workspace sizes."""
     sel = set(indices)
     types = {LOSS_TYPES[i % NUM_TYPES] for i in sel if i < _AMLR[0]}
     active = {i // NUM_TYPES for i in sel if i < _AMLR[0]}
@@ -140,9 +143,9 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     starts = dict.fromkeys(("pyr", "row", "col", "ut"), 0)
     any_box = bool(types & set(BOX_SIZES))
     for k in range(NUM_SCALES):
-        if k == 0:
-            h, w, rs, ro, rodd = H, W, 1, 0, 0
-            _, cs, co, codd = W, 1, 0, 0
+        if k == 0:  # D^0 is the input: no taps
+            h, rs, ro, rodd = H, 1, 0, 0
+            w, cs, co, codd = W, 1, 0, 0
         else:
             fb = (H >> k) == 0 or (W >> k) == 0
             h, rs, ro, rodd = _axis(H, k, fb)
@@ -176,10 +179,12 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     )
     plane = off
     ntp, ntl, nrow, nut = starts["pyr"], starts["col"], starts["row"], starts["ut"]
-    ws_numel = L.NUM_FWD_PLANES * plane + B * ntp * 2 + B * ntl * L.NQ
-    ubase = L.NUM_BWD_PLANES * plane
+    # Planes past the first four (and past GP in backward) serve the M_n losses only.
+    fwd_planes = L.NUM_FWD_PLANES if any_box else L.NUM_FWD_PLANES_NO_BOX
+    ws_numel = fwd_planes * plane + B * ntp * 2 + B * ntl * L.NQ
+    ubase = (L.NUM_BWD_PLANES if any_box else L.NUM_BWD_PLANES_NO_BOX) * plane
     return Plan(tuple(sorted(active)), tuple(shapes), tuple(geom), tuple(cols), flags, plane, ntp, ntl, nrow,
-                nut, ws_numel, ubase + uoff, ubase, blocks)
+                nut, fwd_planes, ws_numel, ubase + uoff, ubase, blocks)
 
 
 @functools.lru_cache(maxsize=256)
@@ -212,7 +217,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
     ws = torch.empty(plan.ws_numel, device=pred.device, dtype=torch.float32)
     out = torch.zeros(B, len(indices), device=pred.device, dtype=torch.float32)
     stats = torch.empty(B, NUM_SCALES * L.NQ, device=pred.device, dtype=torch.float32)
-    part_pyr = ws[L.NUM_FWD_PLANES * plan.plane:]
+    part_pyr = ws[plan.fwd_planes * plan.plane:]
     part = part_pyr[B * plan.ntp * 2:]
     has_mask = m is not None
     mptr = m if has_mask else pred
