@@ -136,74 +136,127 @@ struct RowWindow {
 };
 
 // ------------------------------------------------------------------------ box means
-// Local means of e - mu over an n x n window (n = 2r + 1), row by row: running column sums
-// of x = (e - mu) m and of m over the rows i-r..i+r (clamped), then a horizontal window
-// sum. Subtracting the global mean mu first keeps float32 sums small; it does not change
-// e - box(e). local(i) = box(x) / box(m) (box(m) = n^2 without a mask).
+// Local means of e - mu over the n x n windows (n = 2r + 1) of the selected sizes, row by
+// row. Each source row is filtered horizontally once for all sizes (one prefix sum of the
+// row padded by the largest radius; rows kept in a ring), then running vertical sums over
+// rows i-r..i+r (clamped) give the box sums of row i. x = (e - mu) m: subtracting the
+// global mean mu keeps float32 sums small and does not change e - box(e).
+// local(i) = box(x) / box(m) (box(m) = n^2 without a mask).
 template <typename T, bool HasMask>
 struct BoxMeans {
+  static constexpr int S = HasMask ? 2 : 1;  // filtered maps: x (and m)
   const T* p;
   const T* g;
   const uint8_t* m;
-  int h, w, r;
+  int h, w;
   T mu;
-  T* V;     // running column sums of x
-  T* VC;    // running column sums of m
-  T* row;   // scratch row
-  double* hs;  // horizontal sums
-  double* hc;
-  double* scratch;  // for box_row_sum (and the caller's box_row_sum_transpose)
+  int nb = 0;           // number of selected sizes
+  int type[3], rad[3];  // their loss types and radii
+  int rmax = 0, R = 1;  // largest radius, ring rows
+  int computed = -1;    // rows 0..computed are filtered (the last R of them in the ring)
+  T* ring;              // R rows x nb sizes x S maps x w
+  T* V;                 // nb x S x w running vertical sums
+  T* row;               // 2 x w scratch (x and m of one row)
+  double* P;            // prefix sums of one padded row
 
-  static int64_t buffer_size(int w) { return 3 * int64_t(w); }
-  static int64_t dbuffer_size(int w) { return 2 * int64_t(w) + box_scratch_size(w, kBoxRadius[2]); }
+  static int64_t buffer_size(int w, uint32_t types) {
+    int nb = 0, rmax = 0;
+    for (int b = 0; b < 3; ++b)
+      if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
+    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 2) * w;
+  }
+  static int64_t dbuffer_size(int w) { return int64_t(w) + 2 * kBoxRadius[2] + 1; }
 
-  BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, int r_, T mu_, T* buf, double* dbuf)
-      : p(p_), g(g_), m(m_), h(h_), w(w_), r(r_), mu(mu_), V(buf), VC(buf + w_), row(buf + 2 * w_),
-        hs(dbuf), hc(dbuf + w_), scratch(dbuf + 2 * w_) {
-    std::fill(V, V + w, T(0));
-    if constexpr (HasMask) std::fill(VC, VC + w, T(0));
-    for (int a = -r; a <= r; ++a) add_row(std::clamp(a, 0, h - 1), T(1));
+  BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, uint32_t types, T mu_, T* buf, double* dbuf)
+      : p(p_), g(g_), m(m_), h(h_), w(w_), mu(mu_) {
+    for (int b = 0; b < 3; ++b)
+      if (types & (1u << (kM5 + b))) {
+        type[nb] = kM5 + b;
+        rad[nb] = kBoxRadius[b];
+        rmax = kBoxRadius[b];
+        nb++;
+      }
+    R = 2 * rmax + 2;
+    ring = buf;
+    V = ring + int64_t(R) * nb * S * w;
+    row = V + int64_t(nb) * S * w;
+    P = dbuf;
+    if (nb == 0) return;
+    std::fill(V, V + int64_t(nb) * S * w, T(0));
+    filter_upto(std::min(h - 1, rmax));
+    for (int k = 0; k < nb; ++k)
+      for (int a = -rad[k]; a <= rad[k]; ++a) add(k, std::clamp(a, 0, h - 1), T(1));
   }
 
-  void add_row(int i, T sign) {
-    const T* pi = p + int64_t(i) * w;
-    const T* gi = g + int64_t(i) * w;
-    if constexpr (HasMask) {
-      const uint8_t* mi = m + int64_t(i) * w;
+  T* H(int r, int k, int s) { return ring + ((int64_t(r % R) * nb + k) * S + s) * w; }
+
+  // Horizontal window sums of rows computed+1 .. last, for every size.
+  void filter_upto(int last) {
+    for (int s = computed + 1; s <= last; ++s) {
+      const T* pi = p + int64_t(s) * w;
+      const T* gi = g + int64_t(s) * w;
+      T* x = row;
+      T* mr = row + w;
+      if constexpr (HasMask) {
+        const uint8_t* mi = m + int64_t(s) * w;
 #pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        V[j] += sign * (mi[j] ? (pi[j] - gi[j]) - mu : T(0));
-        VC[j] += sign * (mi[j] ? T(1) : T(0));
+        for (int j = 0; j < w; ++j) {
+          x[j] = mi[j] ? (pi[j] - gi[j]) - mu : T(0);
+          mr[j] = mi[j] ? T(1) : T(0);
+        }
+      } else {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) x[j] = (pi[j] - gi[j]) - mu;
       }
-    } else {
+      for (int q = 0; q < S; ++q) {
+        padded_prefix(q == 0 ? x : mr, w, rmax, P);
+        for (int k = 0; k < nb; ++k) window_sums(P, w, rmax, rad[k], H(s, k, q));
+      }
+    }
+    computed = std::max(computed, last);
+  }
+
+  void add(int k, int r, T sign) {
+    for (int q = 0; q < S; ++q) {
+      T* v = V + (int64_t(k) * S + q) * w;
+      const T* hr = H(r, k, q);
 #pragma omp simd
-      for (int j = 0; j < w; ++j) V[j] += sign * ((pi[j] - gi[j]) - mu);
+      for (int j = 0; j < w; ++j) v[j] += sign * hr[j];
     }
   }
 
-  // Slide the window from row i - 1 to row i (i >= 1).
+  // Slide every window from row i - 1 to row i (i >= 1).
   void advance(int i) {
-    const int in = std::min(i + r, h - 1), out = std::max(i - 1 - r, 0);
-    if (in == out) return;
-    add_row(in, T(1));
-    add_row(out, T(-1));
+    filter_upto(std::min(h - 1, i + rmax));
+    for (int k = 0; k < nb; ++k) {
+      const int in = std::min(i + rad[k], h - 1), out = std::max(i - 1 - rad[k], 0);
+      if (in == out) continue;
+      for (int q = 0; q < S; ++q) {
+        T* v = V + (int64_t(k) * S + q) * w;
+        const T* hi = H(in, k, q);
+        const T* ho = H(out, k, q);
+#pragma omp simd
+        for (int j = 0; j < w; ++j) v[j] += hi[j] - ho[j];
+      }
+    }
   }
 
-  // local[j]: mean of e - mu over the valid pixels of the window of (i, j); count[j]: box(m) clamped to >= 1.
-  void means(T* local, T* count) {
-    box_row_sum(V, w, r, hs, scratch);
+  // Size k: local[j] = mean of e - mu over the valid pixels of the window of (i, j);
+  // count[j] = box(m) clamped to >= 1 (with a mask).
+  void means(int k, T* local, T* count) const {
+    const T* v = V + int64_t(k) * S * w;
     if constexpr (HasMask) {
-      box_row_sum(VC, w, r, hc, scratch);
+      const T* c = v + w;
 #pragma omp simd
       for (int j = 0; j < w; ++j) {
-        const double c = std::max(hc[j], 1.0);
-        local[j] = static_cast<T>(hs[j] / c);
-        count[j] = static_cast<T>(c);
+        const T cj = std::max(c[j], T(1));
+        local[j] = v[j] / cj;
+        count[j] = cj;
       }
     } else {
-      const double inv = 1.0 / double((2 * r + 1) * (2 * r + 1));
+      const T inv = T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1)));
 #pragma omp simd
-      for (int j = 0; j < w; ++j) local[j] = static_cast<T>(hs[j] * inv);
+      for (int j = 0; j < w; ++j) local[j] = v[j] * inv;
     }
   }
 };
@@ -302,19 +355,14 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
     mu = static_cast<T>(c > 0 ? s / c : 0.0);
   }
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
-  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w);
-  ws.t.resize(wsz + 3 * bsz + 2 * int64_t(w));
-  ws.d.resize(3 * BoxMeans<T, HasMask>::dbuffer_size(w));
+  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
+  ws.t.resize(wsz + bsz + 2 * int64_t(w));
+  ws.d.resize(BoxMeans<T, HasMask>::dbuffer_size(w));
   T* buf = ws.t.data();
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
-  T* local = buf + wsz + 3 * bsz;
+  T* local = buf + wsz + bsz;
   T* count = local + w;
-  std::vector<BoxMeans<T, HasMask>> boxes;
-  boxes.reserve(3);
-  for (int b = 0; b < 3; ++b)
-    if (types & bit(kM5 + b))
-      boxes.emplace_back(p, g, m, h, w, kBoxRadius[b], mu, buf + wsz + b * bsz,
-                         ws.d.data() + b * BoxMeans<T, HasMask>::dbuffer_size(w));
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data());
   const bool deep = types & kRowWindowBits;
 
   for (int i = 0; i < h; ++i) {
@@ -344,17 +392,14 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
       sum[kM] += acc;
       cnt[kM] += c0;
     }
-    int nb = 0;
-    for (int b = 0; b < 3; ++b) {
-      if (!(types & bit(kM5 + b))) continue;
-      BoxMeans<T, HasMask>& box = boxes[nb++];
-      if (i > 0) box.advance(i);
-      box.means(local, count);
+    if (box.nb && i > 0) box.advance(i);
+    for (int k = 0; k < box.nb; ++k) {
+      box.means(k, local, count);
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int j = 0; j < w; ++j) acc += std::abs((E0[j] - mu) - local[j]) * (HasMask ? M0[j] : T(1));
-      sum[kM5 + b] += acc;
-      cnt[kM5 + b] += c0;
+      sum[box.type[k]] += acc;
+      cnt[box.type[k]] += c0;
     }
     for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
@@ -469,21 +514,23 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
   }
 
   // Scratch: row window, 3 box pipelines, fields, box rings.
-  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w);
+  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
   int64_t ring_rows = 0;
   for (int b = 0; b < 3; ++b)
     if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
   const int nfields = 13;  // t0 tx ty txx txy tyy A Bf prevBf tyy' prevTyy' local count
-  ws.t.resize(wsz + 3 * bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w);
-  ws.d.resize(3 * BoxMeans<T, HasMask>::dbuffer_size(w));
+  ws.t.resize(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
+              box_transpose_scratch_size(w, kBoxRadius[2]));
+  ws.d.resize(BoxMeans<T, HasMask>::dbuffer_size(w));
   T* buf = ws.t.data();
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
-  T* f = buf + wsz + 3 * bsz;
+  T* f = buf + wsz + bsz;
   T *t0 = f, *tx = f + w, *ty = f + 2 * w, *txx = f + 3 * w, *txy = f + 4 * w, *tyy = f + 5 * w;
   T *A = f + 6 * w, *Bf = f + 7 * w, *prevBf = f + 8 * w, *tyyz = f + 9 * w, *prevTyy = f + 10 * w;
   T *local = f + 11 * w, *count = f + 12 * w;
   T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)
   T* ring_base = zrun_base + 3 * 2 * w;
+  T* tscratch = ring_base + ring_rows * w;  // box_row_sum_transpose
   std::fill(prevBf, prevBf + w, T(0));
   std::fill(prevTyy, prevTyy + w, T(0));
 
@@ -491,16 +538,13 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
     int b, r, ring;
     T *Z, *tb, *U;
   };
-  std::vector<BoxMeans<T, HasMask>> boxes;
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data());
   std::vector<BoxT> bt;
-  boxes.reserve(3);
   {
     T* ring = ring_base;
     for (int b = 0; b < 3; ++b) {
       if (!(types & bit(kM5 + b))) continue;
       const int r = kBoxRadius[b];
-      boxes.emplace_back(p, g, m, h, w, r, mu, buf + wsz + b * bsz,
-                         ws.d.data() + b * BoxMeans<T, HasMask>::dbuffer_size(w));
       BoxT x{b, r, 2 * r + 2, zrun_base + b * 2 * w, zrun_base + b * 2 * w + w, ring};
       std::fill(x.Z, x.Z + w, T(0));
       bt.push_back(x);
@@ -550,11 +594,10 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
 #pragma omp simd
       for (int j = 0; j < w; ++j) t0[j] += wm * (sgn(E0[j] - mu) - m_shift) * (HasMask ? M0[j] : T(1));
     }
+    if (box.nb && i > 0) box.advance(i);
     for (size_t k = 0; k < bt.size(); ++k) {
       BoxT& x = bt[k];
-      BoxMeans<T, HasMask>& box = boxes[k];
-      if (i > 0) box.advance(i);
-      box.means(local, count);
+      box.means(int(k), local, count);
       const T wb = wt[kM5 + x.b];
       const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
 #pragma omp simd
@@ -563,7 +606,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
         t0[j] += s;
         x.tb[j] = HasMask ? s / count[j] : s * inv_n2;
       }
-      box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i), box.scratch);
+      box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i), tscratch);
       // Padded row q = i - r has its whole window (rows up to i) now.
       const T* U_in = ring_row(x, i);
       const int leave = i - 2 * x.r - 1;
