@@ -13,6 +13,7 @@ import sys
 import time
 
 from mlrb.names import SETS, TABLE5_SETS, resolve_select
+from mlrb.train.model import PRESETS
 
 # The no-argument run: small enough for a 2-core CPU in well under 5 minutes, yet long
 # enough (5 epochs = 20 periods: initialization, then rebalancing with lambda 3 -> -3 by
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--periods-per-epoch", type=int, default=4, help="rebalancing periods per epoch")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="epochs (paper 20; synthetic default 5)")
-    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--batch-size", type=int, default=None,
+                   help="per process (default: the preset's, densenet161 12, others 8 as in the paper)")
     o.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper 1e-4; synthetic default 1e-3)")
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     o.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
@@ -133,7 +135,7 @@ def config_from_args(args: argparse.Namespace):
         lambda_start=args.lam[0], lambda_end=args.lam[1], lambda_step=args.lambda_step,
         clip=None if args.no_clip else tuple(args.clip), max_ratio=args.max_ratio, amlr_lam=args.amlr_lam,
         fixed_weights=args.fixed_weights, periods_per_epoch=args.periods_per_epoch,
-        epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size, lr=pick(args.lr, "lr"),
+        epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size or PRESETS.get(args.model, {}).get("batch_size", 8), lr=pick(args.lr, "lr"),
         max_steps=args.max_steps, amp=not args.no_amp, device=args.device, num_workers=args.workers,
         seed=args.seed, out_dir=out, ckpt_every=args.ckpt_every, resume=args.resume,
         eval_before=not args.no_eval_before, progress=not args.no_progress,

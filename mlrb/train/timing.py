@@ -6,8 +6,9 @@ rebalancing weighter, backward, Adam step) with {D@0}, L^3 ∪ L^4 ∪ L^5 (39 l
 as overhead relative to {D@0}. Data loading is excluded: every iteration reuses one
 synthetic batch, so the numbers isolate what the loss selection costs.
 
-The three settings are timed round-robin (one iteration of each in turn), so drifts of a
-shared machine's load hit all three alike; the median over iterations is reported.
+The settings are timed round-robin (one iteration of each in turn, the order reversed every
+other round), so drifts of a shared machine's load hit all alike; the table gives the median
+seconds per iteration and, as overhead, the median of the per-round ratios to {D@0}.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def measure(sets: dict[str, str], *, model_name: str = "resnet18", n_d: int = 10
         from tqdm.auto import tqdm
         bar = tqdm(total=total, desc="mlrb time", unit="iter", file=sys.stderr)
     for i in range(warmup + iters):
-        for label, step in steps.items():
+        order = list(steps.items())
+        for label, step in (order if i % 2 == 0 else order[::-1]):  # alternate to cancel drift
             sync()
             t0 = time.perf_counter()
             loss = step()
@@ -105,7 +107,10 @@ def format_table(times: dict[str, list[float]], sets: dict[str, str], header: st
     for label in labels:
         med = statistics.median(times[label])
         n = len(resolve_select(sets[label]))
-        rel = f"{(med / base - 1) * 100:+.1f}%" if label != base_label else "-"
+        # Overhead: median of the per-round ratios (iterations of one round ran back to
+        # back, so a drifting machine load cancels out).
+        ratio = statistics.median(a / b for a, b in zip(times[label], times[base_label]))
+        rel = f"{(ratio - 1) * 100:+.1f}%" if label != base_label else "-"
         paper = PAPER_TABLE7.get(label)
         p_s = f"{paper:.2f}" if paper is not None else "-"
         p_rel = f"{(paper / paper_base - 1) * 100:+.1f}%" if paper is not None and paper_base and label != base_label else "-"
