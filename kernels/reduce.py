@@ -31,26 +31,37 @@ def _pick(S, q, idx):
 
 
 @triton.jit
+def _sums_per_level(part, b, geom, n, START: tl.constexpr, NQP: tl.constexpr, CH: tl.constexpr):
+    """(8, NQP) sums of the partials (n programs of NQP numbers) per scale, chunk after chunk
+    in program order: a fixed order, whatever the number of programs."""
+    kk = tl.arange(0, 8)
+    q = tl.arange(0, NQP)
+    acc = tl.zeros((8, NQP), tl.float32)
+    for p0 in range(0, n, CH):
+        p = p0 + tl.arange(0, CH)
+        P = tl.load(part + (b * n + p[:, None]) * NQP + q[None, :], mask=(p < n)[:, None], other=0.0)
+        k = _level_vec(p, geom, START)
+        acc += tl.sum(tl.where(k[:, None, None] == kk[None, :, None], P[:, None, :], 0.0), axis=0)
+    return acc
+
+
+@triton.jit
 def reduce_kernel(
     part_pyr, part, geom, cols, out, stats, NTP, NTL, n_out, si_lambda, si_scale,
-    SI_SQRT: tl.constexpr, NTP2: tl.constexpr, NTL2: tl.constexpr,
+    SI_SQRT: tl.constexpr, CH: tl.constexpr,
 ):
     b = tl.program_id(0)
     q = tl.arange(0, NQ)
-    pl = tl.arange(0, NTL2)[:, None]
-    Pl = tl.load(part + (b * NTL + pl) * NQ + q[None, :], mask=pl < NTL, other=0.0)
-    kl = _level_vec(pl, geom, L.COL)
-    pp = tl.arange(0, NTP2)[:, None]
+    kk = tl.arange(0, 8)
+    Sl = _sums_per_level(part, b, geom, NTL, L.COL, NQ, CH)  # (8, NQ)
+    Sp = _sums_per_level(part_pyr, b, geom, NTP, L.PYR, 2, CH)  # (8, 2): sum e*m, sum m
     t2 = tl.arange(0, 2)
-    two = t2[None, :]
-    Pp = tl.load(part_pyr + (b * NTP + pp) * 2 + two, mask=pp < NTP, other=0.0)
-    kp = _level_vec(pp, geom, L.PYR)
     t = tl.arange(0, 16)
     cnt_idx = tl.where(t < 5, L.Q_CNT, t + (L.Q_CNT + 1 - 5))  # D, M, M5..M65 count m
     S0 = tl.zeros((NQ,), tl.float32)
     for k in tl.static_range(6):
-        S = tl.sum(tl.where(kl == k, Pl, 0.0), axis=0)
-        sp = tl.sum(tl.where(kp == k, Pp, 0.0), axis=0)
+        S = tl.sum(tl.where(kk[:, None] == k, Sl, 0.0), axis=0)
+        sp = tl.sum(tl.where(kk[:, None] == k, Sp, 0.0), axis=0)
         S = tl.where(q == L.Q_SEM, tl.sum(tl.where(t2 == 0, sp, 0.0)), S)
         S = tl.where(q == L.Q_SM, tl.sum(tl.where(t2 == 1, sp, 0.0)), S)
         tl.store(stats + (b * 6 + k) * NQ + q, S)

@@ -73,6 +73,7 @@ class Blocks:
     ut: tuple[int, int, int]  # both stages of the transposed pyramid
     seg: int = 64  # rows per program of the loss / gradient kernels (a multiple of their RH)
     reduce_warps: int = 4
+    reduce_chunk: int = 32  # partial sums per step of the reduction
 
 
 # GPU: rows of 32-64 floats (coalesced), tiles sized so that ptxas reports no spills for
@@ -81,7 +82,7 @@ class Blocks:
 GPU_BLOCKS = Blocks(pyr=(8, 64, 8), row=(8, 64, 4), col=(8, 32, 4), col_bwd=(4, 32, 4), ut=(8, 64, 4),
                     seg=64)
 INTERPRETER_BLOCKS = Blocks(pyr=(64, 64, 1), row=(64, 64, 1), col=(64, 64, 1), col_bwd=(64, 64, 1),
-                            ut=(64, 64, 1), seg=1 << 16, reduce_warps=1)
+                            ut=(64, 64, 1), seg=1 << 16, reduce_warps=1, reduce_chunk=64)
 blocks_override: Blocks | None = None  # tests set it to run the tiled (GPU) code paths
 
 
@@ -234,7 +235,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                   num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
-                  NTP2=_p2(plan.ntp), NTL2=_p2(plan.ntl), num_warps=bl.reduce_warps)
+                  CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
     return out, stats, ws
 
 
