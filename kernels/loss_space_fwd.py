@@ -42,7 +42,7 @@ def loss_space_fwd_kernel(
     DO_R: tl.constexpr, DO_C: tl.constexpr, DO_RR: tl.constexpr, DO_RC: tl.constexpr,
     DO_CC: tl.constexpr, DO_N: tl.constexpr, DO_NR: tl.constexpr, DO_NC: tl.constexpr,
     DO_AMLR: tl.constexpr, SAVE_Y: tl.constexpr,
-    RH: tl.constexpr, CW: tl.constexpr, SEG: tl.constexpr, NTP2: tl.constexpr,
+    RH: tl.constexpr, CW: tl.constexpr, SEG: tl.constexpr, PCH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
@@ -64,12 +64,16 @@ def loss_space_fwd_kernel(
     mu = 0.0
     if DO_M:
         # Mean of e over the valid pixels of this scale, from the pyramid's partials.
-        r = tl.arange(0, NTP2)
+        # Chunk after chunk in program order: the same fixed order in every program.
         pstart = tl.load(geom + k * GW + L.PYR)
-        okp = r < tl.load(geom + k * GW + L.PYR + 1)
-        sem = tl.sum(tl.load(part_pyr + (b * NTP + pstart + r) * 2, mask=okp, other=0.0), axis=0)
-        sm = tl.sum(tl.load(part_pyr + (b * NTP + pstart + r) * 2 + 1, mask=okp, other=0.0), axis=0)
-        mu = sem / tl.maximum(sm, 1.0)
+        pn = tl.load(geom + k * GW + L.PYR + 1)
+        sem = tl.zeros((PCH,), tl.float32)
+        sm = tl.zeros((PCH,), tl.float32)
+        for r0 in range(0, pn, PCH):
+            r = r0 + tl.arange(0, PCH)
+            sem += tl.load(part_pyr + (b * NTP + pstart + r) * 2, mask=r < pn, other=0.0)
+            sm += tl.load(part_pyr + (b * NTP + pstart + r) * 2 + 1, mask=r < pn, other=0.0)
+        mu = tl.sum(sem, axis=0) / tl.maximum(tl.sum(sm, axis=0), 1.0)
 
     zero = tl.zeros((CW,), tl.float32)
     cE5, cM5, cE17, cM17, cE65, cM65 = zero, zero, zero, zero, zero, zero

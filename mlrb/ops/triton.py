@@ -194,10 +194,6 @@ def _device_tables(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torc
             torch.tensor(plan.cols, dtype=torch.int32, device=device))
 
 
-def _p2(n: int) -> int:
-    return max(16, 1 << max(0, n - 1).bit_length())
-
-
 def _prep(pred, gt, mask, indices):
     B, _, H, W = pred.shape
     plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
@@ -231,7 +227,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                       RH=bl.row[0], CW=bl.row[1], num_warps=bl.row[2])
     launch.launch(fwd.loss_space_fwd_kernel, (plan.ntl, B), ws, part_pyr, part, geom, plan.plane,
                   plan.ntp, plan.ntl, HAS_MASK=has_mask, **f, SAVE_Y=bool(save_for_backward),
-                  RH=bl.col[0], CW=bl.col[1], SEG=bl.seg, NTP2=_p2(max(row[L.PYR + 1] for row in plan.geom)),
+                  RH=bl.col[0], CW=bl.col[1], SEG=bl.seg, PCH=bl.reduce_chunk * 4,
                   num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
