@@ -184,6 +184,9 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     fwd_planes = L.NUM_FWD_PLANES if any_box else L.NUM_FWD_PLANES_NO_BOX
     ws_numel = fwd_planes * plane + B * ntp * 2 + B * ntl * L.NQ
     ubase = (L.NUM_BWD_PLANES if any_box else L.NUM_BWD_PLANES_NO_BOX) * plane
+    if max(ws_numel, ubase + uoff) >= 2**31:
+        raise ValueError(f"mlrb triton backend: a batch of {B}x1x{H}x{W} needs a workspace beyond "
+                         "int32 indexing (2^31 floats); split the batch into smaller calls")
     return Plan(tuple(sorted(active)), tuple(shapes), tuple(geom), tuple(cols), flags, plane, ntp, ntl, nrow,
                 nut, fwd_planes, ws_numel, ubase + uoff, ubase, blocks)
 

@@ -246,3 +246,8 @@ def test_kernels_compile_for_h100_without_spills():
     assert len(rows) == 8, done.stdout
     for name, regs, stack in rows:
         assert int(stack) == 0, f"{name} spills: {regs} registers, {stack} bytes of stack"
+
+
+def test_workspace_beyond_int32_is_refused():
+    with pytest.raises(ValueError, match="split the batch"):
+        triton_backend.make_plan(64, 1024, 2048, tuple(range(80)), triton_backend.GPU_BLOCKS)
