@@ -31,6 +31,13 @@ struct Axis {
     const int t = stride * i + first0 + a;
     return t < 0 ? 0 : (t >= n_in ? n_in - 1 : t);
   }
+  // Outputs [lo, hi) read taps first(i) .. first(i) + 3 without clamping.
+  void interior(int& lo, int& hi) const {
+    lo = 0;
+    while (lo < n_out && stride * lo + first0 < 0) ++lo;
+    hi = n_out;
+    while (hi > lo && stride * (hi - 1) + first0 + 3 > n_in - 1) --hi;
+  }
 };
 
 // A level falls back to the 1x1 resize when floor(H / 2^k) or floor(W / 2^k) is 0.
@@ -93,12 +100,30 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
     }
     T* op = out_p + (int64_t)i * ax.n_out;
     T* og = out_g + (int64_t)i * ax.n_out;
-    for (int j = 0; j < ax.n_out; ++j) {
+    auto clamped = [&](int j) {
       const int c0 = ax.tap(j, 0), c1 = ax.tap(j, 1), c2 = ax.tap(j, 2), c3 = ax.tap(j, 3);
       op[j] = wx[0] * tmp_p[c0] + wx[1] * tmp_p[c1] + wx[2] * tmp_p[c2] + wx[3] * tmp_p[c3];
       og[j] = wx[0] * tmp_g[c0] + wx[1] * tmp_g[c1] + wx[2] * tmp_g[c2] + wx[3] * tmp_g[c3];
       if constexpr (HasMask) out_m[(int64_t)i * ax.n_out + j] = tmp_m[c0] & tmp_m[c1] & tmp_m[c2] & tmp_m[c3];
+    };
+    int lo, hi;
+    ax.interior(lo, hi);
+    for (int j = 0; j < lo; ++j) clamped(j);
+    const int st = ax.stride, f0 = ax.first0;
+    for (int j = lo; j < hi; ++j) {  // same sums as clamped(j), no index clamping
+      const T* a = tmp_p + (st * j + f0);
+      const T* b = tmp_g + (st * j + f0);
+      op[j] = wx[0] * a[0] + wx[1] * a[1] + wx[2] * a[2] + wx[3] * a[3];
+      og[j] = wx[0] * b[0] + wx[1] * b[1] + wx[2] * b[2] + wx[3] * b[3];
     }
+    if constexpr (HasMask) {
+      uint8_t* om = out_m + (int64_t)i * ax.n_out;
+      for (int j = lo; j < hi; ++j) {
+        const uint8_t* c = tmp_m + (st * j + f0);
+        om[j] = c[0] & c[1] & c[2] & c[3];
+      }
+    }
+    for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
   }
 }
 
@@ -112,10 +137,21 @@ void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T
   for (int i = 0; i < ay.n_out; ++i) {
     std::fill(tmp, tmp + W, T(0));
     const T* gi = gk + (int64_t)i * ax.n_out;
-    for (int j = 0; j < ax.n_out; ++j) {
+    int lo, hi;
+    ax.interior(lo, hi);
+    auto clamped = [&](int j) {
       const T v = gi[j];
       for (int b = 0; b < 4; ++b) tmp[ax.tap(j, b)] += wx[b] * v;
+    };
+    for (int j = 0; j < lo; ++j) clamped(j);
+    // One pass per tap: within a pass no two outputs hit the same entry, so the updates
+    // do not wait on each other (a per-output loop would chain through memory at stride 2).
+    for (int b = 0; b < 4; ++b) {
+      const T wb = wx[b];
+      const int st = ax.stride, f0 = ax.first0 + b;
+      for (int j = lo; j < hi; ++j) tmp[st * j + f0] += wb * gi[j];
     }
+    for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
     for (int a = 0; a < 4; ++a) {
       T* row = grad + (int64_t)ay.tap(i, a) * W;
       const T wa = wy[a];
