@@ -5,19 +5,21 @@ PLANE = B * sum_k h_k * w_k (all six pyramid levels of one kind of map, level af
 sample after sample inside a level), followed by the per-program partial sums.
 
 The geometry table is an int32 tensor (NUM_SCALES, GW): one row per scale k with the
-level size, its offset inside a plane, the bicubic taps of each axis, and for every
-kernel the first program id and the number of programs it runs at that level (0 for a
-level with no selected loss, so unselected scales cost nothing).
+level size, its offset inside a plane, the bicubic taps of each axis, whether the scale is
+selected, and for the per-scale kernels the first program id and the number of programs
+at that scale (0 for a scale with no selected loss, so unselected scales cost nothing).
 """
 NUM_SCALES = 6
 
 # --- geometry table columns
 H_, W_, OFF, RS, RO, CS, CO, RODD, CODD, UOFF, ACTIVE = range(11)
-PYR = 11  # pyramid tiles (start, count)
-ROW = 13  # row strips of the horizontal box pass (start, count)
-COL = 15  # column strips of the loss / gradient kernels (start, count)
-UT = 17  # tiles of the column stage of the transposed pyramid (start, count)
-GW = 20
+ROW = 11  # row strips of the horizontal box pass (start, count)
+COL = 13  # (column strip, row segment) programs of the loss / gradient kernels (start, count)
+UT = 15  # tiles of the column stage of the transposed pyramid (start, count)
+GW = 18
+# The pyramid kernel runs one program per full-resolution block for all scales; its
+# partials are (sum e * m, sum m) per scale: 12 numbers per (sample, block).
+PYR_PARTS = 12
 
 # --- forward workspace planes
 P, G, M, EM = 0, 1, 2, 3  # pred^k, gt^k, validity^k (0/1), (pred^k - gt^k) * validity^k

@@ -65,14 +65,13 @@ def loss_space_fwd_kernel(
     if DO_M:
         # Mean of e over the valid pixels of this scale, from the pyramid's partials.
         # Chunk after chunk in program order: the same fixed order in every program.
-        pstart = tl.load(geom + k * GW + L.PYR)
-        pn = tl.load(geom + k * GW + L.PYR + 1)
         sem = tl.zeros((PCH,), tl.float32)
         sm = tl.zeros((PCH,), tl.float32)
-        for r0 in range(0, pn, PCH):
+        for r0 in range(0, NTP, PCH):
             r = r0 + tl.arange(0, PCH)
-            sem += tl.load(part_pyr + (b * NTP + pstart + r) * 2, mask=r < pn, other=0.0)
-            sm += tl.load(part_pyr + (b * NTP + pstart + r) * 2 + 1, mask=r < pn, other=0.0)
+            slot = (b * NTP + r) * L.PYR_PARTS + 2 * k
+            sem += tl.load(part_pyr + slot, mask=r < NTP, other=0.0)
+            sm += tl.load(part_pyr + slot + 1, mask=r < NTP, other=0.0)
         mu = tl.sum(sem, axis=0) / tl.maximum(tl.sum(sm, axis=0), 1.0)
 
     zero = tl.zeros((CW,), tl.float32)

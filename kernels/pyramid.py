@@ -1,9 +1,10 @@
 """The pyramid D^0..D^5 (bicubic, each level from full resolution) and its transpose.
 
 Forward: one launch builds every selected level of pred, gt, the level validity (the whole
-4x4 footprint valid) and e * validity into the workspace; each program also writes the
-partial sums of e * m and m of its tile (the mean of the M loss), reduced later in a
-fixed order. Backward: the transpose of the separable 4-tap filter as two gathers
+4x4 footprint valid) and e * validity into the workspace, one program per 32 x 32 (or
+larger) full-resolution block for all scales at once; each program also writes the
+partial sums of e * m and m per scale (the mean of the M loss), reduced later in a fixed
+order. Backward: the transpose of the separable 4-tap filter as two gathers
 (columns, then rows), so that no program ever scatters (no atomics).
 """
 import triton
@@ -21,27 +22,22 @@ def _geom(geom, k, col: tl.constexpr):
 
 
 @triton.jit
-def pyramid_fwd_kernel(
-    pred, gt, mask, ws, part, geom, H, W, PLANE, NT,
-    HAS_MASK: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    k = level_of(pid, geom, L.PYR)
+def _level_tile(pred, gt, mask, ws, part, geom, k: tl.constexpr, bi, bj, b, src, H, W, PLANE, pslot,
+                HAS_MASK: tl.constexpr, TS: tl.constexpr):
+    """Scale k of the block (bi, bj): its TS x TS outputs, whose 4x4 footprints lie in the
+    block's full-resolution pixels plus a 2-pixel halo (already in L1/L2)."""
     h = _geom(geom, k, L.H_)
     w = _geom(geom, k, L.W_)
-    t = pid - _geom(geom, k, L.PYR)
-    ntw = tl.cdiv(w, TW)
-    i = (t // ntw) * TH + tl.arange(0, TH)[:, None]
-    j = (t % ntw) * TW + tl.arange(0, TW)[None, :]
-    inb = (i < h) & (j < w)
-    src = b.to(tl.int64) * H * W
+    i = bi * TS + tl.arange(0, TS)[:, None]
+    j = bj * TS + tl.arange(0, TS)[None, :]
+    # A 1x1 fallback level is made by block (0, 0) alone (h = w = 1 masks the others).
+    inb = (i < h) & (j < w) & ((_geom(geom, k, L.ACTIVE) + i * 0) != 0)
     if k == 0:
         o = src + i * W + j
         p = tl.load(pred + o, mask=inb, other=0.0).to(tl.float32)
         g = tl.load(gt + o, mask=inb, other=0.0).to(tl.float32)
         if HAS_MASK:
-            mv = tl.load(mask + o, mask=inb, other=0) != 0
+            mv = inb & (tl.load(mask + o, mask=inb, other=0) != 0)
         else:
             mv = inb
         # Values at invalid pixels must never reach a loss (they may be NaN).
@@ -54,14 +50,14 @@ def pyramid_fwd_kernel(
         co = _geom(geom, k, L.CO)
         rodd = _geom(geom, k, L.RODD)
         codd = _geom(geom, k, L.CODD)
-        p = tl.zeros((TH, TW), tl.float32)
-        g = tl.zeros((TH, TW), tl.float32)
+        p = tl.zeros((TS, TS), tl.float32)
+        g = tl.zeros((TS, TS), tl.float32)
         mv = inb
         # Separable 4-tap filter, rows of taps first as in PyTorch's bicubic kernel.
         for a in tl.static_range(4):
             r = tl.minimum(tl.maximum(i * rs + ro + a, 0), H - 1)
-            pr = tl.zeros((TH, TW), tl.float32)
-            gr = tl.zeros((TH, TW), tl.float32)
+            pr = tl.zeros((TS, TS), tl.float32)
+            gr = tl.zeros((TS, TS), tl.float32)
             for c in tl.static_range(4):
                 cc = tl.minimum(tl.maximum(j * cs + co + c, 0), W - 1)
                 o = src + r * W + cc
@@ -87,8 +83,27 @@ def pyramid_fwd_kernel(
     if HAS_MASK:
         tl.store(ws + L.M * PLANE + o, m, mask=inb)
     # Partials of the M loss's mean, reduced per scale in a fixed order.
-    tl.store(part + (b * NT + pid) * 2, tl.sum(tl.sum(em, axis=1), axis=0))
-    tl.store(part + (b * NT + pid) * 2 + 1, tl.sum(tl.sum(m, axis=1), axis=0))
+    tl.store(part + pslot + 2 * k, tl.sum(tl.sum(em, axis=1), axis=0))
+    tl.store(part + pslot + 2 * k + 1, tl.sum(tl.sum(m, axis=1), axis=0))
+
+
+@triton.jit
+def pyramid_fwd_kernel(
+    pred, gt, mask, ws, part, geom, H, W, PLANE, NBW, NBLK,
+    HAS_MASK: tl.constexpr, BS: tl.constexpr,
+):
+    """All selected scales of one BS x BS full-resolution block (BS >= 2^5): scale k owns the
+    (BS / 2^k)^2 outputs whose sampling points fall in the block, so every full-resolution
+    pixel is fetched from memory once per pass (plus a 2-pixel halo)."""
+    blk = tl.program_id(0)
+    b = tl.program_id(1)
+    bi = blk // NBW
+    bj = blk % NBW
+    src = b.to(tl.int64) * H * W
+    pslot = (b * NBLK + blk) * 12
+    for k in tl.static_range(6):
+        _level_tile(pred, gt, mask, ws, part, geom, k, bi, bj, b, src, H, W, PLANE, pslot,
+                    HAS_MASK, BS >> k)
 
 
 @triton.jit

@@ -54,16 +54,20 @@ def reduce_kernel(
     q = tl.arange(0, NQ)
     kk = tl.arange(0, 8)
     Sl = _sums_per_level(part, b, geom, NTL, L.COL, NQ, CH)  # (8, NQ)
-    Sp = _sums_per_level(part_pyr, b, geom, NTP, L.PYR, 2, CH)  # (8, 2): sum e*m, sum m
-    t2 = tl.arange(0, 2)
+    # Pyramid partials: (sum e*m, sum m) of each scale per block, summed over the blocks.
+    u = tl.arange(0, 16)
+    Sp = tl.zeros((16,), tl.float32)
+    for p0 in range(0, NTP, CH):
+        p = p0 + tl.arange(0, CH)
+        Sp += tl.sum(tl.load(part_pyr + (b * NTP + p[:, None]) * L.PYR_PARTS + u[None, :],
+                             mask=(p < NTP)[:, None] & (u < L.PYR_PARTS)[None, :], other=0.0), axis=0)
     t = tl.arange(0, 16)
     cnt_idx = tl.where(t < 5, L.Q_CNT, t + (L.Q_CNT + 1 - 5))  # D, M, M5..M65 count m
     S0 = tl.zeros((NQ,), tl.float32)
     for k in tl.static_range(6):
         S = tl.sum(tl.where(kk[:, None] == k, Sl, 0.0), axis=0)
-        sp = tl.sum(tl.where(kk[:, None] == k, Sp, 0.0), axis=0)
-        S = tl.where(q == L.Q_SEM, tl.sum(tl.where(t2 == 0, sp, 0.0)), S)
-        S = tl.where(q == L.Q_SM, tl.sum(tl.where(t2 == 1, sp, 0.0)), S)
+        S = tl.where(q == L.Q_SEM, tl.sum(tl.where(u == 2 * k, Sp, 0.0)), S)
+        S = tl.where(q == L.Q_SM, tl.sum(tl.where(u == 2 * k + 1, Sp, 0.0)), S)
         tl.store(stats + (b * 6 + k) * NQ + q, S)
         num = _pick(S, q, t)
         cnt = _pick(S, q, cnt_idx)

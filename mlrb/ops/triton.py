@@ -66,7 +66,7 @@ def unavailable_reason(device) -> str | None:
 @dataclass(frozen=True)
 class Blocks:
     """Tile sizes and warps per kernel: (rows, columns, num_warps)."""
-    pyr: tuple[int, int, int]  # pyramid tiles
+    pyr: tuple[int, int, int]  # pyramid: (BS, BS, warps), one program per BS x BS block, BS >= 32
     row: tuple[int, int, int]  # row strips of the horizontal box passes (rows, column chunk)
     col: tuple[int, int, int]  # loss kernel: (row chunk, strip width); the width is shared
     col_bwd: tuple[int, int, int]  # gradient kernel: same strip width as the loss kernel
@@ -79,9 +79,9 @@ class Blocks:
 # GPU: rows of 32-64 floats (coalesced), tiles sized so that ptxas reports no spills for
 # sm_90 (checked with cuobjdump -res-usage on kernels compiled without a GPU). The
 # interpreter: one program per map (numpy does the work; Python overhead is per op).
-GPU_BLOCKS = Blocks(pyr=(8, 64, 8), row=(8, 64, 4), col=(8, 32, 4), col_bwd=(4, 32, 4), ut=(8, 64, 4),
+GPU_BLOCKS = Blocks(pyr=(32, 32, 8), row=(8, 64, 4), col=(8, 32, 4), col_bwd=(4, 32, 4), ut=(8, 64, 4),
                     seg=64)
-INTERPRETER_BLOCKS = Blocks(pyr=(64, 64, 1), row=(64, 64, 1), col=(64, 64, 1), col_bwd=(64, 64, 1),
+INTERPRETER_BLOCKS = Blocks(pyr=(32, 32, 1), row=(64, 64, 1), col=(64, 64, 1), col_bwd=(64, 64, 1),
                             ut=(64, 64, 1), seg=1 << 16, reduce_warps=1, reduce_chunk=64)
 blocks_override: Blocks | None = None  # tests set it to run the tiled (GPU) code paths
 
@@ -141,7 +141,7 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     geom = []
     shapes = []
     off = uoff = 0
-    starts = dict.fromkeys(("pyr", "row", "col", "ut"), 0)
+    starts = dict.fromkeys(("row", "col", "ut"), 0)
     any_box = bool(types & set(BOX_SIZES))
     for k in range(NUM_SCALES):
         if k == 0:  # D^0 is the input: no taps
@@ -154,13 +154,12 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
         shapes.append((h, w))
         on = k in active
         n = {
-            "pyr": _cdiv(h, blocks.pyr[0]) * _cdiv(w, blocks.pyr[1]),
             "row": _cdiv(h, blocks.row[0]) if any_box else 0,
             "col": _cdiv(w, blocks.col[1]) * _cdiv(h, blocks.seg),
             "ut": _cdiv(h, blocks.ut[0]) * _cdiv(W, blocks.ut[1]) if k > 0 else 0,
         }
         row = [h, w, off if on else 0, rs, ro, cs, co, rodd, codd, uoff if on else 0, int(on)]
-        for name in ("pyr", "row", "col", "ut"):
+        for name in ("row", "col", "ut"):
             cnt = n[name] if on else 0
             row += [starts[name], cnt]
             starts[name] += cnt
@@ -179,10 +178,14 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
         DO_NC="Nc" in types, DO_AMLR=amlr,
     )
     plane = off
-    ntp, ntl, nrow, nut = starts["pyr"], starts["col"], starts["row"], starts["ut"]
+    bs = blocks.pyr[0]
+    assert bs == blocks.pyr[1] and bs >= 1 << (NUM_SCALES - 1) and bs & (bs - 1) == 0, blocks.pyr
+    nbw = _cdiv(W, bs)
+    ntp = _cdiv(H, bs) * nbw  # pyramid blocks per sample
+    ntl, nrow, nut = starts["col"], starts["row"], starts["ut"]
     # Planes past the first four (and past GP in backward) serve the M_n losses only.
     fwd_planes = L.NUM_FWD_PLANES if any_box else L.NUM_FWD_PLANES_NO_BOX
-    ws_numel = fwd_planes * plane + B * ntp * 2 + B * ntl * L.NQ
+    ws_numel = fwd_planes * plane + B * ntp * L.PYR_PARTS + B * ntl * L.NQ
     ubase = (L.NUM_BWD_PLANES if any_box else L.NUM_BWD_PLANES_NO_BOX) * plane
     if max(ws_numel, ubase + uoff) >= 2**31:
         raise ValueError(f"mlrb triton backend: a batch of {B}x1x{H}x{W} needs a workspace beyond "
@@ -218,11 +221,11 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
     out = torch.zeros(B, len(indices), device=pred.device, dtype=torch.float32)
     stats = torch.empty(B, NUM_SCALES * L.NQ, device=pred.device, dtype=torch.float32)
     part_pyr = ws[plan.fwd_planes * plan.plane:]
-    part = part_pyr[B * plan.ntp * 2:]
+    part = part_pyr[B * plan.ntp * L.PYR_PARTS:]
     has_mask = m is not None
     mptr = m if has_mask else pred
     launch.launch(pyramid.pyramid_fwd_kernel, (plan.ntp, B), pred, gt, mptr, ws, part_pyr, geom,
-                  H, W, plan.plane, plan.ntp, HAS_MASK=has_mask, TH=bl.pyr[0], TW=bl.pyr[1],
+                  H, W, plan.plane, _cdiv(W, bl.pyr[0]), plan.ntp, HAS_MASK=has_mask, BS=bl.pyr[0],
                   num_warps=bl.pyr[2])
     if plan.nrow:
         launch.launch(box.box_rows_fwd_kernel, (plan.nrow, B), ws, geom, plan.plane,

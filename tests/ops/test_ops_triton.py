@@ -217,7 +217,7 @@ def small_tiles(monkeypatch):
     """GPU-like tiling on small maps: several tiles, chunks and strips per scale, so the
     carried prefix sums, multi-program partial sums and tile decoding are exercised."""
     monkeypatch.setattr(triton_backend, "blocks_override", triton_backend.Blocks(
-        pyr=(8, 16, 1), row=(8, 16, 1), col=(4, 8, 1), col_bwd=(4, 8, 1), ut=(8, 16, 1), seg=8,
+        pyr=(32, 32, 1), row=(8, 16, 1), col=(4, 8, 1), col_bwd=(4, 8, 1), ut=(8, 16, 1), seg=8,
         reduce_warps=1, reduce_chunk=4))
 
 

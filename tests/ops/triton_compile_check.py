@@ -27,7 +27,7 @@ ALL = dict(DO_D=True, DO_M=True, DO5=True, DO17=True, DO65=True, DO_R=True, DO_C
            DO_RC=True, DO_CC=True, DO_N=True, DO_NR=True, DO_NC=True, DO_AMLR=True)
 CASES = [
     (pyramid.pyramid_fwd_kernel, dict(pred="*bf16", gt="*fp32", mask="*u8", ws=P, part=P, geom="*i32"),
-     dict(HAS_MASK=True, TH=BL.pyr[0], TW=BL.pyr[1]), BL.pyr[2]),
+     dict(HAS_MASK=True, BS=BL.pyr[0]), BL.pyr[2]),
     (box.box_rows_fwd_kernel, dict(ws=P, geom="*i32"),
      dict(HAS_MASK=True, DO5=True, DO17=True, DO65=True, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
     (loss_space_fwd.loss_space_fwd_kernel, dict(ws=P, part_pyr=P, part=P, geom="*i32"),
