@@ -251,3 +251,13 @@ def test_kernels_compile_for_h100_without_spills():
 def test_workspace_beyond_int32_is_refused():
     with pytest.raises(ValueError, match="split the batch"):
         triton_backend.make_plan(64, 1024, 2048, tuple(range(80)), triton_backend.GPU_BLOCKS)
+
+
+def test_amlr_missing_depth_and_tiny_pred():
+    # gt <= 0 marks missing depth (invalid for the AMLR pair); pred below LOG_EPS is clamped.
+    pred, gt, m = make_inputs(1, 20, 28, mask="holes", device=DEVICE)
+    gt[:, :, 3:6, 4:9] = 0.0
+    gt[:, :, 10, 10:14] = -1.0
+    pred[:, :, 12:15, 2:6] = 1e-9
+    assert_close_to_reference("triton", pred, gt, m, "Si, Gr, D@0, N@1", rtol=2e-4, atol=2e-6,
+                              si_lambda=0.85, si_sqrt=True, si_scale=10.0)
