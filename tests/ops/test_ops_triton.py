@@ -261,3 +261,16 @@ def test_amlr_missing_depth_and_tiny_pred():
     pred[:, :, 12:15, 2:6] = 1e-9
     assert_close_to_reference("triton", pred, gt, m, "Si, Gr, D@0, N@1", rtol=2e-4, atol=2e-6,
                               si_lambda=0.85, si_sqrt=True, si_scale=10.0)
+
+
+def test_non_contiguous_inputs_and_bhw():
+    pred, gt, m = make_inputs(2, 20, 28, mask="holes", device=DEVICE)
+    sel = "D@0, M5@1, rc@0, Gr"
+    want = mlrb.fused_loss_space(pred, gt, m, select=sel, backend="triton")
+    pt = pred.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strided
+    gt_ = gt.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not pt.is_contiguous()
+    torch.testing.assert_close(mlrb.fused_loss_space(pt, gt_, m, select=sel, backend="triton"), want,
+                               rtol=0, atol=0)
+    got = mlrb.fused_loss_space(pred[:, 0], gt[:, 0], m[:, 0], select=sel, backend="triton")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
