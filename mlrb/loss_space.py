@@ -24,6 +24,10 @@ from mlrb.names import names_of, resolve_select
 _MODULES = {"cpu": "mlrb.ops.cpu", "triton": "mlrb.ops.triton"}
 BACKENDS = ("auto", "reference", *_MODULES)
 _warned: set[str] = set()
+# Backend modules once imported. The dispatch below runs at trace time under torch.compile
+# (assume_constant_result), and the traced code only reads this dict: dynamo cannot trace
+# importlib, regular expressions or warnings.
+_loaded: dict = {"reference": reference}
 
 
 def _unavailable_reason(name: str, device: torch.device) -> str | None:
@@ -31,6 +35,7 @@ def _unavailable_reason(name: str, device: torch.device) -> str | None:
         module = importlib.import_module(_MODULES[name])
     except ImportError as exc:  # e.g. the extension was not built, or triton is missing
         return f"{_MODULES[name]} cannot be imported ({exc})"
+    _loaded[name] = module
     return module.unavailable_reason(device)
 
 
@@ -40,7 +45,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in _MODULES if _unavailable_reason(b, device) is None] + ["reference"]
 
 
+@torch.compiler.assume_constant_result
 def _pick_backend(backend: str, device: torch.device) -> str:
+    """The backend that runs: ``backend`` itself (error if it cannot), or the choice of "auto"."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "reference":
@@ -64,6 +71,11 @@ def _pick_backend(backend: str, device: torch.device) -> str:
             stacklevel=3,
         )
     return "reference"
+
+
+@torch.compiler.assume_constant_result
+def _resolve(select) -> tuple[int, ...]:
+    return resolve_select(select)
 
 
 def _as_b1hw(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -145,16 +157,13 @@ def fused_loss_space(
         float32 (float64 for float64 pred) tensor (B, n); column j is the loss
         ``mlrb.names.names_of(mlrb.resolve_select(select))[j]``.
     """
-    indices = resolve_select(select)
+    indices = _resolve(select)
     pred4, gt4, mask4 = _check_inputs(pred, gt, mask)
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(pred4, gt4, mask4)
     name = _pick_backend(backend, pred4.device)
     params = dict(si_lambda=float(si_lambda), si_sqrt=bool(si_sqrt), si_scale=float(si_scale))
-    if name == "reference":
-        return reference.loss_space(pred4, gt4, mask4, indices, **params)
-    module = importlib.import_module(_MODULES[name])
-    return module.loss_space(pred4, gt4, mask4, indices, **params)
+    return _loaded[name].loss_space(pred4, gt4, mask4, indices, **params)
 
 
 class LossSpace(nn.Module):

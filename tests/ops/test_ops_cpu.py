@@ -214,9 +214,6 @@ def test_torch_compile_fullgraph(backend):
     torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported,
-                   reason="mlrb.loss_space dispatches with importlib.import_module, which dynamo does not "
-                          "trace (lead: cache the backend modules); remove this marker once fixed")
 def test_fused_loss_space_under_torch_compile_fullgraph():
     pred, gt, m = make_inputs(2, 24, 36, dtype=torch.float32, mask="holes")
     compiled = torch.compile(lambda p, g, mask: _losses(p, g, mask, "L^0 | AMLR").sum(), fullgraph=True,
