@@ -187,3 +187,17 @@ def test_cli_dispatch(capsys):
     assert cli.main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
     assert cli.main(["nope"]) == 2
+
+
+def test_fused_loss_space_compiles_fullgraph():
+    # Selection and backend choice happen at trace time; the graph holds only tensor work.
+    pred, gt = pair()
+    mask = torch.rand(pred.shape, generator=torch.Generator().manual_seed(5)) > 0.2
+    fn = lambda p, g, m: mlrb.fused_loss_space(p, g, m, select="L^1 | Si", backend="reference")  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    a, b = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    out = compiled(a, gt, mask)
+    out.sum().backward()
+    fn(b, gt, mask).sum().backward()
+    assert out.shape == (2, 14)
+    torch.testing.assert_close(a.grad, b.grad)
