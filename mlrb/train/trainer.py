@@ -349,8 +349,8 @@ class Trainer:
                 self.metrics_history.append({"epoch": self.epoch + 1, "step": self.global_step, **metrics})
                 if self.main:
                     self._log_metrics(self.metrics_history[-1])
-                    if bar is not None:
-                        bar.write(f"epoch {self.epoch + 1}: " + _fmt_metrics(metrics))
+                    line = f"epoch {self.epoch + 1}: " + _fmt_metrics(metrics)
+                    bar.write(line) if bar is not None else print(line, flush=True)
                 self.epoch += 1
                 self.step_in_epoch = 0
                 self.train_seconds += time.perf_counter() - t0
