@@ -118,6 +118,7 @@ class Trainer:
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise ValueError("batch_size and epochs must be >= 1 and lr > 0")
         self.cfg = cfg
+        self._owns_pg = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         self.rank, self.world, self.local_rank = _init_distributed(cfg.dist_timeout_s, cfg.device)
         self.device = _pick_device(cfg.device, self.local_rank)
         self.main = _is_main(self.rank)
@@ -170,13 +171,17 @@ class Trainer:
         self.metrics_before: dict[str, float] | None = None
         self.metrics_history: list[dict] = []
         self.train_seconds = 0.0
-        self.step_totals: list[float] = []  # overall loss of each step of this process
 
         self.run_dir = cfg.out_dir
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
-        if not cfg.resume and any(os.path.exists(os.path.join(self.run_dir, f)) for f in ("periods.jsonl", "metrics.jsonl")):
+        has_logs = any(os.path.exists(os.path.join(self.run_dir, f)) for f in ("periods.jsonl", "metrics.jsonl"))
+        has_ckpt = os.path.isfile(os.path.join(self.ckpt_dir, "last.pt"))
+        if has_logs and not cfg.resume:
             raise ValueError(f"run folder {self.run_dir} already holds a run; resume it (--resume auto) "
                              f"or choose another --out")
+        if has_logs and cfg.resume == "auto" and not has_ckpt:
+            raise ValueError(f"run folder {self.run_dir} holds logs but no checkpoints/last.pt to resume from; "
+                             f"choose another --out")
         if self.main:
             os.makedirs(self.ckpt_dir, exist_ok=True)
         if cfg.resume:
@@ -329,22 +334,22 @@ class Trainer:
                 if self.step_in_epoch in self.period_ends:
                     self.end_period()
                 self.step_in_epoch += 1
-                loss_value = float(total)
-                self.step_totals.append(loss_value)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(epoch=self.epoch, loss=f"{loss_value:.4g}")
+                    if self.global_step % 10 == 1:  # reading the loss syncs with the GPU
+                        bar.set_postfix(epoch=self.epoch, loss=f"{float(total):.4g}", refresh=False)
                 if self.step_in_epoch >= self.steps_per_epoch:
                     break
                 if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
                     self.train_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
                     self.save_checkpoint()
+                    t0 = time.perf_counter()
                 if self.global_step >= total_steps:
                     done = True
                     break
             if self.step_in_epoch >= self.steps_per_epoch:
-                # Epoch finished: evaluate, move on, checkpoint.
+                # Epoch finished: evaluate, move on, checkpoint (neither counts as training time).
+                self.train_seconds += time.perf_counter() - t0
                 metrics = self.evaluate()
                 self.metrics_history.append({"epoch": self.epoch + 1, "step": self.global_step, **metrics})
                 if self.main:
@@ -353,9 +358,8 @@ class Trainer:
                     bar.write(line) if bar is not None else print(line, flush=True)
                 self.epoch += 1
                 self.step_in_epoch = 0
-                self.train_seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
                 self.save_checkpoint(tag=f"epoch{self.epoch:03d}")
+                t0 = time.perf_counter()
                 done = done or self.global_step >= total_steps
         self.train_seconds += time.perf_counter() - t0
         if bar is not None:

@@ -22,6 +22,16 @@ def periods(path):
         return [json.loads(line) for line in fh if line.strip()]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: one thread is faster, and on a busy shared machine it avoids OpenMP
+    # threads spinning against other processes.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_backend_warning():
     import warnings
