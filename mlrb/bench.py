@@ -111,15 +111,16 @@ def step_fn(fn: Callable, mode: str, pred, gt, mask) -> Callable[[], None]:
     return run
 
 
-def time_step(run: Callable[[], None], repeat: int, warmup: int = 1) -> list[float]:
-    """Seconds of `repeat` calls after `warmup` untimed ones."""
+def time_step(run: Callable[[], None], repeat: int, warmup: int = 1, clock=time.perf_counter) -> list[float]:
+    """Seconds of `repeat` calls after `warmup` untimed ones (clock: wall time by default;
+    time.thread_time gives the CPU time of a single-threaded run, robust on a busy machine)."""
     for _ in range(warmup):
         run()
     out = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         run()
-        out.append(time.perf_counter() - t0)
+        out.append(clock() - t0)
     return out
 
 
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per provider (paper: at most 3)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or the CPU time of the calling thread (needs --threads 1)")
     args = parser.parse_args(argv)
 
     if args.device == "cuda":
@@ -196,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        parser.error("--clock cpu measures the calling thread only: use it with --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for p in providers:
         if p not in PROVIDERS:
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     print(f"mlrb bench: device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"select={args.select or 'all'}; best and median of --repeat calls, ms")
+          f"select={args.select or 'all'} clock={args.clock}; best and median of --repeat calls, ms")
     for shape in shapes:
         pred, gt, mask = make_case(shape, args.device)
         for mode in modes:
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in providers:
                 fn = provider_fn(name, args.select, args.device)
                 repeat = min(args.repeat, 3) if name == "paper" else args.repeat
-                times = time_step(step_fn(fn, mode, pred, gt, mask), repeat, warmup=2 if "compile" in name else 1)
+                times = time_step(step_fn(fn, mode, pred, gt, mask), repeat,
+                                  warmup=2 if "compile" in name else 1, clock=clock)
                 rows[name] = (min(times), statistics.median(times))
             print(f"\n{shape_label(shape)}  {mode}")
             print(f"  {'provider':<14}{'best ms':>10}{'median ms':>11}{'x l1':>9}{'x fused':>10}")
