@@ -83,6 +83,7 @@ class TrainConfig:
     amp: bool = True
     device: str = "auto"
     num_workers: int = 0
+    threads: int | None = None  # torch intra-op threads of each process (None: torch's default)
     seed: int = 0
     # output
     out_dir: str = "runs/mlrb"
@@ -118,6 +119,10 @@ class Trainer:
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise ValueError("batch_size and epochs must be >= 1 and lr > 0")
         self.cfg = cfg
+        if cfg.threads is not None:
+            if cfg.threads < 1:
+                raise ValueError(f"threads must be >= 1, got {cfg.threads}")
+            torch.set_num_threads(int(cfg.threads))
         self._owns_pg = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         self.rank, self.world, self.local_rank = _init_distributed(cfg.dist_timeout_s, cfg.device)
         self.device = _pick_device(cfg.device, self.local_rank)
