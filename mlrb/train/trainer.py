@@ -19,12 +19,11 @@ import csv
 import dataclasses
 import datetime
 import json
-import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
