@@ -1,11 +1,11 @@
-// Box means of the local-mean-removed losses M5, M17, M65 (spec, "Box mean") on one row,
-// and the transpose of the box sum, for the backward pass.
+// Row pieces of the box means of the local-mean-removed losses M5, M17, M65 (spec, "Box
+// mean"), and of the transpose of the box sum, for the backward pass.
 //
-// The n x n box sum with replicate padding is separable: a vertical window sum of rows
-// (kept as running column sums by the caller, O(1) per pixel) followed by the horizontal
-// window sum of a row, done here as a prefix sum of differences in double, O(1) per pixel
-// for every n. The prefix sum runs as 8 independent chains (fixed segments, then fixed
-// offsets), so it is not bound by the latency of one long dependency chain.
+// The n x n box sum with replicate padding is separable: a horizontal window sum of each
+// row (here: one prefix sum in double of the row padded by the largest radius serves all
+// sizes) followed by a vertical window sum (running sums over rows, kept by the caller),
+// O(1) per pixel for every n. The prefix sum runs as 8 independent chains (fixed segments,
+// then fixed offsets), so it is not bound by the latency of one long dependency chain.
 #pragma once
 
 #include <algorithm>

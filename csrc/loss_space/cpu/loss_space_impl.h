@@ -322,7 +322,6 @@ template <typename T>
 struct Workspace {
   std::vector<T> t;
   std::vector<double> d;
-  std::vector<uint8_t> u8;
 };
 
 // Per-pixel value of the e-based difference types r, c, rr, rc, cc at (i, j).
@@ -522,7 +521,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
     m_shift = static_cast<T>(s / cnt[kM]);
   }
 
-  // Scratch: row window, 3 box pipelines, fields, box rings.
+  // Scratch: row window, box means, fields, rings of the box transposes.
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
   int64_t ring_rows = 0;
   for (int b = 0; b < 3; ++b)
