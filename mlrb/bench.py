@@ -186,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or the CPU time of the calling thread (needs --threads 1)")
-    args = parser.parse_args(argv)
-
-    if args.device == "cuda":
+    # The GPU path has options of its own (mlrb/bench_gpu.py): hand it the raw arguments.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", default="cpu")
+    if pre.parse_known_args(argv)[0].device == "cuda":
         if not torch.cuda.is_available():
             print("mlrb bench: --device cuda needs a CUDA GPU, and torch sees none "
                   f"(torch {torch.__version__}, cuda {torch.version.cuda}); run with --device cpu.",
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _run_gpu(argv)
         if code is not None:
             return code
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and torch.get_num_threads() != 1:
