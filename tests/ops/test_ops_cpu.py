@@ -171,6 +171,39 @@ def test_bitwise_deterministic_repeated_and_across_threads(dtype, mask):
         assert torch.equal(a, b) and torch.equal(b, c)
 
 
+# Rows are split into fixed bands of 64 (csrc kBandRows): several bands, a last band of
+# one row, halos of the 65x65 box crossing band borders, a tall thin map.
+@pytest.mark.parametrize("shape", [(1, 150, 20), (1, 129, 12), (2, 200, 9)])
+@pytest.mark.parametrize("mask", [None, "holes"])
+def test_row_bands_match_reference_float64(shape, mask):
+    pred, gt, m = make_inputs(*shape, dtype=torch.float64, mask=mask)
+    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mask", [None, "sparse"])
+def test_batch_one_bitwise_identical_across_threads(mask):
+    """B = 1 runs its row bands on all threads; the bits must not depend on how many."""
+    pred, gt, m = make_inputs(1, 230, 75, dtype=torch.float32, mask=mask)
+    G = torch.rand(1, len(EVERY))
+
+    def run():
+        p = pred.clone().requires_grad_(True)
+        out = _losses(p, gt, m, EVERY)
+        (out * G).sum().backward()
+        return out.detach(), p.grad
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two, again = run(), run()
+    finally:
+        torch.set_num_threads(before)
+    for a, b, c in zip(one, two, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
 def test_saves_only_the_inputs_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []

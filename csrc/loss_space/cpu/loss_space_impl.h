@@ -175,7 +175,9 @@ struct BoxMeans {
   }
   static int64_t dbuffer_size(int w) { return int64_t(w) + 2 * kBoxRadius[2] + 1; }
 
-  BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, uint32_t types, T mu_, T* buf, double* dbuf)
+  // Windows start at row i0 (the first row of a band); rows i0 - rmax .. are filtered.
+  BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, uint32_t types, T mu_, T* buf, double* dbuf,
+           int i0)
       : p(p_), g(g_), m(m_), h(h_), w(w_), mu(mu_) {
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) {
@@ -191,9 +193,10 @@ struct BoxMeans {
     P = dbuf;
     if (nb == 0) return;
     std::fill(V, V + int64_t(nb) * S * w, T(0));
-    filter_upto(std::min(h - 1, rmax));
+    computed = std::max(-1, i0 - rmax - 1);
+    filter_upto(std::min(h - 1, i0 + rmax));
     for (int k = 0; k < nb; ++k)
-      for (int a = -rad[k]; a <= rad[k]; ++a) add(k, std::clamp(a, 0, h - 1), T(1));
+      for (int a = -rad[k]; a <= rad[k]; ++a) add(k, std::clamp(i0 + a, 0, h - 1), T(1));
   }
 
   T* H(int r, int k, int s) { return ring + ((int64_t(r % R) * nb + k) * S + s) * w; }
@@ -233,7 +236,7 @@ struct BoxMeans {
     }
   }
 
-  // Slide every window from row i - 1 to row i (i >= 1).
+  // Slide every window from row i - 1 to row i (i > i0).
   void advance(int i) {
     filter_upto(std::min(h - 1, i + rmax));
     for (int k = 0; k < nb; ++k) {
@@ -350,17 +353,23 @@ inline void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& 
 }
 
 // ------------------------------------------------------------------------ forward, one scale
-// out[t] (t = 0..12): the loss of type t at this scale, for the types in `types`.
+// Global mean of e over the valid pixels of a scale (M and the box shift need it first).
 template <typename T, bool HasMask>
-void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, double* out,
-                   Workspace<T>& ws) {
-  double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0};
-  T mu = 0;
-  if (types & kMeanBits) {
-    double s, c;
-    mean_error<T, HasMask>(p, g, m, int64_t(h) * w, s, c);
-    mu = static_cast<T>(c > 0 ? s / c : 0.0);
-  }
+T scale_mean(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types) {
+  if (!(types & kMeanBits)) return T(0);
+  double s, c;
+  mean_error<T, HasMask>(p, g, m, int64_t(h) * w, s, c);
+  return static_cast<T>(c > 0 ? s / c : 0.0);
+}
+
+// Rows [i0, i1) of one scale: sum[t], cnt[t] (t = 0..12) of the per-pixel terms of the
+// types in `types`. A band only reads its rows and their halos (box windows, i+1, i+2),
+// so bands run in any order; the caller adds them up in band order.
+template <typename T, bool HasMask>
+void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, T mu, int i0,
+                        int i1, double* sum, double* cnt, Workspace<T>& ws) {
+  std::fill(sum, sum + kNumTypes, 0.0);
+  std::fill(cnt, cnt + kNumTypes, 0.0);
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
   ws.t.resize(wsz + bsz + 2 * int64_t(w));
@@ -369,10 +378,10 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
   T* local = buf + wsz + bsz;
   T* count = local + w;
-  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data());
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data(), i0);
   const bool deep = types & kRowWindowBits;
 
-  for (int i = 0; i < h; ++i) {
+  for (int i = i0; i < i1; ++i) {
     win.seek(i, deep);
     const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
     const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
@@ -399,7 +408,7 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
       sum[kM] += acc;
       cnt[kM] += c0;
     }
-    if (box.nb && i > 0) box.advance(i);
+    if (box.nb && i > i0) box.advance(i);
     for (int k = 0; k < box.nb; ++k) {
       box.means(k, local, count);
       T acc = 0;
@@ -442,8 +451,6 @@ void scale_forward(const T* p, const T* g, const uint8_t* m, int h, int w, uint3
       cnt[t] += c;
     });
   }
-  for (int t = 0; t < kNumTypes; ++t)
-    if (types & bit(t)) out[t] = cnt[t] > 0 ? sum[t] / cnt[t] : 0.0;
 }
 
 // ------------------------------------------------------------------------ backward, one scale
@@ -468,9 +475,36 @@ inline void dx_transpose(const T* t, int w, T* out) {
 //   gp = t0 - m * sum_n B_n^T(tb_n) + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy)
 // (rc = dx dy, and dx, dy commute). The fields of row i depend on rows i..i+2 only, so
 // one pass over the rows suffices; the box transposes lag r rows behind (ring buffers).
+template <typename T>
+struct ScalePrep {
+  T mu = 0;               // global mean of e
+  T wt[kNumTypes] = {};   // G[t] / count of the valid set of t
+  T m_shift = 0;          // M: mean of sign(e - mu) over the valid pixels
+};
+
+// Where a band's output rows go: its own rows [i0, i1) straight into the gradient map,
+// the rows above (box transposes, up to kHaloTop) and below (box transposes and dy^T, up
+// to kHaloBottom) into the band's halo buffers, added in band order afterwards.
+constexpr int kBandRows = 64;  // fixed: the partition never depends on the thread count
+constexpr int kHaloTop = 32;   // largest box radius
+constexpr int kHaloBottom = 34;
+template <typename T>
+struct BandOut {
+  T* gp;
+  T* halo;  // (kHaloTop + kHaloBottom) rows: i0 - kHaloTop .. i1 + kHaloBottom - 1 minus own rows
+  int i0, i1, w;
+  T* row(int q) const {
+    if (q < i0) return halo + int64_t(q - (i0 - kHaloTop)) * w;
+    if (q >= i1) return halo + int64_t(kHaloTop + q - i1) * w;
+    return gp + int64_t(q) * w;
+  }
+};
+
+// Pre-passes of one scale: the global mean, the counts of the valid sets, the M shift.
 template <typename T, bool HasMask>
-void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, const double* G,
-                    T* gp, Workspace<T>& ws) {
+ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
+                                 const double* G, Workspace<T>& ws) {
+  ScalePrep<T> prep;
   const int64_t n = int64_t(h) * w;
   // Counts of the valid sets and the global mean (pre-pass; without a mask they are h w).
   double cnt[kNumTypes];
@@ -498,10 +532,9 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
       });
     }
   }
-  T wt[kNumTypes];
+  T* wt = prep.wt;
   for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
   // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m.
-  T m_shift = 0;
   if ((types & bit(kM)) && cnt[kM] > 0) {
     double s = 0;
     for (int i = 0; i < h; ++i) {
@@ -518,8 +551,22 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
       }
       s += acc;
     }
-    m_shift = static_cast<T>(s / cnt[kM]);
+    prep.m_shift = static_cast<T>(s / cnt[kM]);
   }
+  prep.mu = mu;
+  return prep;
+}
+
+// Rows [i0, i1) of gp (h x w) += d(sum_t G[t] L_t) / dD^k, the part from the per-pixel
+// terms of rows i0 .. i1 - 1, written through `out` (rows above and below the band land
+// in its halo buffers).
+template <typename T, bool HasMask>
+void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
+                         const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws) {
+  const int i0 = out_rows.i0, i1 = out_rows.i1;
+  const T mu = prep.mu, m_shift = prep.m_shift;
+  const T* wt = prep.wt;
+  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
 
   // Scratch: row window, box means, fields, rings of the box transposes.
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
@@ -546,7 +593,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
     int b, r, ring;
     T *Z, *tb, *U;
   };
-  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data());
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data(), i0);
   std::vector<BoxT> bt;
   {
     T* ring = ring_base;
@@ -563,7 +610,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
   // the window of padded row q (rows q-r..q+r) lands on row clamp(q), times the mask.
   auto emit = [&](const BoxT& x, int q) {
     const int row = std::clamp(q, 0, h - 1);
-    T* out = gp + int64_t(row) * w;
+    T* out = out_rows.row(row);
     if constexpr (HasMask) {
       const uint8_t* mi = m + int64_t(row) * w;
 #pragma omp simd
@@ -579,8 +626,11 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
   const bool fx = types & kFieldX, fy = types & kFieldY, fxx = types & kFieldXX, fxy = types & kFieldXY,
              fyy = types & kFieldYY;
   const bool has_rows = fy || fyy || fxy;  // fields that need dy^T (row i-1)
-  for (int i = 0; i < h; ++i) {
-    win.seek(i, deep);
+  // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
+  const int iend = std::min(h, i1 + 2);
+  for (int i = i0; i < iend; ++i) {
+    const bool src = i < i1;
+    if (src) win.seek(i, deep);
     const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
     const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
     const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
@@ -592,6 +642,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
     if (fxy) std::fill(txy, txy + w, T(0));
     if (fyy) std::fill(tyy, tyy + w, T(0));
 
+    if (src) {
     if (types & bit(kD)) {
       const T wd = wt[kD];
 #pragma omp simd
@@ -602,7 +653,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
 #pragma omp simd
       for (int j = 0; j < w; ++j) t0[j] += wm * (sgn(E0[j] - mu) - m_shift) * (HasMask ? M0[j] : T(1));
     }
-    if (box.nb && i > 0) box.advance(i);
+    if (box.nb && i > i0) box.advance(i);
     for (size_t k = 0; k < bt.size(); ++k) {
       BoxT& x = bt[k];
       box.means(int(k), local, count);
@@ -618,7 +669,7 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
       // Padded row q = i - r has its whole window (rows up to i) now.
       const T* U_in = ring_row(x, i);
       const int leave = i - 2 * x.r - 1;
-      if (leave >= 0) {
+      if (leave >= i0) {
         const T* U_out = ring_row(x, leave);
 #pragma omp simd
         for (int j = 0; j < w; ++j) x.Z[j] += U_in[j] - U_out[j];
@@ -651,10 +702,11 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
         f2[j] += g2;
       }
     });
+    }  // src
 
     // Transposed stencils. The last row's dy terms are 0 (replicate padding): zero them.
     const bool last = i == h - 1;
-    T* out = gp + int64_t(i) * w;
+    T* out = out_rows.row(i);
     if (fx || fxx) {
       if (fxx) {
         dx_transpose(txx, w, A);
@@ -698,9 +750,9 @@ void scale_backward(const T* p, const T* g, const uint8_t* m, int h, int w, uint
   }
   // Box transposes: the padded rows q = h-r .. h-1+r, whose windows only lose rows.
   for (BoxT& x : bt) {
-    for (int q = h - x.r; q <= h - 1 + x.r; ++q) {
+    for (int q = i1 - x.r; q <= i1 - 1 + x.r; ++q) {
       const int leave = q - x.r - 1;
-      if (leave >= 0) {
+      if (leave >= i0) {
         const T* U_out = ring_row(x, leave);
 #pragma omp simd
         for (int j = 0; j < w; ++j) x.Z[j] -= U_out[j];
@@ -852,68 +904,236 @@ inline Level level_of(int H, int W, int k) {
   return L;
 }
 
-template <typename T, bool HasMask>
-void forward_sample(const T* p, const T* g, const uint8_t* m, const LossSpaceArgs& a, const Selection& sel,
-                    double* out80, Workspace<T>& ws, std::vector<T>& level, std::vector<uint8_t>& lmask) {
-  const int H = a.H, W = a.W;
-  for (int k = 0; k < kNumScales; ++k) {
-    if (!sel.types[k]) continue;
-    double* out = out80 + kNumTypes * k;
-    if (k == 0) {
-      scale_forward<T, HasMask>(p, g, m, H, W, sel.types[k], out, ws);
-      continue;
+// ------------------------------------------------------------------------ batch plan
+// Every (sample, scale) is split into bands of kBandRows rows; the bands of the whole batch
+// are the tasks (scale 0 first: the largest). The partition depends on the shapes only, and
+// every reduction adds band results in band order, so any thread count gives the same bits.
+struct Band {
+  int b, k, i0, i1;
+  int64_t halo;  // offset of its halo rows (backward)
+};
+
+struct Plan {
+  int B = 0, H = 0, W = 0;
+  Level L[kNumScales];
+  int64_t off[kNumScales] = {};  // offset of level k >= 1 in one sample's level maps
+  int64_t per = 0;               // entries of one sample's level maps (all active k >= 1)
+  std::vector<Band> bands;
+  int first[kNumScales] = {};    // bands of scale k: first[k] + b * nb[k] + (0 .. nb[k])
+  int nb[kNumScales] = {};
+  int64_t halo_size = 0;
+
+  Plan(const LossSpaceArgs& a, const Selection& sel) : B(a.B), H(a.H), W(a.W) {
+    for (int k = 0; k < kNumScales; ++k) {
+      L[k] = level_of(H, W, k);
+      if (k > 0 && sel.types[k]) {
+        off[k] = per;
+        per += int64_t(L[k].h) * L[k].w;
+      }
     }
-    const Level L = level_of(H, W, k);
-    const int64_t n = int64_t(L.h) * L.w;
-    level.resize(2 * n + 2 * int64_t(W));
-    lmask.resize(HasMask ? n + W : 0);
-    T *lp = level.data(), *lg = lp + n;
-    uint8_t* lm = HasMask ? lmask.data() : nullptr;
-    build_level<T, HasMask>(p, g, m, L.ay, L.ax, lp, lg, lm, lg + n, lg + n + W, HasMask ? lm + n : nullptr);
-    scale_forward<T, HasMask>(lp, lg, lm, L.h, L.w, sel.types[k], out, ws);
+    for (int k = 0; k < kNumScales; ++k) {
+      first[k] = int(bands.size());
+      if (!sel.types[k]) continue;
+      const int h = L[k].h;
+      nb[k] = (h + kBandRows - 1) / kBandRows;
+      for (int b = 0; b < B; ++b)
+        for (int i0 = 0; i0 < h; i0 += kBandRows) {
+          bands.push_back({b, k, i0, std::min(h, i0 + kBandRows), halo_size});
+          halo_size += int64_t(kHaloTop + kHaloBottom) * L[k].w;
+        }
+    }
   }
-  if (sel.amlr) {
-    ws.t.resize(std::max<int64_t>(ws.t.size(), 4 * int64_t(W)));
-    const AmlrValues v = amlr_values(amlr_sums<T, HasMask>(p, g, m, H, W, ws.t.data()), a);
-    out80[kSi] = v.si;
-    out80[kGr] = v.gr;
+};
+
+template <typename T, bool HasMask>
+void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, const Selection& sel,
+                   double* out) {
+  const Plan plan(a, sel);
+  const int B = a.B, H = a.H, W = a.W;
+  const int64_t N = int64_t(H) * W, per = plan.per;
+  std::vector<T> lv(size_t(B) * 2 * per);
+  std::vector<uint8_t> lmv(HasMask ? size_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lv.data() + b * 2 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lv.data() + (b * 2 + 1) * per + plan.off[k]; };
+  auto lm = [&](int b, int k) -> const uint8_t* {
+    if (!HasMask) return nullptr;
+    return k == 0 ? mask + b * N : lmv.data() + b * per + plan.off[k];
+  };
+  const int nbands = int(plan.bands.size());
+  std::vector<T> mus(size_t(B) * kNumScales);
+  std::vector<double> part(size_t(nbands) * 2 * kNumTypes);
+  std::vector<double> amlr(size_t(B) * 2);
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    Workspace<T> ws;
+    std::vector<T> tmp(2 * size_t(W));
+    std::vector<uint8_t> tmpm(W);
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * (kNumScales - 1); ++q) {  // pyramid levels
+      const int k = 1 + q / B, b = q % B;
+      if (!sel.types[k]) continue;
+      const Level& L = plan.L[k];
+      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax,
+                              const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), const_cast<uint8_t*>(lm(b, k)),
+                              tmp.data(), tmp.data() + W, tmpm.data());
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * kNumScales; ++q) {
+      const int k = q / B, b = q % B;
+      if (sel.types[k])
+        mus[q] = scale_mean<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      double* s = part.data() + size_t(t) * 2 * kNumTypes;
+      scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
+                                     sel.types[d.k], mus[d.k * B + d.b], d.i0, d.i1, s, s + kNumTypes, ws);
+    }
+    if (sel.amlr) {
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b) {
+        ws.t.resize(std::max<int64_t>(ws.t.size(), 4 * int64_t(W)));
+        const AmlrValues v =
+            amlr_values(amlr_sums<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, H, W,
+                                              ws.t.data()),
+                        a);
+        amlr[2 * b] = v.si;
+        amlr[2 * b + 1] = v.gr;
+      }
+    }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  tmp.capacity() * sizeof(T) + tmpm.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
+  }
+  if (a.workspace_bytes)
+    *a.workspace_bytes += int64_t(lv.capacity() * sizeof(T) + lmv.capacity() + part.capacity() * sizeof(double));
+  for (int b = 0; b < B; ++b) {
+    double vals[kNumAll] = {0};
+    for (int k = 0; k < kNumScales; ++k) {
+      if (!sel.types[k]) continue;
+      double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0};
+      for (int t = plan.first[k] + b * plan.nb[k], e = t + plan.nb[k]; t < e; ++t) {  // band order
+        const double* s = part.data() + size_t(t) * 2 * kNumTypes;
+        for (int u = 0; u < kNumTypes; ++u) {
+          sum[u] += s[u];
+          cnt[u] += s[kNumTypes + u];
+        }
+      }
+      for (int u = 0; u < kNumTypes; ++u)
+        if (sel.types[k] & bit(u)) vals[kNumTypes * k + u] = cnt[u] > 0 ? sum[u] / cnt[u] : 0.0;
+    }
+    if (sel.amlr) {
+      vals[kSi] = amlr[2 * b];
+      vals[kGr] = amlr[2 * b + 1];
+    }
+    for (int j = 0; j < a.n; ++j) out[int64_t(b) * a.n + j] = vals[a.indices[j]];
   }
 }
 
 template <typename T, bool HasMask>
-void backward_sample(const double* G80, const T* p, const T* g, const uint8_t* m, const LossSpaceArgs& a,
-                     const Selection& sel, T* grad, Workspace<T>& ws, std::vector<T>& level,
-                     std::vector<uint8_t>& lmask) {
-  const int H = a.H, W = a.W;
-  const int64_t N = int64_t(H) * W;
-  std::fill(grad, grad + N, T(0));
-  for (int k = kNumScales - 1; k >= 0; --k) {
-    if (!sel.types[k]) continue;
-    const double* G = G80 + kNumTypes * k;
-    if (k == 0) {
-      scale_backward<T, HasMask>(p, g, m, H, W, sel.types[k], G, grad, ws);
-      continue;
+void backward_batch(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a,
+                    const Selection& sel, T* grad) {
+  const Plan plan(a, sel);
+  const int B = a.B, H = a.H, W = a.W;
+  const int64_t N = int64_t(H) * W, per = plan.per;
+  std::vector<double> G(size_t(B) * kNumAll, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < a.n; ++j) G[size_t(b) * kNumAll + a.indices[j]] += grad_out[int64_t(b) * a.n + j];
+  std::vector<T> lv(size_t(B) * 3 * per);  // level pred, gt, gradient
+  std::vector<uint8_t> lmv(HasMask ? size_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> T* { return lv.data() + b * 3 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> T* { return lv.data() + (b * 3 + 1) * per + plan.off[k]; };
+  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lv.data() + (b * 3 + 2) * per + plan.off[k]; };
+  auto lm = [&](int b, int k) -> const uint8_t* {
+    if (!HasMask) return nullptr;
+    return k == 0 ? mask + b * N : lmv.data() + b * per + plan.off[k];
+  };
+  auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
+  auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
+  const int nbands = int(plan.bands.size());
+  std::vector<T> halo(plan.halo_size, T(0));
+  std::vector<ScalePrep<T>> preps(size_t(B) * kNumScales);
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    Workspace<T> ws;
+    std::vector<T> tmp(2 * size_t(W));
+    std::vector<uint8_t> tmpm(W);
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * kNumScales; ++q) {  // zeroed gradients, pyramid levels
+      const int k = q / B, b = q % B;
+      if (k == 0) {
+        std::fill(grad + b * N, grad + (b + 1) * N, T(0));
+        continue;
+      }
+      if (!sel.types[k]) continue;
+      const Level& L = plan.L[k];
+      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
+                              lg(b, k), const_cast<uint8_t*>(lm(b, k)), tmp.data(), tmp.data() + W, tmpm.data());
+      std::fill(lgrad(b, k), lgrad(b, k) + int64_t(L.h) * L.w, T(0));
     }
-    const Level L = level_of(H, W, k);
-    const int64_t n = int64_t(L.h) * L.w;
-    level.resize(3 * n + 2 * int64_t(W));
-    lmask.resize(HasMask ? n + W : 0);
-    T *lp = level.data(), *lg = lp + n, *lgrad = lg + n, *tmp = lgrad + n;
-    uint8_t* lm = HasMask ? lmask.data() : nullptr;
-    build_level<T, HasMask>(p, g, m, L.ay, L.ax, lp, lg, lm, tmp, tmp + W, HasMask ? lm + n : nullptr);
-    std::fill(lgrad, lgrad + n, T(0));
-    scale_backward<T, HasMask>(lp, lg, lm, L.h, L.w, sel.types[k], G, lgrad, ws);
-    add_level_transpose(lgrad, L.ay, L.ax, grad, tmp);
-  }
-  if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0)) {
-    ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
-    amlr_backward<T, HasMask>(p, g, m, H, W, a, G80[kSi], G80[kGr], grad, ws.t.data());
-  }
-  if constexpr (HasMask) {
-    // Invalid pixels never influence a loss: their gradient is exactly 0.
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * kNumScales; ++q) {
+      const int k = q / B, b = q % B;
+      if (sel.types[k])
+        preps[q] = scale_backward_prep<T, HasMask>(cp(b, k), cg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w,
+                                                   sel.types[k], G.data() + size_t(b) * kNumAll + kNumTypes * k, ws);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      const int w = plan.L[d.k].w;
+      const BandOut<T> o{lgrad(d.b, d.k), halo.data() + d.halo, d.i0, d.i1, w};
+      scale_backward_band<T, HasMask>(cp(d.b, d.k), cg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, w, sel.types[d.k],
+                                      preps[d.k * B + d.b], o, ws);
+    }
+    // Halos: each band adds the rows of its neighbours' halos that fall in its own rows, in band order.
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      const int w = plan.L[d.k].w;
+      const int f = plan.first[d.k] + d.b * plan.nb[d.k];
+      T* gk = lgrad(d.b, d.k);
+      for (int u = f; u < f + plan.nb[d.k]; ++u) {
+        if (u == t) continue;
+        const Band& e = plan.bands[u];
+        const BandOut<T> o{gk, halo.data() + e.halo, e.i0, e.i1, w};
+        const int lo = u < t ? e.i1 : e.i0 - kHaloTop, hi = u < t ? e.i1 + kHaloBottom : e.i0;
+        for (int q = std::max(lo, d.i0); q < std::min(hi, d.i1); ++q) {
+          const T* src = o.row(q);
+          T* dst = gk + int64_t(q) * w;
 #pragma omp simd
-    for (int64_t q = 0; q < N; ++q) grad[q] = m[q] ? grad[q] : T(0);
+          for (int j = 0; j < w; ++j) dst[j] += src[j];
+        }
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int b = 0; b < B; ++b) {
+      T* gb = grad + b * N;
+      for (int k = kNumScales - 1; k >= 1; --k)
+        if (sel.types[k]) add_level_transpose(lgrad(b, k), plan.L[k].ay, plan.L[k].ax, gb, tmp.data());
+      const double* G80 = G.data() + size_t(b) * kNumAll;
+      const uint8_t* mb = HasMask ? mask + b * N : nullptr;
+      if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0)) {
+        ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
+        amlr_backward<T, HasMask>(pred + b * N, gt + b * N, mb, H, W, a, G80[kSi], G80[kGr], gb, ws.t.data());
+      }
+      if constexpr (HasMask) {
+        // Invalid pixels never influence a loss: their gradient is exactly 0.
+#pragma omp simd
+        for (int64_t q = 0; q < N; ++q) gb[q] = mb[q] ? gb[q] : T(0);
+      }
+    }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  tmp.capacity() * sizeof(T) + tmpm.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
   }
+  if (a.workspace_bytes)
+    *a.workspace_bytes += int64_t(lv.capacity() * sizeof(T) + lmv.capacity() + halo.capacity() * sizeof(T));
 }
 
 }  // namespace
@@ -921,60 +1141,20 @@ void backward_sample(const double* G80, const T* p, const T* g, const uint8_t* m
 template <typename T>
 void forward_impl(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, double* out) {
   const Selection sel = selection_of(a);
-  const int64_t N = int64_t(a.H) * a.W;
-#pragma omp parallel num_threads(std::max(1, a.num_threads))
-  {
-    Workspace<T> ws;
-    std::vector<T> level;
-    std::vector<uint8_t> lmask;
-    double vals[kNumAll];
-#pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < a.B; ++b) {
-      std::fill(vals, vals + kNumAll, 0.0);
-      const T* p = pred + b * N;
-      const T* g = gt + b * N;
-      if (mask)
-        forward_sample<T, true>(p, g, mask + b * N, a, sel, vals, ws, level, lmask);
-      else
-        forward_sample<T, false>(p, g, nullptr, a, sel, vals, ws, level, lmask);
-      for (int j = 0; j < a.n; ++j) out[int64_t(b) * a.n + j] = vals[a.indices[j]];
-    }
-    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
-    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
-                                  level.capacity() * sizeof(T) + lmask.capacity());
-#pragma omp critical(mlrb_workspace)
-    if (a.workspace_bytes) *a.workspace_bytes += bytes;
-  }
+  if (mask)
+    forward_batch<T, true>(pred, gt, mask, a, sel, out);
+  else
+    forward_batch<T, false>(pred, gt, nullptr, a, sel, out);
 }
 
 template <typename T>
 void backward_impl(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask,
                          const LossSpaceArgs& a, T* grad_pred) {
   const Selection sel = selection_of(a);
-  const int64_t N = int64_t(a.H) * a.W;
-#pragma omp parallel num_threads(std::max(1, a.num_threads))
-  {
-    Workspace<T> ws;
-    std::vector<T> level;
-    std::vector<uint8_t> lmask;
-    double G80[kNumAll];
-#pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < a.B; ++b) {
-      std::fill(G80, G80 + kNumAll, 0.0);
-      for (int j = 0; j < a.n; ++j) G80[a.indices[j]] += grad_out[int64_t(b) * a.n + j];
-      const T* p = pred + b * N;
-      const T* g = gt + b * N;
-      if (mask)
-        backward_sample<T, true>(G80, p, g, mask + b * N, a, sel, grad_pred + b * N, ws, level, lmask);
-      else
-        backward_sample<T, false>(G80, p, g, nullptr, a, sel, grad_pred + b * N, ws, level, lmask);
-    }
-    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
-    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
-                                  level.capacity() * sizeof(T) + lmask.capacity());
-#pragma omp critical(mlrb_workspace)
-    if (a.workspace_bytes) *a.workspace_bytes += bytes;
-  }
+  if (mask)
+    backward_batch<T, true>(grad_out, pred, gt, mask, a, sel, grad_pred);
+  else
+    backward_batch<T, false>(grad_out, pred, gt, nullptr, a, sel, grad_pred);
 }
 
 }  // namespace MLRB_CPU_ISA
