@@ -485,17 +485,19 @@ struct ScalePrep {
 // Where a band's output rows go: its own rows [i0, i1) straight into the gradient map,
 // the rows above (box transposes, up to kHaloTop) and below (box transposes and dy^T, up
 // to kHaloBottom) into the band's halo buffers, added in band order afterwards.
-constexpr int kBandRows = 64;  // fixed: the partition never depends on the thread count
+constexpr int kBandRows = 64;  // smallest band (halos cost up to 64 rows of recomputation)
+constexpr int kBatchBands = 8;  // bands per scale over the batch: enough tasks for the threads
 constexpr int kHaloTop = 32;   // largest box radius
 constexpr int kHaloBottom = 34;
 template <typename T>
 struct BandOut {
   T* gp;
-  T* halo;  // (kHaloTop + kHaloBottom) rows: i0 - kHaloTop .. i1 + kHaloBottom - 1 minus own rows
+  T* halo;  // rows i0 - kHaloTop .. i0 - 1 (if i0 > 0), then i1 .. i1 + kHaloBottom - 1 (if i1 < h)
   int i0, i1, w;
+  int top;  // kHaloTop rows above the band, 0 for the first band
   T* row(int q) const {
     if (q < i0) return halo + int64_t(q - (i0 - kHaloTop)) * w;
-    if (q >= i1) return halo + int64_t(kHaloTop + q - i1) * w;
+    if (q >= i1) return halo + int64_t(top + q - i1) * w;
     return gp + int64_t(q) * w;
   }
 };
@@ -905,9 +907,11 @@ inline Level level_of(int H, int W, int k) {
 }
 
 // ------------------------------------------------------------------------ batch plan
-// Every (sample, scale) is split into bands of kBandRows rows; the bands of the whole batch
-// are the tasks (scale 0 first: the largest). The partition depends on the shapes only, and
-// every reduction adds band results in band order, so any thread count gives the same bits.
+// Every (sample, scale) is split into ceil(kBatchBands / B) bands of at least kBandRows
+// rows (a batch of 8 or more: one band per sample, no halo work); the bands of the whole
+// batch are the tasks (scale 0 first: the largest). The partition depends on the shapes
+// only, never on the thread count, and every reduction adds band results in band order,
+// so any thread count gives the same bits.
 struct Band {
   int b, k, i0, i1;
   int64_t halo;  // offset of its halo rows (backward)
@@ -935,11 +939,13 @@ struct Plan {
       first[k] = int(bands.size());
       if (!sel.types[k]) continue;
       const int h = L[k].h;
-      nb[k] = (h + kBandRows - 1) / kBandRows;
+      const int want = (kBatchBands + B - 1) / B;
+      const int rows = std::max(kBandRows, (h + want - 1) / want);
+      nb[k] = (h + rows - 1) / rows;
       for (int b = 0; b < B; ++b)
-        for (int i0 = 0; i0 < h; i0 += kBandRows) {
-          bands.push_back({b, k, i0, std::min(h, i0 + kBandRows), halo_size});
-          halo_size += int64_t(kHaloTop + kHaloBottom) * L[k].w;
+        for (int i0 = 0; i0 < h; i0 += rows) {
+          bands.push_back({b, k, i0, std::min(h, i0 + rows), halo_size});
+          halo_size += int64_t((i0 > 0 ? kHaloTop : 0) + (i0 + rows < h ? kHaloBottom : 0)) * L[k].w;
         }
     }
   }
@@ -1085,7 +1091,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
       const int w = plan.L[d.k].w;
-      const BandOut<T> o{lgrad(d.b, d.k), halo.data() + d.halo, d.i0, d.i1, w};
+      const BandOut<T> o{lgrad(d.b, d.k), halo.data() + d.halo, d.i0, d.i1, w, d.i0 > 0 ? kHaloTop : 0};
       scale_backward_band<T, HasMask>(cp(d.b, d.k), cg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, w, sel.types[d.k],
                                       preps[d.k * B + d.b], o, ws);
     }
@@ -1099,7 +1105,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       for (int u = f; u < f + plan.nb[d.k]; ++u) {
         if (u == t) continue;
         const Band& e = plan.bands[u];
-        const BandOut<T> o{gk, halo.data() + e.halo, e.i0, e.i1, w};
+        const BandOut<T> o{gk, halo.data() + e.halo, e.i0, e.i1, w, e.i0 > 0 ? kHaloTop : 0};
         const int lo = u < t ? e.i1 : e.i0 - kHaloTop, hi = u < t ? e.i1 + kHaloBottom : e.i0;
         for (int q = std::max(lo, d.i0); q < std::min(hi, d.i1); ++q) {
           const T* src = o.row(q);
