@@ -14,9 +14,8 @@ import triton
 import triton.language as tl
 
 from . import layout as L
-from .loss_math import level_of
+from .loss_math import row_tile
 
-GW = tl.constexpr(L.GW)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -72,12 +71,7 @@ def box_rows_fwd_kernel(
     """Horizontal window sums of e * m and m for the selected box sizes, every scale."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    k = level_of(pid, geom, L.ROW)
-    h = tl.load(geom + k * GW + L.H_)
-    w = tl.load(geom + k * GW + L.W_)
-    i = (pid - tl.load(geom + k * GW + L.ROW)) * RH + tl.arange(0, RH)[:, None]
-    iok = i < h
-    rb = tl.load(geom + k * GW + L.OFF) + b * h * w + i * w
+    k, h, w, i, iok, rb = row_tile(pid, b, geom, RH)
     em = ws + L.EM * PLANE
     m = ws + L.M * PLANE
     if DO5:
@@ -103,12 +97,7 @@ def box_rows_bwd_kernel(
     """Horizontal transposed box of each saved Y = m * sign(e - local mean) / count."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    k = level_of(pid, geom, L.ROW)
-    h = tl.load(geom + k * GW + L.H_)
-    w = tl.load(geom + k * GW + L.W_)
-    i = (pid - tl.load(geom + k * GW + L.ROW)) * RH + tl.arange(0, RH)[:, None]
-    iok = i < h
-    rb = tl.load(geom + k * GW + L.OFF) + b * h * w + i * w
+    k, h, w, i, iok, rb = row_tile(pid, b, geom, RH)
     if DO5:
         _rows_bwd(ws + L.Y[0] * PLANE, bws + L.TB[0] * PLANE, rb, iok, w, 2, RH, CW)
     if DO17:

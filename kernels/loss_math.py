@@ -50,6 +50,33 @@ def level_of(pid, geom, START: tl.constexpr):
 
 
 @triton.jit
+def strip_tile(pid, b, geom, CW: tl.constexpr, SEG: tl.constexpr):
+    """Tile of a loss / gradient program: a strip of CW columns and a segment of SEG rows
+    of scale k, sample b. Returns k, the level size h, w, the columns j (1, CW) with their
+    bound jok, the rows [i_start, i_end) and the level's offset for sample b."""
+    k = level_of(pid, geom, L.COL)
+    h = tl.load(geom + k * GW + L.H_)
+    w = tl.load(geom + k * GW + L.W_)
+    t = pid - tl.load(geom + k * GW + L.COL)
+    nstrips = tl.cdiv(w, CW)
+    j = (t % nstrips) * CW + tl.arange(0, CW)[None, :]
+    i_start = (t // nstrips) * SEG
+    lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
+    return k, h, w, j, j < w, i_start, tl.minimum(i_start + SEG, h), lvl
+
+
+@triton.jit
+def row_tile(pid, b, geom, RH: tl.constexpr):
+    """Tile of a horizontal box program: RH rows i (RH, 1) of scale k, sample b. Returns
+    k, h, w, i, the bound iok and the offsets of the rows' starts."""
+    k = level_of(pid, geom, L.ROW)
+    h = tl.load(geom + k * GW + L.H_)
+    w = tl.load(geom + k * GW + L.W_)
+    i = (pid - tl.load(geom + k * GW + L.ROW)) * RH + tl.arange(0, RH)[:, None]
+    return k, h, w, i, i < h, tl.load(geom + k * GW + L.OFF) + b * h * w + i * w
+
+
+@triton.jit
 def ops(x00, x01, x02, x10, x11, x20, pc, pc2, pr, pr2):
     """dx, dy, rr = dx(dx), rc = dx(dy), cc = dy(dy) at one pixel, from x at the offsets
     (0,0) (0,1) (0,2) (1,0) (1,1) (2,0); zero padding of each difference at the border."""

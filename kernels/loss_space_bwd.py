@@ -14,10 +14,9 @@ import triton.language as tl
 
 from . import layout as L
 from .box import box_cols_bwd_init, box_cols_bwd_step
-from .loss_math import (LOG_EPS, border, level_of, load6, log_depth, normal_loss_grad, ops,
+from .loss_math import (LOG_EPS, border, strip_tile, load6, log_depth, normal_loss_grad, ops,
                         sign, validity)
 
-GW = tl.constexpr(L.GW)
 NQ = tl.constexpr(L.NQ)
 
 
@@ -103,17 +102,8 @@ def loss_space_bwd_kernel(
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    k = level_of(pid, geom, L.COL)
-    h = tl.load(geom + k * GW + L.H_)
-    w = tl.load(geom + k * GW + L.W_)
     # Program = (column strip, segment of SEG rows) of scale k.
-    t = pid - tl.load(geom + k * GW + L.COL)
-    nstrips = tl.cdiv(w, CW)
-    j = (t % nstrips) * CW + tl.arange(0, CW)[None, :]
-    jok = j < w
-    i_start = (t // nstrips) * SEG
-    i_end = tl.minimum(i_start + SEG, h)
-    lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
+    k, h, w, j, jok, i_start, i_end, lvl = strip_tile(pid, b, geom, CW, SEG)
     cb = lvl + j
     st = stats + (b * 6 + k) * NQ
     Gb = G + b * n_out

@@ -11,9 +11,8 @@ import triton.language as tl
 
 from . import layout as L
 from .box import box_cols_fwd_init, box_cols_fwd_step
-from .loss_math import border, level_of, load6, log_depth, normal_loss, ops, sign, validity
+from .loss_math import border, strip_tile, load6, log_depth, normal_loss, ops, sign, validity
 
-GW = tl.constexpr(L.GW)
 
 
 @triton.jit
@@ -46,17 +45,8 @@ def loss_space_fwd_kernel(
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    k = level_of(pid, geom, L.COL)
-    h = tl.load(geom + k * GW + L.H_)
-    w = tl.load(geom + k * GW + L.W_)
     # Program = (column strip, segment of SEG rows) of scale k.
-    t = pid - tl.load(geom + k * GW + L.COL)
-    nstrips = tl.cdiv(w, CW)
-    j = (t % nstrips) * CW + tl.arange(0, CW)[None, :]
-    jok = j < w
-    i_start = (t // nstrips) * SEG
-    i_end = tl.minimum(i_start + SEG, h)
-    lvl = tl.load(geom + k * GW + L.OFF) + b * h * w
+    k, h, w, j, jok, i_start, i_end, lvl = strip_tile(pid, b, geom, CW, SEG)
     cb = lvl + j
     NORMALS: tl.constexpr = DO_N or DO_NR or DO_NC
     OPS: tl.constexpr = DO_R or DO_C or DO_RR or DO_RC or DO_CC or NORMALS
