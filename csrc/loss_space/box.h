@@ -2,10 +2,9 @@
 // mean"), and of the transpose of the box sum, for the backward pass.
 //
 // The n x n box sum with replicate padding is separable: a horizontal window sum of each
-// row (here: one prefix sum in double of the row padded by the largest radius serves all
-// sizes) followed by a vertical window sum (running sums over rows, kept by the caller),
-// O(1) per pixel for every n. The prefix sum runs as 8 independent chains (fixed segments,
-// then fixed offsets), so it is not bound by the latency of one long dependency chain.
+// row (here: one chain of doubling passes over the row padded by the largest radius serves
+// all sizes) followed by a vertical window sum (running sums over rows, kept by the
+// caller), O(log n) vectorized work per pixel for the three sizes together.
 #pragma once
 
 #include <algorithm>
@@ -18,66 +17,40 @@
 namespace mlrb {
 inline namespace MLRB_CPU_ISA {
 
-// In-place inclusive prefix sum of d[0..n), in a fixed order.
-inline void prefix_sum(double* d, int n) {
-  constexpr int K = 8;
-  const int L = n / K;
-  if (L < 8) {
-    for (int j = 1; j < n; ++j) d[j] += d[j - 1];
-    return;
-  }
-  double acc[K] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int q = 0; q < L; ++q)
-    for (int s = 0; s < K; ++s) {
-      acc[s] += d[s * L + q];
-      d[s * L + q] = acc[s];
-    }
-  for (int j = K * L; j < n; ++j) {  // the remainder continues the last chain
-    acc[K - 1] += d[j];
-    d[j] = acc[K - 1];
-  }
-  double off = 0;
-  for (int s = 1; s < K; ++s) {
-    off += acc[s - 1];
-    const int end = s == K - 1 ? n : (s + 1) * L;
-#pragma omp simd
-    for (int j = s * L; j < end; ++j) d[j] += off;
-  }
-}
-
-// Sum of x[0..n) with 4 interleaved partial sums (fixed order).
-inline double sum4(const double* x, int n) {
-  double a[4] = {0, 0, 0, 0};
-  int j = 0;
-  for (; j + 4 <= n; j += 4)
-    for (int s = 0; s < 4; ++s) a[s] += x[j + s];
-  for (; j < n; ++j) a[0] += x[j];
-  return (a[0] + a[1]) + (a[2] + a[3]);
-}
-
-// Prefix sums of a row replicate-padded by R: P[q] = sum_{q' <= q} v[clamp(q' - R - 1)],
-// q = 0 .. w + 2R (P has w + 2R + 1 entries). The window sum of any radius r <= R around
-// column j is then P[j + R + r + 1] - P[j + R - r]: one prefix serves all box sizes.
+// Replicate-padded window sums of the radii rad[0] < .. < rad[nb-1] = R (2r a power of
+// two) of the row v: out[k][j] = sum_{a=-r..r} v[clamp(j + a)]. Doubling passes over the
+// padded row A (A[u] = v[clamp(u - R)]): after the pass with step s, S[u] = A[u] + .. +
+// A[u + 2s - 1], and the window of radius r is S_{2r}[j + R - r] + A[j + R + r]. One chain
+// of log2(2R) vectorized passes serves all sizes; the sums form a fixed tree without the
+// cancellation of prefix sums, so they stay accurate in float.
+// scratch: 3 (w + 2R) entries of T.
 template <typename T>
-void padded_prefix(const T* v, int w, int R, double* P) {
-  const int np = w + 2 * R + 1;
-  const double v0 = double(v[0]), vl = double(v[w - 1]);
+void window_sums_doubling(const T* v, int w, int R, int nb, const int* rad, T* const* out, T* scratch) {
+  const int n = w + 2 * R;
+  T* A0 = scratch;
+  std::fill(A0, A0 + R, v[0]);
+  std::copy(v, v + w, A0 + R);
+  std::fill(A0 + R + w, A0 + n, v[w - 1]);
+  T* bufs[2] = {scratch + n, scratch + 2 * n};
+  const T* src = A0;
+  int len = n, k = 0;
+  for (int s = 1, t = 0; s < 2 * R; s *= 2, t ^= 1) {
+    len -= s;
+    T* __restrict dst = bufs[t];
+    const T* __restrict a = src;
+    const T* __restrict b = src + s;
 #pragma omp simd
-  for (int q = 0; q < R + 1; ++q) P[q] = v0;
+    for (int u = 0; u < len; ++u) dst[u] = a[u] + b[u];
+    src = dst;
+    for (; k < nb && rad[k] == s; ++k) {  // blocks of 2s = 2r entries
+      const int r = rad[k];
+      const T* __restrict lo = src + R - r;
+      const T* __restrict hi = A0 + R + r;
+      T* __restrict o = out[k];
 #pragma omp simd
-  for (int c = 0; c < w; ++c) P[c + R + 1] = double(v[c]);
-#pragma omp simd
-  for (int q = w + R + 1; q < np; ++q) P[q] = vl;
-  prefix_sum(P, np);
-}
-
-// out[j] = sum_{a=-r..r} v[clamp(j + a)] (the replicate-padded window sum) from padded_prefix(.., R).
-template <typename Out>
-void window_sums(const double* P, int w, int R, int r, Out* out) {
-  const double* __restrict hi = P + R + r + 1;
-  const double* __restrict lo = P + R - r;
-#pragma omp simd
-  for (int j = 0; j < w; ++j) out[j] = static_cast<Out>(hi[j] - lo[j]);
+      for (int j = 0; j < w; ++j) o[j] = lo[j] + hi[j];
+    }
+  }
 }
 
 // Transpose of the replicate-padded window sum: out[c] = sum_j t[j] * #{a in [-r, r] :

@@ -145,7 +145,7 @@ struct RowWindow {
 
 // ------------------------------------------------------------------------ box means
 // Local means of e - mu over the n x n windows (n = 2r + 1) of the selected sizes, row by
-// row. Each source row is filtered horizontally once for all sizes (one prefix sum of the
+// row. Each source row is filtered horizontally once for all sizes (one doubling chain over the
 // row padded by the largest radius; rows kept in a ring), then running vertical sums over
 // rows i-r..i+r (clamped) give the box sums of row i. x = (e - mu) m: subtracting the
 // global mean mu keeps float32 sums small and does not change e - box(e).
@@ -165,7 +165,7 @@ struct BoxMeans {
   T* ring;              // R rows x nb sizes x S maps x w
   T* V;                 // nb x S x w running vertical sums
   T* row;               // 2 x w scratch (x and m of one row)
-  double* P;            // prefix sums of one padded row
+  T* hs;                // 3 padded rows: scratch of window_sums_doubling
 
   static int64_t buffer_size(int w, uint32_t types) {
     int nb = 0, rmax = 0;
@@ -173,7 +173,10 @@ struct BoxMeans {
       if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
     return (int64_t(2 * rmax + 2) * nb * S + nb * S + 2) * w;
   }
-  static int64_t dbuffer_size(int w) { return int64_t(w) + 2 * kBoxRadius[2] + 1; }
+  // In doubles (the scratch of window_sums_doubling, 3 padded rows of T).
+  static int64_t dbuffer_size(int w) {
+    return (3 * (int64_t(w) + 2 * kBoxRadius[2]) * int64_t(sizeof(T)) + 7) / 8;
+  }
 
   // Windows start at row i0 (the first row of a band); rows i0 - rmax .. are filtered.
   BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, uint32_t types, T mu_, T* buf, double* dbuf,
@@ -190,7 +193,7 @@ struct BoxMeans {
     ring = buf;
     V = ring + int64_t(R) * nb * S * w;
     row = V + int64_t(nb) * S * w;
-    P = dbuf;
+    hs = reinterpret_cast<T*>(dbuf);
     if (nb == 0) return;
     std::fill(V, V + int64_t(nb) * S * w, T(0));
     computed = std::max(-1, i0 - rmax - 1);
@@ -220,8 +223,8 @@ struct BoxMeans {
         for (int j = 0; j < w; ++j) x[j] = (pi[j] - gi[j]) - mu;
       }
       for (int q = 0; q < S; ++q) {
-        padded_prefix(q == 0 ? x : mr, w, rmax, P);
-        for (int k = 0; k < nb; ++k) window_sums(P, w, rmax, rad[k], H(s, k, q));
+        T* outs[3] = {H(s, 0, q), nb > 1 ? H(s, 1, q) : nullptr, nb > 2 ? H(s, 2, q) : nullptr};
+        window_sums_doubling(q == 0 ? x : mr, w, rmax, nb, rad, outs, hs);
       }
     }
     computed = std::max(computed, last);
