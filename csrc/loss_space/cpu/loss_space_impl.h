@@ -255,6 +255,10 @@ struct BoxMeans {
     }
   }
 
+  // Size k without a mask: local[j] = sums(k)[j] * inv(k) (callers fuse it into their loop).
+  const T* sums(int k) const { return V + int64_t(k) * S * w; }
+  T inv(int k) const { return T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1))); }
+
   // Size k: local[j] = mean of e - mu over the valid pixels of the window of (i, j);
   // count[j] = box(m) clamped to >= 1 (with a mask).
   void means(int k, T* local, T* count) const {
@@ -268,9 +272,9 @@ struct BoxMeans {
         count[j] = cj;
       }
     } else {
-      const T inv = T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1)));
+      const T iv = inv(k);
 #pragma omp simd
-      for (int j = 0; j < w; ++j) local[j] = v[j] * inv;
+      for (int j = 0; j < w; ++j) local[j] = v[j] * iv;
     }
   }
 };
@@ -413,10 +417,17 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
     }
     if (box.nb && i > i0) box.advance(i);
     for (int k = 0; k < box.nb; ++k) {
-      box.means(k, local, count);
       T acc = 0;
+      if constexpr (HasMask) {
+        box.means(k, local, count);
 #pragma omp simd reduction(+ : acc)
-      for (int j = 0; j < w; ++j) acc += std::abs((E0[j] - mu) - local[j]) * (HasMask ? M0[j] : T(1));
+        for (int j = 0; j < w; ++j) acc += std::abs((E0[j] - mu) - local[j]) * M0[j];
+      } else {
+        const T* v = box.sums(k);
+        const T iv = box.inv(k);
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += std::abs((E0[j] - mu) - v[j] * iv);
+      }
       sum[box.type[k]] += acc;
       cnt[box.type[k]] += c0;
     }
@@ -613,16 +624,34 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   }
   // Box transpose: U rows (horizontal transposes of tb) enter a running vertical window;
   // the window of padded row q (rows q-r..q+r) lands on row clamp(q), times the mask.
-  auto emit = [&](const BoxT& x, int q) {
+  // Z += U_in - U_out (either may be absent): the window of padded row q, then emit q.
+  auto slide_emit = [&](const BoxT& x, int q, const T* U_in, const T* U_out) {
     const int row = std::clamp(q, 0, h - 1);
-    T* out = out_rows.row(row);
-    if constexpr (HasMask) {
-      const uint8_t* mi = m + int64_t(row) * w;
+    T* __restrict out = out_rows.row(row);
+    T* __restrict Z = x.Z;
+    const uint8_t* mi = HasMask ? m + int64_t(row) * w : nullptr;
+    auto put = [&](int j, T z) { out[j] -= HasMask ? (mi[j] ? z : T(0)) : z; };
+    if (U_in && U_out) {
 #pragma omp simd
-      for (int j = 0; j < w; ++j) out[j] -= mi[j] ? x.Z[j] : T(0);
+      for (int j = 0; j < w; ++j) {
+        Z[j] += U_in[j] - U_out[j];
+        put(j, Z[j]);
+      }
+    } else if (U_in) {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        Z[j] += U_in[j];
+        put(j, Z[j]);
+      }
+    } else if (U_out) {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        Z[j] -= U_out[j];
+        put(j, Z[j]);
+      }
     } else {
 #pragma omp simd
-      for (int j = 0; j < w; ++j) out[j] -= x.Z[j];
+      for (int j = 0; j < w; ++j) put(j, Z[j]);
     }
   };
   auto ring_row = [&](const BoxT& x, int i) { return x.U + int64_t(i % x.ring) * w; };
@@ -661,28 +690,30 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     if (box.nb && i > i0) box.advance(i);
     for (size_t k = 0; k < bt.size(); ++k) {
       BoxT& x = bt[k];
-      box.means(int(k), local, count);
       const T wb = wt[kM5 + x.b];
-      const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
+      if constexpr (HasMask) {
+        box.means(int(k), local, count);
 #pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        const T s = wb * sgn((E0[j] - mu) - local[j]) * (HasMask ? M0[j] : T(1));
-        t0[j] += s;
-        x.tb[j] = HasMask ? s / count[j] : s * inv_n2;
+        for (int j = 0; j < w; ++j) {
+          const T s = wb * sgn((E0[j] - mu) - local[j]) * M0[j];
+          t0[j] += s;
+          x.tb[j] = s / count[j];
+        }
+      } else {
+        const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
+        const T* v = box.sums(int(k));
+        const T iv = box.inv(int(k));
+#pragma omp simd
+        for (int j = 0; j < w; ++j) {
+          const T s = wb * sgn((E0[j] - mu) - v[j] * iv);
+          t0[j] += s;
+          x.tb[j] = s * inv_n2;
+        }
       }
       box_row_sum_transpose(x.tb, w, x.r, ring_row(x, i), tscratch);
       // Padded row q = i - r has its whole window (rows up to i) now.
-      const T* U_in = ring_row(x, i);
       const int leave = i - 2 * x.r - 1;
-      if (leave >= i0) {
-        const T* U_out = ring_row(x, leave);
-#pragma omp simd
-        for (int j = 0; j < w; ++j) x.Z[j] += U_in[j] - U_out[j];
-      } else {
-#pragma omp simd
-        for (int j = 0; j < w; ++j) x.Z[j] += U_in[j];
-      }
-      emit(x, i - x.r);
+      slide_emit(x, i - x.r, ring_row(x, i), leave >= i0 ? ring_row(x, leave) : nullptr);
     }
     for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
@@ -757,12 +788,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   for (BoxT& x : bt) {
     for (int q = i1 - x.r; q <= i1 - 1 + x.r; ++q) {
       const int leave = q - x.r - 1;
-      if (leave >= i0) {
-        const T* U_out = ring_row(x, leave);
-#pragma omp simd
-        for (int j = 0; j < w; ++j) x.Z[j] -= U_out[j];
-      }
-      emit(x, q);
+      slide_emit(x, q, nullptr, leave >= i0 ? ring_row(x, leave) : nullptr);
     }
   }
 }
