@@ -64,16 +64,17 @@ inline Axis level_axis(int n_in, int k, bool fallback) {
   return a;
 }
 
-// One level of pred and gt (and of the mask: valid iff the whole 4x4 footprint is valid).
+// Rows [i_lo, i_hi) of one level of pred and gt (and of the mask: valid iff the whole 4x4
+// footprint is valid); rows are independent, so tasks may split them.
 // With a mask, invalid full-resolution pixels read as 0 so that NaN/Inf there never reach
 // a value. tmp_p, tmp_g: W scratch entries each; tmp_m: W bytes.
 template <typename T, bool HasMask>
 void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const Axis& ax,
-                 T* out_p, T* out_g, uint8_t* out_m, T* tmp_p, T* tmp_g, uint8_t* tmp_m) {
+                 T* out_p, T* out_g, uint8_t* out_m, T* tmp_p, T* tmp_g, uint8_t* tmp_m, int i_lo, int i_hi) {
   const int W = ax.n_in;
   const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
   const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
-  for (int i = 0; i < ay.n_out; ++i) {
+  for (int i = i_lo; i < i_hi; ++i) {
     const int r[4] = {ay.tap(i, 0), ay.tap(i, 1), ay.tap(i, 2), ay.tap(i, 3)};
     const T *p0 = p + (int64_t)r[0] * W, *p1 = p + (int64_t)r[1] * W, *p2 = p + (int64_t)r[2] * W,
             *p3 = p + (int64_t)r[3] * W;
@@ -127,14 +128,19 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
   }
 }
 
-// grad (H x W) += P^T gk: the transpose of build_level applied to a level gradient gk.
-// tmp: W scratch entries.
+// Rows [r0, r1) of grad (H x W) += P^T gk: the transpose of build_level applied to a level
+// gradient gk. Each full-resolution row gathers the level rows i that reach it, in
+// increasing i, so the bits of a row do not depend on how the rows are split into tasks
+// (level rows at a split are transposed horizontally by both tasks). tmp: W entries.
 template <typename T>
-void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T* tmp) {
+void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T* tmp, int r0, int r1) {
   const int W = ax.n_in;
   const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
   const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
   for (int i = 0; i < ay.n_out; ++i) {
+    bool hit = false;
+    for (int a = 0; a < 4; ++a) hit |= ay.tap(i, a) >= r0 && ay.tap(i, a) < r1;
+    if (!hit) continue;
     std::fill(tmp, tmp + W, T(0));
     const T* gi = gk + (int64_t)i * ax.n_out;
     int lo, hi;
@@ -153,6 +159,7 @@ void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T
     }
     for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
     for (int a = 0; a < 4; ++a) {
+      if (ay.tap(i, a) < r0 || ay.tap(i, a) >= r1) continue;
       T* row = grad + (int64_t)ay.tap(i, a) * W;
       const T wa = wy[a];
 #pragma omp simd

@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -955,8 +956,21 @@ struct Plan {
   int first[kNumScales] = {};    // bands of scale k: first[k] + b * nb[k] + (0 .. nb[k])
   int nb[kNumScales] = {};
   int64_t halo_size = 0;
+  // Row-chunk tasks of the pyramid (b, k, first, last level row) and of the full-resolution
+  // maps (b, first, last row); each row's bits are independent of the split.
+  std::vector<std::array<int, 4>> level_tasks;
+  std::vector<std::array<int, 3>> row_tasks;
+  static constexpr int kChunkRows = 32;
 
   Plan(const LossSpaceArgs& a, const Selection& sel) : B(a.B), H(a.H), W(a.W) {
+    for (int k = 1; k < kNumScales; ++k) {
+      if (!sel.types[k]) continue;
+      const int h = level_of(H, W, k).h, rows = std::max(4, kChunkRows >> k);
+      for (int b = 0; b < B; ++b)
+        for (int i = 0; i < h; i += rows) level_tasks.push_back({b, k, i, std::min(h, i + rows)});
+    }
+    for (int b = 0; b < B; ++b)
+      for (int i = 0; i < H; i += kChunkRows) row_tasks.push_back({b, i, std::min(H, i + kChunkRows)});
     for (int k = 0; k < kNumScales; ++k) {
       L[k] = level_of(H, W, k);
       if (k > 0 && sel.types[k]) {
@@ -1004,13 +1018,12 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
-    for (int q = 0; q < B * (kNumScales - 1); ++q) {  // pyramid levels
-      const int k = 1 + q / B, b = q % B;
-      if (!sel.types[k]) continue;
+    for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
+      const auto [b, k, lo, hi] = plan.level_tasks[q];
       const Level& L = plan.L[k];
       build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax,
                               const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), const_cast<uint8_t*>(lm(b, k)),
-                              tmp.data(), tmp.data() + W, tmpm.data());
+                              tmp.data(), tmp.data() + W, tmpm.data(), lo, hi);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
@@ -1097,17 +1110,18 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
-    for (int q = 0; q < B * kNumScales; ++q) {  // zeroed gradients, pyramid levels
-      const int k = q / B, b = q % B;
-      if (k == 0) {
-        std::fill(grad + b * N, grad + (b + 1) * N, T(0));
-        continue;
-      }
-      if (!sel.types[k]) continue;
+    for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
+      const auto [b, lo, hi] = plan.row_tasks[q];
+      std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
+      const auto [b, k, lo, hi] = plan.level_tasks[q];
       const Level& L = plan.L[k];
       build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
-                              lg(b, k), const_cast<uint8_t*>(lm(b, k)), tmp.data(), tmp.data() + W, tmpm.data());
-      std::fill(lgrad(b, k), lgrad(b, k) + int64_t(L.h) * L.w, T(0));
+                              lg(b, k), const_cast<uint8_t*>(lm(b, k)), tmp.data(), tmp.data() + W, tmpm.data(), lo,
+                              hi);
+      std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
     }
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
@@ -1145,20 +1159,31 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (int b = 0; b < B; ++b) {
-      T* gb = grad + b * N;
+    for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // transposed pyramid, coarsest first
+      const auto [b, lo, hi] = plan.row_tasks[q];
       for (int k = kNumScales - 1; k >= 1; --k)
-        if (sel.types[k]) add_level_transpose(lgrad(b, k), plan.L[k].ay, plan.L[k].ax, gb, tmp.data());
-      const double* G80 = G.data() + size_t(b) * kNumAll;
-      const uint8_t* mb = HasMask ? mask + b * N : nullptr;
-      if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0)) {
-        ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
-        amlr_backward<T, HasMask>(pred + b * N, gt + b * N, mb, H, W, a, G80[kSi], G80[kGr], gb, ws.t.data());
+        if (sel.types[k]) add_level_transpose(lgrad(b, k), plan.L[k].ay, plan.L[k].ax, grad + b * N, tmp.data(), lo, hi);
+    }
+    if (sel.amlr) {
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b) {
+        const double* G80 = G.data() + size_t(b) * kNumAll;
+        if (G80[kSi] != 0 || G80[kGr] != 0) {
+          ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
+          amlr_backward<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, H, W, a, G80[kSi],
+                                    G80[kGr], grad + b * N, ws.t.data());
+        }
       }
-      if constexpr (HasMask) {
-        // Invalid pixels never influence a loss: their gradient is exactly 0.
+    }
+    if constexpr (HasMask) {
+      // Invalid pixels never influence a loss: their gradient is exactly 0.
+#pragma omp for schedule(dynamic, 1)
+      for (size_t q = 0; q < plan.row_tasks.size(); ++q) {
+        const auto [b, lo, hi] = plan.row_tasks[q];
+        T* gb = grad + b * N;
+        const uint8_t* mb = mask + b * N;
 #pragma omp simd
-        for (int64_t q = 0; q < N; ++q) gb[q] = mb[q] ? gb[q] : T(0);
+        for (int64_t e = int64_t(lo) * W; e < int64_t(hi) * W; ++e) gb[e] = mb[e] ? gb[e] : T(0);
       }
     }
     // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
