@@ -328,11 +328,24 @@ inline void for_types(uint32_t types, F&& f) {
   ((types & bit(Ts) ? f(std::integral_constant<int, Ts>{}) : void()), ...);
 }
 
-// Scratch of one task (sample): row buffers and the pyramid level being processed.
+// n entries of v starting at a 64-byte boundary. Vectorized reductions may split their
+// loop by the alignment of the data; aligned buffers make that split, and so the bits,
+// the same for every thread and call.
+template <typename U>
+U* aligned(std::vector<U>& v, int64_t n) {
+  constexpr int64_t pad = 64 / sizeof(U);
+  if (int64_t(v.size()) < n + pad) v.resize(n + pad);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<U*>((p + 63) & ~uintptr_t(63));
+}
+
+// Scratch of one thread: row buffers (t) and the horizontal box filter's (d).
 template <typename T>
 struct Workspace {
   std::vector<T> t;
   std::vector<double> d;
+  T* tbuf(int64_t n) { return aligned(t, n); }
+  double* dbuf(int64_t n) { return aligned(d, n); }
 };
 
 // Per-pixel value of the e-based difference types r, c, rr, rc, cc at (i, j).
@@ -380,13 +393,12 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
   std::fill(cnt, cnt + kNumTypes, 0.0);
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
-  ws.t.resize(wsz + bsz + 2 * int64_t(w));
-  ws.d.resize(BoxMeans<T, HasMask>::dbuffer_size(w));
-  T* buf = ws.t.data();
+  T* buf = ws.tbuf(wsz + bsz + 2 * int64_t(w));
+  double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
   T* local = buf + wsz + bsz;
   T* count = local + w;
-  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data(), i0);
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, dbuf, i0);
   const bool deep = types & kRowWindowBits;
 
   for (int i = i0; i < i1; ++i) {
@@ -534,8 +546,7 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
   }
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   if constexpr (HasMask) {
-    ws.t.resize(wsz);
-    RowWindow<T, HasMask> win(p, g, m, h, w, ws.t.data());
+    RowWindow<T, HasMask> win(p, g, m, h, w, ws.tbuf(wsz));
     win.only_mask = true;
     std::fill(cnt, cnt + kNumTypes, 0.0);
     for (int i = 0; i < h; ++i) {
@@ -591,10 +602,9 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   for (int b = 0; b < 3; ++b)
     if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
   const int nfields = 13;  // t0 tx ty txx txy tyy A Bf prevBf tyy' prevTyy' local count
-  ws.t.resize(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
+  T* buf = ws.tbuf(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
               box_transpose_scratch_size(w, kBoxRadius[2]));
-  ws.d.resize(BoxMeans<T, HasMask>::dbuffer_size(w));
-  T* buf = ws.t.data();
+  double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
   T* f = buf + wsz + bsz;
   T *t0 = f, *tx = f + w, *ty = f + 2 * w, *txx = f + 3 * w, *txy = f + 4 * w, *tyy = f + 5 * w;
@@ -610,7 +620,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     int b, r, ring;
     T *Z, *tb, *U;
   };
-  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, ws.d.data(), i0);
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, dbuf, i0);
   std::vector<BoxT> bt;
   {
     T* ring = ring_base;
@@ -955,6 +965,7 @@ struct Plan {
   std::vector<Band> bands;
   int first[kNumScales] = {};    // bands of scale k: first[k] + b * nb[k] + (0 .. nb[k])
   int nb[kNumScales] = {};
+  bool whole_samples = true;  // one band per (sample, scale): tasks are whole samples
   int64_t halo_size = 0;
   // Row-chunk tasks of the pyramid (b, k, first, last level row) and of the full-resolution
   // maps (b, first, last row); each row's bits are independent of the split.
@@ -985,6 +996,7 @@ struct Plan {
       const int want = (kBatchBands + B - 1) / B;
       const int rows = std::max(kBandRows, (h + want - 1) / want);
       nb[k] = (h + rows - 1) / rows;
+      whole_samples = whole_samples && nb[k] == 1;
       for (int b = 0; b < B; ++b)
         for (int i0 = 0; i0 < h; i0 += rows) {
           bands.push_back({b, k, i0, std::min(h, i0 + rows), halo_size});
@@ -1000,13 +1012,15 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   const Plan plan(a, sel);
   const int B = a.B, H = a.H, W = a.W;
   const int64_t N = int64_t(H) * W, per = plan.per;
-  std::vector<T> lv(size_t(B) * 2 * per);
-  std::vector<uint8_t> lmv(HasMask ? size_t(B) * per : 0);
-  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lv.data() + b * 2 * per + plan.off[k]; };
-  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lv.data() + (b * 2 + 1) * per + plan.off[k]; };
+  std::vector<T> lv;
+  std::vector<uint8_t> lmv;
+  T* lvd = aligned(lv, int64_t(B) * 2 * per);
+  uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lvd + (b * 2 + 1) * per + plan.off[k]; };
   auto lm = [&](int b, int k) -> const uint8_t* {
     if (!HasMask) return nullptr;
-    return k == 0 ? mask + b * N : lmv.data() + b * per + plan.off[k];
+    return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
   const int nbands = int(plan.bands.size());
   std::vector<T> mus(size_t(B) * kNumScales);
@@ -1041,10 +1055,9 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     if (sel.amlr) {
 #pragma omp for schedule(dynamic, 1)
       for (int b = 0; b < B; ++b) {
-        ws.t.resize(std::max<int64_t>(ws.t.size(), 4 * int64_t(W)));
         const AmlrValues v =
             amlr_values(amlr_sums<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, H, W,
-                                              ws.t.data()),
+                                              ws.tbuf(4 * int64_t(W))),
                         a);
         amlr[2 * b] = v.si;
         amlr[2 * b + 1] = v.gr;
@@ -1090,14 +1103,76 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
   std::vector<double> G(size_t(B) * kNumAll, 0.0);
   for (int b = 0; b < B; ++b)
     for (int j = 0; j < a.n; ++j) G[size_t(b) * kNumAll + a.indices[j]] += grad_out[int64_t(b) * a.n + j];
-  std::vector<T> lv(size_t(B) * 3 * per);  // level pred, gt, gradient
-  std::vector<uint8_t> lmv(HasMask ? size_t(B) * per : 0);
-  auto lp = [&](int b, int k) -> T* { return lv.data() + b * 3 * per + plan.off[k]; };
-  auto lg = [&](int b, int k) -> T* { return lv.data() + (b * 3 + 1) * per + plan.off[k]; };
-  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lv.data() + (b * 3 + 2) * per + plan.off[k]; };
+  if (plan.whole_samples) {
+    // One task per sample: its levels and their gradients are built and used while they
+    // are in cache (the banded path below builds the levels of the whole batch first).
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+    {
+      Workspace<T> ws;
+      std::vector<T> tmp(2 * size_t(W)), lvl;
+      std::vector<uint8_t> tmpm(W), lmk;
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b) {
+        T* gb = grad + b * N;
+        const double* G80 = G.data() + size_t(b) * kNumAll;
+        const T* pb = pred + b * N;
+        const T* gtb = gt + b * N;
+        const uint8_t* mb = HasMask ? mask + b * N : nullptr;
+        std::fill(gb, gb + N, T(0));
+        T* lvp = aligned(lvl, 3 * per);
+        uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
+        for (int k = kNumScales - 1; k >= 0; --k) {
+          if (!sel.types[k]) continue;
+          const Level& L = plan.L[k];
+          const T* pp = pb;
+          const T* gg = gtb;
+          const uint8_t* mm = mb;
+          T* gk = gb;
+          if (k > 0) {
+            T* lpk = lvp + plan.off[k];
+            uint8_t* lmk_k = HasMask ? lmp + plan.off[k] : nullptr;
+            build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lpk, lpk + per, lmk_k, tmp.data(), tmp.data() + W,
+                                    tmpm.data(), 0, L.h);
+            gk = lpk + 2 * per;
+            std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
+            pp = lpk;
+            gg = lpk + per;
+            mm = lmk_k;
+          }
+          const ScalePrep<T> prep = scale_backward_prep<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k],
+                                                                    G80 + kNumTypes * k, ws);
+          scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
+                                          BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
+        }
+        for (int k = kNumScales - 1; k >= 1; --k)
+          if (sel.types[k])
+            add_level_transpose(lvp + plan.off[k] + 2 * per, plan.L[k].ay, plan.L[k].ax, gb, tmp.data(), 0,
+                                H);
+        if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0)) {
+          amlr_backward<T, HasMask>(pb, gtb, mb, H, W, a, G80[kSi], G80[kGr], gb, ws.tbuf(7 * int64_t(W)));
+        }
+        if constexpr (HasMask) {
+#pragma omp simd
+          for (int64_t e = 0; e < N; ++e) gb[e] = mb[e] ? gb[e] : T(0);
+        }
+      }
+      const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                    (tmp.capacity() + lvl.capacity()) * sizeof(T) + tmpm.capacity() + lmk.capacity());
+#pragma omp critical(mlrb_workspace)
+      if (a.workspace_bytes) *a.workspace_bytes += bytes;
+    }
+    return;
+  }
+  std::vector<T> lv;  // level pred, gt, gradient
+  std::vector<uint8_t> lmv;
+  T* lvd = aligned(lv, int64_t(B) * 3 * per);
+  uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> T* { return lvd + b * 3 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> T* { return lvd + (b * 3 + 1) * per + plan.off[k]; };
+  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lvd + (b * 3 + 2) * per + plan.off[k]; };
   auto lm = [&](int b, int k) -> const uint8_t* {
     if (!HasMask) return nullptr;
-    return k == 0 ? mask + b * N : lmv.data() + b * per + plan.off[k];
+    return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
   auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
   auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
@@ -1169,9 +1244,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       for (int b = 0; b < B; ++b) {
         const double* G80 = G.data() + size_t(b) * kNumAll;
         if (G80[kSi] != 0 || G80[kGr] != 0) {
-          ws.t.resize(std::max<int64_t>(ws.t.size(), 7 * int64_t(W)));
           amlr_backward<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, H, W, a, G80[kSi],
-                                    G80[kGr], grad + b * N, ws.t.data());
+                                    G80[kGr], grad + b * N, ws.tbuf(7 * int64_t(W)));
         }
       }
     }
