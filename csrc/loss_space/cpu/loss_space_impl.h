@@ -513,7 +513,7 @@ struct ScalePrep {
 // the rows above (box transposes, up to kHaloTop) and below (box transposes and dy^T, up
 // to kHaloBottom) into the band's halo buffers, added in band order afterwards.
 constexpr int kBandRows = 64;  // smallest band (halos cost up to 64 rows of recomputation)
-constexpr int kBatchBands = 8;  // bands per scale over the batch: enough tasks for the threads
+constexpr int kBatchBands = 4;  // bands per scale over the batch (halo work grows with the count)
 constexpr int kHaloTop = 32;   // largest box radius
 constexpr int kHaloBottom = 34;
 template <typename T>
@@ -948,7 +948,7 @@ inline Level level_of(int H, int W, int k) {
 
 // ------------------------------------------------------------------------ batch plan
 // Every (sample, scale) is split into ceil(kBatchBands / B) bands of at least kBandRows
-// rows (a batch of 8 or more: one band per sample, no halo work); the bands of the whole
+// rows (a batch of 4 or more: one band per sample, no halo work); the bands of the whole
 // batch are the tasks (scale 0 first: the largest). The partition depends on the shapes
 // only, never on the thread count, and every reduction adds band results in band order,
 // so any thread count gives the same bits.
