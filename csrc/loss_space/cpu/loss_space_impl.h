@@ -1012,8 +1012,8 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   const Plan plan(a, sel);
   const int B = a.B, H = a.H, W = a.W;
   const int64_t N = int64_t(H) * W, per = plan.per;
-  std::vector<T> lv;
-  std::vector<uint8_t> lmv;
+  static thread_local std::vector<T> lv;  // kept between calls: no fresh pages per call
+  static thread_local std::vector<uint8_t> lmv;
   T* lvd = aligned(lv, int64_t(B) * 2 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
   auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
@@ -1028,7 +1028,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   std::vector<double> amlr(size_t(B) * 2);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
-    Workspace<T> ws;
+    static thread_local Workspace<T> ws;  // this thread's, kept between calls
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
@@ -1108,7 +1108,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     // are in cache (the banded path below builds the levels of the whole batch first).
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
     {
-      Workspace<T> ws;
+      static thread_local Workspace<T> ws;  // this thread's, kept between calls
       std::vector<T> tmp(2 * size_t(W)), lvl;
       std::vector<uint8_t> tmpm(W), lmk;
 #pragma omp for schedule(dynamic, 1)
@@ -1163,8 +1163,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     }
     return;
   }
-  std::vector<T> lv;  // level pred, gt, gradient
-  std::vector<uint8_t> lmv;
+  static thread_local std::vector<T> lv;  // level pred, gt, gradient
+  static thread_local std::vector<uint8_t> lmv;
   T* lvd = aligned(lv, int64_t(B) * 3 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
   auto lp = [&](int b, int k) -> T* { return lvd + b * 3 * per + plan.off[k]; };
@@ -1177,11 +1177,13 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
   auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
   auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
   const int nbands = int(plan.bands.size());
-  std::vector<T> halo(plan.halo_size, T(0));
+  static thread_local std::vector<T> halo;
+  halo.assign(plan.halo_size, T(0));
+  T* const hd = halo.data();  // inside the parallel region `halo` would name each thread's own
   std::vector<ScalePrep<T>> preps(size_t(B) * kNumScales);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
-    Workspace<T> ws;
+    static thread_local Workspace<T> ws;  // this thread's, kept between calls
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
@@ -1209,7 +1211,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
       const int w = plan.L[d.k].w;
-      const BandOut<T> o{lgrad(d.b, d.k), halo.data() + d.halo, d.i0, d.i1, w, d.i0 > 0 ? kHaloTop : 0};
+      const BandOut<T> o{lgrad(d.b, d.k), hd + d.halo, d.i0, d.i1, w, d.i0 > 0 ? kHaloTop : 0};
       scale_backward_band<T, HasMask>(cp(d.b, d.k), cg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, w, sel.types[d.k],
                                       preps[d.k * B + d.b], o, ws);
     }
@@ -1223,7 +1225,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       for (int u = f; u < f + plan.nb[d.k]; ++u) {
         if (u == t) continue;
         const Band& e = plan.bands[u];
-        const BandOut<T> o{gk, halo.data() + e.halo, e.i0, e.i1, w, e.i0 > 0 ? kHaloTop : 0};
+        const BandOut<T> o{gk, hd + e.halo, e.i0, e.i1, w, e.i0 > 0 ? kHaloTop : 0};
         const int lo = u < t ? e.i1 : e.i0 - kHaloTop, hi = u < t ? e.i1 + kHaloBottom : e.i0;
         for (int q = std::max(lo, d.i0); q < std::min(hi, d.i1); ++q) {
           const T* src = o.row(q);
