@@ -2,12 +2,14 @@
 // loss_space_kernel.cpp (baseline x86-64 / any CPU) and loss_space_kernel_avx2.cpp, each
 // defining MLRB_CPU_ISA, so that one portable build runs AVX2 code where the CPU has it.
 //
-// Work is split by sample (a fixed partition: sample b is one task whatever the thread
-// count), and inside a sample everything runs in a fixed order, so the results are
-// bitwise identical for any number of threads. Per (sample, scale) the forward makes one
-// pass over the rows (plus a short pre-pass for the global mean of M); the backward
-// recomputes what it needs and pushes d(sum G L)/dD^k through the transpose of the
-// pyramid. Per-row sums use the input precision and are accumulated in double.
+// Work is split into row bands of each (sample, scale) (see Plan: the partition depends on
+// the shapes only, a batch of 1 gets several bands so that it uses every thread); partial
+// results are combined in band order, so the results are bitwise identical for any number
+// of threads. Per band the forward makes one pass over its rows (after a pre-pass for the
+// global mean of M); the backward recomputes what it needs, writes the rows above and
+// below its band into halo buffers added in band order, and pushes d(sum G L)/dD^k
+// through the transpose of the pyramid. Per-row sums use the input precision and are
+// accumulated in double.
 #pragma once
 
 #include <omp.h>
