@@ -147,15 +147,13 @@ def test_half_precision_inputs(dtype):
     torch.testing.assert_close(p.grad, p32.grad.to(dtype), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("mask", [None, "holes"])
-def test_bitwise_deterministic_repeated_and_across_threads(dtype, mask):
-    pred, gt, m = make_inputs(3, 70, 90, dtype=dtype, mask=mask)
-    G = torch.rand(3, len(EVERY), dtype=dtype)
+def _assert_bitwise_across_threads(pred, gt, m, **kw):
+    """Losses and grad_pred identical for 1 thread, 2 threads and a repeated call."""
+    G = torch.rand(pred.shape[0], len(EVERY), dtype=torch.float64).to(pred.dtype)
 
     def run():
         p = pred.clone().requires_grad_(True)
-        out = _losses(p, gt, m, EVERY, si_sqrt=True)
+        out = _losses(p, gt, m, EVERY, **kw)
         (out * G).sum().backward()
         return out.detach(), p.grad
 
@@ -169,6 +167,12 @@ def test_bitwise_deterministic_repeated_and_across_threads(dtype, mask):
         torch.set_num_threads(before)
     for a, b, c in zip(one, two, again):
         assert torch.equal(a, b) and torch.equal(b, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask", [None, "holes"])
+def test_bitwise_deterministic_repeated_and_across_threads(dtype, mask):
+    _assert_bitwise_across_threads(*make_inputs(3, 70, 90, dtype=dtype, mask=mask), si_sqrt=True)
 
 
 # Rows are split into fixed bands of 64 (csrc kBandRows): several bands, a last band of
@@ -184,24 +188,7 @@ def test_row_bands_match_reference_float64(shape, mask):
 def test_batch_one_bitwise_identical_across_threads(mask):
     """B = 1 runs its row bands on all threads; the bits must not depend on how many."""
     pred, gt, m = make_inputs(1, 230, 75, dtype=torch.float32, mask=mask)
-    G = torch.rand(1, len(EVERY))
-
-    def run():
-        p = pred.clone().requires_grad_(True)
-        out = _losses(p, gt, m, EVERY)
-        (out * G).sum().backward()
-        return out.detach(), p.grad
-
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two, again = run(), run()
-    finally:
-        torch.set_num_threads(before)
-    for a, b, c in zip(one, two, again):
-        assert torch.equal(a, b) and torch.equal(b, c)
+    _assert_bitwise_across_threads(pred, gt, m)
 
 
 def test_saves_only_the_inputs_for_backward():
