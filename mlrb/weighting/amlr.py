@@ -56,8 +56,9 @@ class AMLRRebalancer(LossWeighting):
         min_weight: floor for the weights after each update (default 0: the paper does not
             bound w, but a negative weight would make training maximize that loss); None
             for no floor.
-        names, enabled, steps_per_period, steps_per_epoch, periods_per_epoch,
-        sync_distributed, process_group: see :class:`~mlrb.weighting.base.LossWeighting`.
+        **options: the period and logging options of
+            :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
+            steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
     """
 
     def __init__(
@@ -71,28 +72,18 @@ class AMLRRebalancer(LossWeighting):
         timestep: str = "period",
         delayed_moments: bool = False,
         min_weight: float | None = 0.0,
-        names: Sequence[str] | None = None,
-        enabled: Sequence[bool] | Tensor | None = None,
-        steps_per_period: int | None = None,
-        steps_per_epoch: int | None = None,
-        periods_per_epoch: int = 4,
-        sync_distributed: bool = True,
-        process_group=None,
+        **options,
     ) -> None:
         if timestep not in ("period", "step"):
             raise ValueError(f"timestep must be 'period' or 'step', got {timestep!r}")
         if timestep == "step":
-            if steps_per_period is not None or steps_per_epoch is not None:
+            if options.get("steps_per_period") is not None or options.get("steps_per_epoch") is not None:
                 raise ValueError("timestep='step' already ends a timestep every step; "
                                  "drop steps_per_period / steps_per_epoch")
-            steps_per_period = 1
-        if names is None and n == len(AMLR_NAMES):
-            names = AMLR_NAMES
-        super().__init__(
-            n, names=names, enabled=enabled, steps_per_period=steps_per_period,
-            steps_per_epoch=steps_per_epoch, periods_per_epoch=periods_per_epoch,
-            sync_distributed=sync_distributed, process_group=process_group,
-        )
+            options["steps_per_period"] = 1
+        if options.get("names") is None and n == len(AMLR_NAMES):
+            options["names"] = AMLR_NAMES
+        super().__init__(n, **options)
         self.timestep = timestep
         self.lam = float(lam)
         b1, b2 = (float(b) for b in betas)

@@ -18,27 +18,17 @@ class FixedWeights(LossWeighting):
         n: number of losses.
         weights: a number or n values (default 1/n over the enabled losses). Disabled
             losses get weight 0 whatever is given.
-        names, enabled, steps_per_period, steps_per_epoch, periods_per_epoch,
-        sync_distributed, process_group: see :class:`~mlrb.weighting.base.LossWeighting`.
+        **options: the period and logging options of
+            :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
+            steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
     """
 
     def __init__(
         self,
         n: int,
         weights: float | Sequence[float] | Tensor | None = None,
-        *,
-        names: Sequence[str] | None = None,
-        enabled: Sequence[bool] | Tensor | None = None,
-        steps_per_period: int | None = None,
-        steps_per_epoch: int | None = None,
-        periods_per_epoch: int = 4,
-        sync_distributed: bool = True,
-        process_group=None,
+        **options,
     ) -> None:
-        super().__init__(
-            n, names=names, enabled=enabled, steps_per_period=steps_per_period,
-            steps_per_epoch=steps_per_epoch, periods_per_epoch=periods_per_epoch,
-            sync_distributed=sync_distributed, process_group=process_group,
-        )
+        super().__init__(n, **options)
         w = as_vector(1.0 / self.n_enabled if weights is None else weights, n, "weights")
         self.register_buffer("weights", w * self.enabled.to(STATE_DTYPE))

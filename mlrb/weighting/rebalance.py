@@ -65,8 +65,9 @@ class MultiLossRebalancer(LossWeighting):
             clamped, in log space, to a band of that ratio centred on their geometric median,
             then rescaled so the overall loss stays the same. It counters the known weakness
             that a nearly-zero loss receives a huge initial weight the clip cannot undo.
-        names, enabled, steps_per_period, steps_per_epoch, periods_per_epoch,
-        sync_distributed, process_group: see :class:`~mlrb.weighting.base.LossWeighting`.
+        **options: the period and logging options of
+            :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
+            steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
 
     A loss whose period mean is 0 keeps its weight (no inf/NaN): it is initialized at the
     first period in which its mean is positive and takes part in Eq. 11 only while both its
@@ -89,19 +90,9 @@ class MultiLossRebalancer(LossWeighting):
         init_scale: float | Sequence[float] | Tensor | None = None,
         clip: tuple[float, float] | None = (0.5, 2.0),
         max_ratio: float | None = None,
-        names: Sequence[str] | None = None,
-        enabled: Sequence[bool] | Tensor | None = None,
-        steps_per_period: int | None = None,
-        steps_per_epoch: int | None = None,
-        periods_per_epoch: int = 4,
-        sync_distributed: bool = True,
-        process_group=None,
+        **options,
     ) -> None:
-        super().__init__(
-            n, names=names, enabled=enabled, steps_per_period=steps_per_period,
-            steps_per_epoch=steps_per_epoch, periods_per_epoch=periods_per_epoch,
-            sync_distributed=sync_distributed, process_group=process_group,
-        )
+        super().__init__(n, **options)
         if not callable(lam):
             lam = float(lam)
             if not math.isfinite(lam):

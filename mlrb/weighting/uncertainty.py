@@ -21,8 +21,9 @@ class UncertaintyWeighting(LossWeighting):
     Args:
         n: number of losses.
         init: initial s_i, a number or n values (default 0: every weight starts at 1).
-        names, enabled, steps_per_period, steps_per_epoch, periods_per_epoch,
-        sync_distributed, process_group: see :class:`~mlrb.weighting.base.LossWeighting`.
+        **options: the period and logging options of
+            :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
+            steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
     """
 
     def __init__(
@@ -30,19 +31,9 @@ class UncertaintyWeighting(LossWeighting):
         n: int,
         *,
         init: float | Sequence[float] | Tensor = 0.0,
-        names: Sequence[str] | None = None,
-        enabled: Sequence[bool] | Tensor | None = None,
-        steps_per_period: int | None = None,
-        steps_per_epoch: int | None = None,
-        periods_per_epoch: int = 4,
-        sync_distributed: bool = True,
-        process_group=None,
+        **options,
     ) -> None:
-        super().__init__(
-            n, names=names, enabled=enabled, steps_per_period=steps_per_period,
-            steps_per_epoch=steps_per_epoch, periods_per_epoch=periods_per_epoch,
-            sync_distributed=sync_distributed, process_group=process_group,
-        )
+        super().__init__(n, **options)
         # float32 like the model's parameters; the optimizer steps it.
         self.log_var = nn.Parameter(as_vector(init, n, "init").float())
 
