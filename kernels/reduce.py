@@ -8,20 +8,9 @@ import triton
 import triton.language as tl
 
 from . import layout as L
+from .loss_math import level_of
 
-GW = tl.constexpr(L.GW)
 NQ = tl.constexpr(L.NQ)
-
-
-@triton.jit
-def _level_vec(p, geom, START: tl.constexpr):
-    """Scale of each program id in the vector p (inactive scales own no programs)."""
-    k = p * 0
-    for l in tl.static_range(6):
-        s = tl.load(geom + l * GW + START)
-        n = tl.load(geom + l * GW + START + 1)
-        k = tl.where((p >= s) & (n > 0), l, k)
-    return k
 
 
 @triton.jit
@@ -40,7 +29,7 @@ def _sums_per_level(part, b, geom, n, START: tl.constexpr, NQP: tl.constexpr, CH
     for p0 in range(0, n, CH):
         p = p0 + tl.arange(0, CH)
         P = tl.load(part + (b * n + p[:, None]) * NQP + q[None, :], mask=(p < n)[:, None], other=0.0)
-        k = _level_vec(p, geom, START)
+        k = level_of(p, geom, START)
         acc += tl.sum(tl.where(k[:, None, None] == kk[None, :, None], P[:, None, :], 0.0), axis=0)
     return acc
 
