@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mlrb.names import AMLR_NAMES
 from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_vector
-from mlrb.weighting.rebalance import initialize_weights
+from mlrb.weighting.rebalance import initialize_or_step
 
 # The paper's initial weighting factors r for (scale-invariant, gradient), Sec. IV.
 PAPER_INIT_RATIO = (0.99, 0.01)
@@ -109,16 +109,8 @@ class AMLRRebalancer(LossWeighting):
         self.register_buffer("v", torch.zeros(n, dtype=STATE_DTYPE))
 
     def _update(self, mean: Tensor, epoch: int) -> None:
-        self._require_nonnegative(mean)
-        w = self.weights
-        pos = self.enabled & (mean > 0)
-        new = w.clone()
-        if self._period > 0:
-            new = self._momentum_step(w, mean, self.initialized & pos & (self.last_mean > 0))
-        fresh = pos & ~self.initialized
-        if fresh.any():  # Eq. 9 (a loss that was 0 so far is initialized when it appears)
-            new = torch.where(fresh, initialize_weights(w, mean, self.init_ratio, fresh), new)
-            self.initialized |= fresh
+        # Eq. 9 at t = 1 (and for a loss that was 0 so far when it appears), then Eqs. 10-12.
+        new = initialize_or_step(self, mean, self.init_ratio, self._momentum_step)
         if self.min_weight is not None:
             new = torch.where(self.enabled, new.clamp_min(self.min_weight), new)
         self.weights.copy_(new)

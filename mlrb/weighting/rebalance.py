@@ -40,6 +40,24 @@ def initialize_weights(w: Tensor, mean: Tensor, scale: Tensor, fresh: Tensor) ->
     return torch.where(fresh, A * scale / safe, w)
 
 
+def initialize_or_step(wt: LossWeighting, mean: Tensor, scale: Tensor, step) -> Tensor:
+    """New weights at the end of a period, shared by the rebalancers.
+
+    ``step(w, mean, active)`` updates the losses positive in this and the last period
+    (after the first period); a loss positive for the first time is initialized by Eq. 9
+    with scale s_i; the others keep their weight (no inf/NaN from zero losses).
+    """
+    wt._require_nonnegative(mean)
+    w = wt.weights
+    pos = wt.enabled & (mean > 0)
+    new = step(w, mean, wt.initialized & pos & (wt.last_mean > 0)) if wt._period > 0 else w.clone()
+    fresh = pos & ~wt.initialized
+    if fresh.any():
+        new = torch.where(fresh, initialize_weights(w, mean, scale, fresh), new)
+        wt.initialized |= fresh
+    return new
+
+
 class MultiLossRebalancer(LossWeighting):
     """Loss rebalancing of Lee & Kim (2020): Eq. 9 initialization, then Eq. 11 per period.
 
@@ -129,16 +147,8 @@ class MultiLossRebalancer(LossWeighting):
         return self.lambda_at(self._epoch)
 
     def _update(self, mean: Tensor, epoch: int) -> None:
-        self._require_nonnegative(mean)
-        w = self.weights
-        pos = self.enabled & (mean > 0)
-        new = w.clone()
-        if self._period > 0:
-            new = self._rebalance(w, mean, epoch, self.initialized & pos & (self.last_mean > 0))
-        fresh = pos & ~self.initialized
-        if fresh.any():
-            new = torch.where(fresh, initialize_weights(w, mean, self.init_scale, fresh), new)
-            self.initialized |= fresh
+        new = initialize_or_step(self, mean, self.init_scale,
+                                 lambda w, m, active: self._rebalance(w, m, epoch, active))
         if self.max_ratio is not None:
             new = self._cap_ratio(new, mean)
         self.weights.copy_(new)
