@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mlrb.names import TABLE5_SETS
-from mlrb.train.model import build_model
+from mlrb.models import build_model
 from mlrb.train.synthetic import render_scene
 from mlrb.train.timing import PAPER_TABLE7, make_iteration
 

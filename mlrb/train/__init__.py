@@ -1,7 +1,7 @@
 """A thin training driver: timm encoder + the decoder of Lee & Kim (Fig. S-8), trained with
 the fused loss space and loss rebalancing (``mlrb train``, ``mlrb time``, ``mlrb report``)."""
 from mlrb.train.datasets import Augment, AugmentedDataset, BTSSplit, DataFileError, NYUv2CSV
-from mlrb.train.model import PRESETS, DepthNet, PretrainedWeightsError, build_model
+from mlrb.models import PRESETS, DepthNet, PretrainedWeightsError, build_model
 from mlrb.train.synthetic import SyntheticDepth
 from mlrb.train.trainer import TrainConfig, Trainer
 

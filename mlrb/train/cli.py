@@ -13,7 +13,7 @@ import sys
 import time
 
 from mlrb.names import SETS, TABLE5_SETS, resolve_select
-from mlrb.train.model import PRESETS
+from mlrb.models import PRESETS
 
 # The no-argument run: small enough for a 2-core CPU in well under 5 minutes (~70 s),
 # yet long enough (10 epochs = 40 periods: initialization, then rebalancing with lambda
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     from mlrb.train.datasets import DataFileError
-    from mlrb.train.model import PretrainedWeightsError
+    from mlrb.models import PretrainedWeightsError
     from mlrb.train.trainer import Trainer
 
     t0 = time.perf_counter()

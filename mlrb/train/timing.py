@@ -56,7 +56,7 @@ def measure(sets: dict[str, str], *, model_name: str = "resnet18", n_d: int = 10
             batch_size: int = 8, iters: int = 5, warmup: int = 1, device: str = "auto", backend: str = "auto",
             amp: bool = True, progress: bool = True, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per iteration for every selection in ``sets`` (label -> selection), round-robin."""
-    from mlrb.train.model import build_model
+    from mlrb.models import build_model
     from mlrb.train.synthetic import render_scene
 
     if iters < 1 or warmup < 0:

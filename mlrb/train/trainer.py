@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mlrb.names import AMLR_NAMES, names_of, resolve_select
-from mlrb.train.model import DEFAULT_MODEL, build_model
+from mlrb.models import DEFAULT_MODEL, build_model
 
 SYNTHETIC_SIZE = (64, 96)
 PAPER_SIZE = (288, 384)
@@ -128,13 +128,9 @@ class Trainer:
         self.main = _is_main(self.rank)
         self.size = cfg.resolved_size()
 
-        self.indices = resolve_select(cfg.select)
-        self.names = names_of(self.indices)
-        head = cfg.head
-        if head == "auto":
-            head = "softplus" if any(n in AMLR_NAMES for n in self.names) else "linear"
+        self.names = self.loss_names()
 
-        self.train_set, self.val_set = _build_datasets(cfg, self.size)
+        self.train_set, self.val_set = self.build_datasets()
         self.min_depth = float(getattr(self.val_set, "min_depth", 1e-3))
         self.max_depth = float(getattr(self.val_set, "max_depth", 10.0))
         per_rank = len(self.train_set) // self.world
@@ -146,12 +142,11 @@ class Trainer:
         self.period_ends = frozenset(period_end_steps(self.steps_per_epoch, cfg.periods_per_epoch))
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
-                                 random_if_missing=cfg.random_if_missing, head=head)
+        self.model = self.build_network()
         init_depth = cfg.init_depth
         if init_depth == "auto":
             init_depth = mean_depth(self.train_set)
-        if init_depth is not None:
+        if init_depth is not None and hasattr(self.model, "init_output_depth"):
             self.model.init_output_depth(float(init_depth))
         self.model.to(self.device)
         self.weighter = _build_weighter(cfg, self.names).to(self.device)
@@ -208,20 +203,54 @@ class Trainer:
         return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, num_workers=self.cfg.num_workers,
                                            pin_memory=self.device.type == "cuda")
 
-    # ------------------------------------------------------------------ one step
-    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One optimisation step; returns the (detached) overall loss."""
+    # ------------------------------------------------------------------ what is trained
+    # The methods an architecture overrides (a subclass of Trainer): the loss columns, the
+    # data, the network, the per-sample losses of one batch, and depth in metres for evaluation.
+    # Everything else (data order, periods, weighting, logs, checkpoints, DDP, AMP) is shared.
+    def loss_names(self) -> tuple[str, ...]:
+        """The names of the loss columns the weighter sees."""
+        return names_of(resolve_select(self.cfg.select))
+
+    def build_datasets(self):
+        """(train, val) datasets of dicts with "image", "depth", "mask" (see mlrb.train.datasets)."""
+        return _build_datasets(self.cfg, self.size)
+
+    def build_network(self) -> nn.Module:
+        """The network, on the CPU (the trainer moves it to the device)."""
+        cfg = self.cfg
+        head = cfg.head
+        if head == "auto":
+            head = "softplus" if any(n in AMLR_NAMES for n in self.names) else "linear"
+        return build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
+                           random_if_missing=cfg.random_if_missing, head=head)
+
+    def autocast(self):
+        """The autocast context of forward passes (AMP on CUDA, a no-op otherwise)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def compute_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, n) per-sample losses of one training batch, in ``self.names`` order."""
         from mlrb.loss_space import fused_loss_space
 
         image = batch["image"].to(self.device, non_blocking=True)
         gt = batch["depth"].to(self.device, non_blocking=True)
         mask = batch.get("mask")
         mask = mask.to(self.device, non_blocking=True) if mask is not None and not bool(mask.all()) else None
+        with self.autocast():
+            pred = self.net(image)
+        return fused_loss_space(pred.float(), gt, mask, select=self.names, backend=self.cfg.backend)
+
+    def predict_depth(self, image: torch.Tensor) -> torch.Tensor:
+        """Depth in metres, (B, 1, H, W) float32, of the model in eval mode."""
+        with self.autocast():
+            return self.model(image).float()
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimisation step; returns the (detached) overall loss."""
         self.net.train()
         self.weighter.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            pred = self.net(image)
-        losses = fused_loss_space(pred.float(), gt, mask, select=self.names, backend=self.cfg.backend)
+        losses = self.compute_losses(batch)
         total = self.weighter(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -240,7 +269,7 @@ class Trainer:
         return total.detach()
 
     def _reset_period_stats(self) -> None:
-        n = len(self.indices)
+        n = len(self.names)
         dev = getattr(self, "device", torch.device("cpu"))
         self._p_sum = torch.zeros(n, dtype=torch.float64, device=dev)
         self._p_total = torch.zeros((), dtype=torch.float64, device=dev)
@@ -300,11 +329,9 @@ class Trainer:
         loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
                                              num_workers=self.cfg.num_workers)
         for batch in loader:
-            image = batch["image"].to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                pred = self.model(image)
+            pred = self.predict_depth(batch["image"].to(self.device))
             gt = batch["depth"].to(self.device)
-            acc.update_depth(pred.float(), gt, min_depth=self.min_depth, max_depth=self.max_depth,
+            acc.update_depth(pred, gt, min_depth=self.min_depth, max_depth=self.max_depth,
                              crop=self.cfg.eval_crop, mask=batch["mask"].to(self.device))
         acc.all_reduce()
         self.model.train()

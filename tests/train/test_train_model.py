@@ -4,7 +4,7 @@ import timm
 import torch
 from torch import nn
 
-from mlrb.train.model import PRESETS, Decoder, PretrainedWeightsError, UpBlock, build_model
+from mlrb.models import PRESETS, Decoder, PretrainedWeightsError, UpBlock, build_model
 
 
 def test_decoder_follows_fig_s8():
@@ -77,7 +77,7 @@ def test_pretrained_missing_gives_clear_error_or_random(tmp_path, monkeypatch):
     monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch_hub"))
-    import mlrb.train.model as model_mod
+    import mlrb.models.encoder as model_mod
     monkeypatch.setattr(model_mod, "_cached_weights_file", lambda name: None)
     with pytest.raises(PretrainedWeightsError, match="cache"):
         build_model("resnet18", n_d=32, pretrained="cache")

@@ -7,36 +7,20 @@ then 5 up-sample blocks, each a bilinear x2 followed by two 3x3 conv + ReLU that
 the channels (Fig. S-8 (b)), then a 3x3 conv to one channel: the depth map D^0 at the
 input resolution. n_d = 1024 for ordinary depth estimation.
 
-Pretrained encoder weights are only ever read from disk: a checkpoint file given by the
-user, or timm's / Hugging Face's local cache. Nothing is downloaded.
+The encoder (timm, local weights only) comes from mlrb.models.encoder.
 """
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Backbones of the paper (DenseNet161, PNASNet-5 Large; EfficientNet-B5 as a modern
-# equivalent) with their batch sizes, and the small default that trains on a CPU.
-PRESETS: dict[str, dict] = {
-    "densenet161": {"timm_name": "densenet161", "batch_size": 12},
-    "pnasnet5large": {"timm_name": "pnasnet5large", "batch_size": 8},
-    "efficientnet_b5": {"timm_name": "efficientnet_b5", "batch_size": 8},
-    "resnet18": {"timm_name": "resnet18", "batch_size": 8},
-}
-DEFAULT_MODEL = "resnet18"
+from mlrb.models.encoder import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, create_encoder
+
 NUM_UP_BLOCKS = 5
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were requested but are not available locally."""
 
 
 class UpBlock(nn.Module):
@@ -129,87 +113,13 @@ class DepthNet(nn.Module):
         return F.softplus(depth) if self.head == "softplus" else depth
 
 
-def _cached_weights_file(timm_name: str) -> str | None:
-    """The local file of timm's default pretrained weights for ``timm_name``, or None.
-
-    Looks in the Hugging Face hub cache (models hosted there) and torch hub's checkpoint
-    folder (models with a URL); never touches the network.
-    """
-    import timm
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(timm_name)
-    if cfg is None:
-        return None
-    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    hub_id = cfg.get("hf_hub_id")
-    if hub_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo, _, revision = hub_id.partition("@")
-            for fname in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-                if not fname:
-                    continue
-                path = try_to_load_from_cache(repo, fname, revision=revision or None)
-                if isinstance(path, str) and os.path.isfile(path):
-                    return path
-    url = cfg.get("url")
-    if url:
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url.split("?")[0]))
-        if os.path.isfile(path):
-            return path
-    del timm
-    return None
-
-
 def build_model(name: str = DEFAULT_MODEL, *, n_d: int = 1024, pretrained: str | None = None,
                 random_if_missing: bool = False, head: str = "linear") -> DepthNet:
     """Build the depth estimator with encoder ``name`` (a preset or any timm model name).
 
-    pretrained:
-      None        random initialisation;
-      "cache"     timm's default ImageNet weights, only if already in the local cache;
-      a path      a checkpoint file (state dict of the full timm classifier, .pth or
-                  .safetensors) loaded through timm, classifier weights dropped.
-    If the weights are not available locally a PretrainedWeightsError explains how to get
-    them, unless ``random_if_missing`` (then a warning and random initialisation).
+    ``pretrained`` and ``random_if_missing`` as in :func:`mlrb.models.encoder.create_encoder`.
     """
-    import timm
-
-    preset = PRESETS.get(name, {})
-    timm_name = preset.get("timm_name", name)
-    if not timm.is_model(timm_name):
-        raise ValueError(f"unknown encoder {name!r}: not a preset ({', '.join(PRESETS)}) nor a timm model name")
-    kwargs: dict = {"features_only": True, "out_indices": (-1,)}
-    source = "random"
-    if pretrained is not None:
-        path = _cached_weights_file(timm_name) if pretrained == "cache" else os.path.expanduser(pretrained)
-        if path is None or not os.path.isfile(path):
-            where = "in the local timm / Hugging Face cache" if pretrained == "cache" else f"at {pretrained!r}"
-            msg = (f"pretrained weights for {timm_name!r} not found {where}; mlrb never downloads. "
-                   f"Fetch them once on a machine with network access (e.g. "
-                   f"timm.create_model({timm_name!r}, pretrained=True) fills the cache, or save its "
-                   f"state_dict() to a file) and pass --pretrained PATH, or train from random "
-                   f"initialisation (--pretrained none / --random-if-missing).")
-            if not random_if_missing:
-                raise PretrainedWeightsError(msg)
-            import warnings
-            warnings.warn(msg + " Using random initialisation.", RuntimeWarning, stacklevel=2)
-        else:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": path})
-            source = path
-    try:
-        encoder = timm.create_model(timm_name, **kwargs)
-    except Exception as exc:  # torch.load / safetensors / state-dict mismatches raise various types
-        if source == "random":
-            raise
-        raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
-    info_ = encoder.feature_info
-    n_e, reduction = info_.channels()[-1], info_.reduction()[-1]
-    cfg = getattr(encoder, "pretrained_cfg", None) or {}
-    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
-    info = ModelInfo(name=name, timm_name=timm_name, n_e=n_e, n_d=n_d, reduction=reduction, pretrained=source)
-    return DepthNet(encoder, n_e, n_d, mean=mean, std=std, head=head, info=info)
+    encoder, enc = create_encoder(name, pretrained=pretrained, random_if_missing=random_if_missing)
+    info = ModelInfo(name=name, timm_name=enc.timm_name, n_e=enc.channels[-1], n_d=n_d,
+                     reduction=enc.reductions[-1], pretrained=enc.pretrained)
+    return DepthNet(encoder, info.n_e, n_d, mean=enc.mean, std=enc.std, head=head, info=info)

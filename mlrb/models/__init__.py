@@ -1,0 +1,13 @@
+"""The architectures of the papers mlrb reproduces; each reuses the loss space, the
+weighting, the metrics and the trainer.
+
+- ``ode``: the ordinary depth estimator of Lee & Kim (ECCV 2020), timm encoder + Fig. S-8 decoder.
+- ``encoder``: the timm feature encoder and its pretrained-weight rules, shared by all.
+"""
+from mlrb.models.encoder import DEFAULT_MODEL, PRESETS, EncoderInfo, PretrainedWeightsError, create_encoder
+from mlrb.models.ode import Decoder, DepthNet, ModelInfo, UpBlock, build_model
+
+__all__ = [
+    "DEFAULT_MODEL", "PRESETS", "EncoderInfo", "PretrainedWeightsError", "create_encoder",
+    "Decoder", "DepthNet", "ModelInfo", "UpBlock", "build_model",
+]
