@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mlrb.names import AMLR_NAMES
 from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_vector
-from mlrb.weighting.rebalance import initialize_or_step
+from mlrb.weighting.rebalance import W_MAX, initialize_or_step
 
 # The paper's initial weighting factors r for (scale-invariant, gradient), Sec. IV.
 PAPER_INIT_RATIO = (0.99, 0.01)
@@ -108,12 +108,14 @@ class AMLRRebalancer(LossWeighting):
         self.register_buffer("m", torch.zeros(n, dtype=STATE_DTYPE))
         self.register_buffer("v", torch.zeros(n, dtype=STATE_DTYPE))
 
+    requires_nonnegative = True
+
     def _update(self, mean: Tensor, epoch: int) -> None:
         # Eq. 9 at t = 1 (and for a loss that was 0 so far when it appears), then Eqs. 10-12.
         new = initialize_or_step(self, mean, self.init_ratio, self._momentum_step)
         if self.min_weight is not None:
             new = torch.where(self.enabled, new.clamp_min(self.min_weight), new)
-        self.weights.copy_(new)
+        self.weights.copy_(new.clamp(max=W_MAX))  # finite also as float32
 
     def _momentum_step(self, w: Tensor, mean: Tensor, active: Tensor) -> Tensor:
         """Eqs. 10-12 on the losses positive in both timesteps; others get g = 0."""
