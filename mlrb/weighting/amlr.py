@@ -1,14 +1,13 @@
 """Adaptive Momentum-based Loss Rebalancing (AMLR) of Yu & Heo (2023), Sec. III-C, Eqs. 8-12."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from mlrb.names import AMLR_NAMES
-from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_vector
+from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_number, as_vector
 from mlrb.weighting.rebalance import W_MAX, initialize_or_step
 
 # The paper's initial weighting factors r for (scale-invariant, gradient), Sec. IV.
@@ -85,21 +84,26 @@ class AMLRRebalancer(LossWeighting):
             options["names"] = AMLR_NAMES
         super().__init__(n, **options)
         self.timestep = timestep
-        self.lam = float(lam)
-        b1, b2 = (float(b) for b in betas)
+        self.lam = as_number(lam, "lam")
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be two numbers (b1, b2), got {betas!r}") from None
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not (math.isfinite(self.lam) and eps > 0):
-            raise ValueError(f"need a finite lam and eps > 0, got lam={lam}, eps={eps}")
+        if not as_number(eps, "eps") > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
         self.betas = (b1, b2)
         self.eps = float(eps)
         self.delayed_moments = bool(delayed_moments)
-        self.min_weight = None if min_weight is None else float(min_weight)
+        self.min_weight = None if min_weight is None else as_number(min_weight, "min_weight")
         if init_ratio is None:
             init_ratio = PAPER_INIT_RATIO if n == 2 else 1.0 / self.n_enabled
         ratio = as_vector(init_ratio, n, "init_ratio")
         if (ratio < 0).any():
             raise ValueError("init_ratio must be >= 0")
+        if not (ratio[self.enabled] > 0).any():
+            raise ValueError("init_ratio is 0 for every enabled loss; every weight would become 0")
 
         en = self.enabled.to(STATE_DTYPE)
         self.register_buffer("weights", en / self.n_enabled)  # Eq. 8

@@ -61,9 +61,31 @@ def period_end_steps(steps_per_epoch: int, periods_per_epoch: int = 4) -> tuple[
     return tuple(sorted(ends))
 
 
+def as_count(value, what: str) -> int:
+    """A positive int from an int (or an integral float), with a clear error otherwise."""
+    ok = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not ok or int(value) < 1:
+        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def as_number(value, what: str) -> float:
+    """A finite float, with an error that names the argument otherwise."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(out):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return out
+
+
 def as_vector(value, n: int, what: str) -> Tensor:
     """A float64 (n,) vector from a number or a sequence, with a clear error otherwise."""
-    t = torch.as_tensor(value, dtype=STATE_DTYPE)
+    try:
+        t = torch.as_tensor(value, dtype=STATE_DTYPE)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{what} must be a number or {n} numbers, got {value!r}") from None
     if t.ndim == 0:
         t = t.expand(n).clone()
     if t.shape != (n,):
@@ -136,13 +158,9 @@ class LossWeighting(nn.Module):
         self.names = names
         if steps_per_period is not None and steps_per_epoch is not None:
             raise ValueError("give steps_per_period or steps_per_epoch, not both")
-        if steps_per_period is not None and int(steps_per_period) < 1:
-            raise ValueError(f"steps_per_period must be >= 1, got {steps_per_period}")
-        self.steps_per_period = None if steps_per_period is None else int(steps_per_period)
-        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
-        self.periods_per_epoch = int(periods_per_epoch)
-        if self.periods_per_epoch < 1:
-            raise ValueError(f"periods_per_epoch must be >= 1, got {periods_per_epoch}")
+        self.steps_per_period = None if steps_per_period is None else as_count(steps_per_period, "steps_per_period")
+        self.steps_per_epoch = None if steps_per_epoch is None else as_count(steps_per_epoch, "steps_per_epoch")
+        self.periods_per_epoch = as_count(periods_per_epoch, "periods_per_epoch")
         self._period_ends = (
             frozenset(period_end_steps(self.steps_per_epoch, self.periods_per_epoch))
             if self.steps_per_epoch is not None else frozenset()
@@ -280,8 +298,10 @@ class LossWeighting(nn.Module):
         """Called by end_period with the period's (all-reduced) mean losses (float64)."""
 
     def _total(self, mean: Tensor) -> Tensor:
-        w = self.weights.detach().to(dtype=mean.dtype, copy=True)  # copy: end_period edits in place
-        return (w * mean).sum()
+        # At least float32: a weight above 65504 must not overflow with float16 losses.
+        dtype = torch.promote_types(mean.dtype, torch.float32)
+        w = self.weights.detach().to(dtype=dtype, copy=True)  # copy: end_period edits in place
+        return (w * mean.to(dtype)).sum().to(mean.dtype)
 
     # ------------------------------------------------------------------ internals
     def _require_nonnegative(self, mean: Tensor) -> None:

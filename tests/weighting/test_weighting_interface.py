@@ -273,3 +273,35 @@ def test_state_dict_with_nan_or_negative_counts_is_refused(kind):
     fresh = _make(kind)
     fresh.load_state_dict(good)  # the good one loads
     assert fresh._count == 1
+
+
+@pytest.mark.parametrize("kind", ["rebalance", "uncertainty"])
+def test_float16_losses_with_large_weights_give_a_finite_total(kind):
+    if kind == "rebalance":
+        w = MultiLossRebalancer(2, max_ratio=None)
+        w(torch.tensor([1e-6, 1.0], dtype=torch.float64))
+        w.end_period()
+        assert w.weights[0] > 65504  # above float16's largest number
+    else:
+        w = UncertaintyWeighting(2, init=[-12.0, 0.0])  # exp(12) = 1.6e5
+    x = torch.tensor([[1e-4, 1.0]], dtype=torch.float16)
+    total = w(x)
+    assert total.dtype == torch.float16 and torch.isfinite(total)
+
+
+def test_bad_arguments_name_themselves():
+    for kw, match in ((dict(steps_per_period=2.5), "steps_per_period"), (dict(steps_per_epoch="x"), "steps_per_epoch"),
+                      (dict(periods_per_epoch=0), "periods_per_epoch"), (dict(lam="fast"), "lam"),
+                      (dict(max_ratio="big"), "max_ratio"), (dict(init_scale=0.0), "init_scale"),
+                      (dict(init_scale="x"), "init_scale"), (dict(clip=(0.5,)), "clip")):
+        with pytest.raises(ValueError, match=match):
+            MultiLossRebalancer(N, **kw)
+    for kw, match in ((dict(lam="x"), "lam"), (dict(eps=float("nan")), "eps"), (dict(betas=0.9), "betas"),
+                      (dict(init_ratio=[0.0, 0.0]), "init_ratio")):
+        with pytest.raises(ValueError, match=match):
+            AMLRRebalancer(2, **kw)
+    with pytest.raises(ValueError, match=">= 0"):
+        FixedWeights(N, [1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="every enabled"):
+        FixedWeights(N, [0.0, 1.0, 0.0, 0.0], enabled=[True, False, True, True])
+    assert MultiLossRebalancer(N, steps_per_period=2.0).steps_per_period == 2
