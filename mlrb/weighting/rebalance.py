@@ -29,12 +29,12 @@ LOG_W_MAX = math.log(W_MAX)
 # the 78 losses of the default `mlrb train` run (synthetic data, resnet18, 10 epochs) it is
 # 2.4e2 at initialization; rebalancing then widens it, slowly while lambda > 0 and by
 # about 6x per 20 periods once lambda = -3 favours the hard losses (3e2 at period 16, 2.0e3
-# at period 37 of 40). Extrapolated to the paper's 20 epochs (80 periods) that is several
-# 1e4, so the cap is 1e5: above the spread that normal training reaches (it then changes
+# at period 37 of 40). Extrapolated to the paper's 20 epochs (80 periods) that is ~1e5, so
+# the cap is 1e6: ten times above the spread that normal training reaches (there it changes
 # nothing, bit for bit), while a nearly-zero loss (the paper repository's issue #3: 1e-12
 # next to 1e3 gives 1e15) can no longer take a weight that the [0.5, 2] clip would need
 # some 40 periods (10 epochs) of halving to bring back to the others' range.
-DEFAULT_MAX_RATIO = 1e5
+DEFAULT_MAX_RATIO = 1e6
 
 
 def paper_lambda_schedule(epoch: int, start: float = 3.0, end: float = -3.0, step: float = 1.5) -> float:
@@ -111,7 +111,7 @@ class MultiLossRebalancer(LossWeighting):
       Unclipped Eq. 11 with lambda = 3 gives a factor <= 0 as soon as a loss's share grew
       by half, and a negative weight would make the optimizer *maximise* that loss. With
       the default clip (0.5, 2) the floor never acts.
-    * The weight ratio max(w)/min(w) is capped at ``max_ratio`` (default 1e5, see
+    * The weight ratio max(w)/min(w) is capped at ``max_ratio`` (default 1e6, see
       ``DEFAULT_MAX_RATIO`` in this module for why): a nearly-zero loss no longer gets a
       huge weight at initialization. ``max_ratio=None`` gives the paper's uncapped Eq. 9.
     * Weights are always finite: Eq. 9 is computed in log space and every weight is at
@@ -129,7 +129,7 @@ class MultiLossRebalancer(LossWeighting):
             default 0.01. It keeps every weight positive; a factor of 0 or less from
             Eq. 11 asks for the weight to vanish, and 0.01 shrinks it by 100x in one period
             while leaving it positive and able to recover. It can be made smaller, not 0.
-        max_ratio: cap on max(w)/min(w) over the enabled losses (default 1e5; None: no cap,
+        max_ratio: cap on max(w)/min(w) over the enabled losses (default 1e6; None: no cap,
             the paper's behaviour). Weights are clamped, in log space, to a band of that
             ratio centred on their geometric median, then rescaled so the overall loss stays
             the same. It counters the known weakness that a nearly-zero loss receives a

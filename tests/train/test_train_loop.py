@@ -136,7 +136,7 @@ def test_period_logs_are_means_over_samples_with_uneven_batches(tmp_path):
     # A smaller last batch (as the paper's DataLoader keeps) counts by its samples, in the
     # period log and in the weighter alike; the default rebalancing caps the weight ratio.
     tr = Trainer(tiny(tmp_path, select="D@0,M@0,r@0,c@0", eval_before=False))
-    assert tr.weighter.max_ratio == TrainConfig().max_ratio == 1e5
+    assert tr.weighter.max_ratio == TrainConfig().max_ratio == 1e6
     g = torch.Generator().manual_seed(0)
     batches = [torch.rand(4, 4, generator=g, dtype=torch.float64) + 0.1,
                torch.rand(1, 4, generator=g, dtype=torch.float64) + 5.0]

@@ -253,9 +253,10 @@ def test_tiny_loss_gets_a_capped_finite_weight_by_default():
     # The paper repository's issue #3: a loss of 1e-12 next to 1e3.
     L = [1e-12, 1e3, 2.0]
     w = MultiLossRebalancer(3)
-    assert w.max_ratio == 1e5
+    assert w.max_ratio == 1e6
     _run_period(w, L)
-    assert w.weights.max() / w.weights.min() == pytest.approx(1e5)
+    ratio = w.weights.max() / w.weights.min()
+    assert 1e5 < ratio <= 1e6 * (1 + 1e-12)  # clamped around the median weight (that of loss 2)
     torch.testing.assert_close((w.weights * torch.tensor(L, dtype=torch.float64)).sum(),
                                torch.tensor(L, dtype=torch.float64).mean(), rtol=1e-12, atol=0)
     paper = MultiLossRebalancer(3, max_ratio=None)  # the paper's behaviour, one option away
@@ -263,7 +264,7 @@ def test_tiny_loss_gets_a_capped_finite_weight_by_default():
     assert paper.weights.max() / paper.weights.min() > 1e14
 
 
-@pytest.mark.parametrize("max_ratio", [1e5, None])
+@pytest.mark.parametrize("max_ratio", [1e6, None])
 def test_weights_and_total_stay_finite_for_a_float32_loss_of_1e38(max_ratio):
     w = MultiLossRebalancer(2, max_ratio=max_ratio)
     x = torch.tensor([[1e-38, 1e3]], dtype=torch.float32)
