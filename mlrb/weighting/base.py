@@ -120,7 +120,7 @@ class LossWeighting(nn.Module):
             losses *before* anything is accumulated, so the weighter is as it was and the
             caller may skip the batch (call :meth:`skip_step` to keep the automatic period
             ends in place) and go on. This costs one device synchronization per step on
-            GPU. ``"period"``: no per-step check (fully asynchronous steps); ``end_period``
+            GPU (and is left out while torch.compile traces). ``"period"``: no per-step check (fully asynchronous steps); ``end_period``
             raises instead, naming the losses, and discards that period's statistics
             (weights unchanged, the period not counted) so the weighter can go on.
     """

@@ -150,11 +150,13 @@ def test_period_logs_are_means_over_samples_with_uneven_batches(tmp_path):
     torch.testing.assert_close(tr.weighter.last_mean, samples.mean(0), rtol=1e-12, atol=0)
 
 
-def test_bad_configs():
+def test_bad_configs(tmp_path):
     with pytest.raises(ValueError, match="weighting"):
         Trainer(TrainConfig(weighting="magic"))
     with pytest.raises(ValueError, match="unknown loss"):
         Trainer(TrainConfig(select="D@9", synthetic_train=8, synthetic_val=2))
+    with pytest.raises(ValueError, match="lambda schedule: start"):  # at the start, not at the first rebalancing
+        Trainer(tiny(tmp_path, synthetic_train=8, synthetic_val=2, lambda_start=math.nan))
 
 
 def test_cli_trains_and_prints_the_comparison(tmp_path, capsys):
