@@ -55,6 +55,12 @@ class AMLRRebalancer(LossWeighting):
         min_weight: floor for the weights after each update (default 0: the paper does not
             bound w, but a negative weight would make training maximize that loss); None
             for no floor.
+        min_share: keeps every weight positive (default 0.01): after each update
+            w_i >= min_share * r_i * L_tot / L_i, i.e. each loss keeps at least min_share
+            times the contribution share r_i that Eq. 9 gave it (L_tot = sum_j w_j L_j of the
+            timestep). The paper has no such bound, but a weight that reaches 0 stays 0 for
+            good (g_i of Eq. 10 is proportional to w_i), silently dropping that loss. None:
+            no floor (the paper's behaviour).
         **options: the period and logging options of
             :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
             steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
@@ -71,6 +77,7 @@ class AMLRRebalancer(LossWeighting):
         timestep: str = "period",
         delayed_moments: bool = False,
         min_weight: float | None = 0.0,
+        min_share: float | None = 0.01,
         **options,
     ) -> None:
         if timestep not in ("period", "step"):
@@ -97,6 +104,9 @@ class AMLRRebalancer(LossWeighting):
         self.eps = float(eps)
         self.delayed_moments = bool(delayed_moments)
         self.min_weight = None if min_weight is None else as_number(min_weight, "min_weight")
+        if min_share is not None and not 0.0 < as_number(min_share, "min_share") <= 1.0:
+            raise ValueError(f"min_share must lie in (0, 1] (or None for no floor), got {min_share}")
+        self.min_share = None if min_share is None else float(min_share)
         if init_ratio is None:
             init_ratio = PAPER_INIT_RATIO if n == 2 else 1.0 / self.n_enabled
         ratio = as_vector(init_ratio, n, "init_ratio")
@@ -116,7 +126,12 @@ class AMLRRebalancer(LossWeighting):
 
     def _update(self, mean: Tensor, epoch: int) -> None:
         # Eq. 9 at t = 1 (and for a loss that was 0 so far when it appears), then Eqs. 10-12.
+        total = (self.weights * mean).sum()  # L_tot under the weights used in this timestep
         new = initialize_or_step(self, mean, self.init_ratio, self._momentum_step)
+        if self.min_share is not None and total > 0:
+            floor_ok = self.enabled & self.initialized & (mean > 0)
+            floor = self.min_share * self.init_ratio * total / torch.where(floor_ok, mean, torch.ones_like(mean))
+            new = torch.where(floor_ok, torch.maximum(new, floor), new)
         if self.min_weight is not None:
             new = torch.where(self.enabled, new.clamp_min(self.min_weight), new)
         self.weights.copy_(new.clamp(max=W_MAX))  # finite also as float32
@@ -141,4 +156,4 @@ class AMLRRebalancer(LossWeighting):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, lam={self.lam}, betas={self.betas}, eps={self.eps}, "
-                f"timestep={self.timestep!r}, delayed_moments={self.delayed_moments}")
+                f"timestep={self.timestep!r}, delayed_moments={self.delayed_moments}, min_share={self.min_share}")
