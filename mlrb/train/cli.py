@@ -14,6 +14,7 @@ import time
 
 from mlrb.names import SETS, TABLE5_SETS, resolve_select
 from mlrb.models import PRESETS
+from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
 
 # The no-argument run: small enough for a 2-core CPU in well under 5 minutes (~70 s),
 # yet long enough (10 epochs = 40 periods: initialization, then rebalancing with lambda
@@ -35,6 +36,19 @@ def select_from_arg(text: str) -> str:
     sel = TABLE5_SETS.get(text, text)
     resolve_select(sel)  # raises a clear ValueError for unknown names
     return sel
+
+
+def max_ratio_arg(text: str) -> float | None:
+    """--max-ratio: a number >= 1, or 'none' for no cap."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'none', got {text!r}") from None
+    if not 1.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 1 or 'none', got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--clip", type=float, nargs=2, metavar=("LO", "HI"), default=(0.5, 2.0),
                    help="bounds of the per-period weight factor")
     w.add_argument("--no-clip", action="store_true", help="unclipped Eq. 11")
-    w.add_argument("--max-ratio", type=float, default=None, help="cap on max/min weight ratio")
+    w.add_argument("--max-ratio", type=max_ratio_arg, default=DEFAULT_MAX_RATIO,
+                   help="cap on the max/min weight ratio of rebalancing (keeps a nearly-zero loss from getting "
+                        "a huge weight); 'none' for the paper's uncapped weights")
     w.add_argument("--amlr-lam", type=float, default=1e-3, help="AMLR step size lambda")
     w.add_argument("--fixed-weights", type=float, nargs="+", default=None,
                    help="--weighting fixed: one weight for all or one per loss (default 1/n)")

@@ -32,6 +32,7 @@ from torch import nn
 
 from mlrb.names import AMLR_NAMES, names_of, resolve_select
 from mlrb.models import DEFAULT_MODEL, build_model
+from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
 
 SYNTHETIC_SIZE = (64, 96)
 PAPER_SIZE = (288, 384)
@@ -70,7 +71,7 @@ class TrainConfig:
     lambda_end: float = -3.0
     lambda_step: float = 1.5
     clip: tuple[float, float] | None = (0.5, 2.0)
-    max_ratio: float | None = None
+    max_ratio: float | None = DEFAULT_MAX_RATIO  # cap on max(w)/min(w); None: the paper's uncapped weights
     amlr_lam: float = 1e-3
     fixed_weights: list[float] | None = None
     periods_per_epoch: int = 4
@@ -263,9 +264,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            self._p_sum += losses.detach().double().mean(0)
-            self._p_total += total.detach().double()
-            self._p_count += 1
+            # Sums over samples, so that a period's logged means are means over its samples
+            # whatever the batch sizes (as the weighter's statistics).
+            samples = losses.shape[0] if losses.ndim == 2 else 1
+            x = losses.detach().double()
+            self._p_sum += x.sum(0) if x.ndim == 2 else x
+            self._p_total += total.detach().double() * samples
+            self._p_count += samples
         return total.detach()
 
     def _reset_period_stats(self) -> None:
@@ -419,7 +424,8 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "period": self.period,
-            "period_stats": {"sum": self._p_sum.cpu(), "total": self._p_total.cpu(), "count": self._p_count},
+            "period_stats": {"sum": self._p_sum.cpu(), "total": self._p_total.cpu(), "count": self._p_count,
+                             "per": "sample"},
             "metrics_before": self.metrics_before,
             "metrics_history": self.metrics_history,
             "train_seconds": self.train_seconds,
@@ -470,6 +476,10 @@ class Trainer:
         self._p_sum = ps["sum"].to(self.device)
         self._p_total = ps["total"].to(self.device)
         self._p_count = ps["count"]
+        if ps.get("per") != "sample":
+            # Older checkpoints summed one batch mean per step (full batches of batch_size).
+            b = self.cfg.batch_size
+            self._p_sum, self._p_total, self._p_count = self._p_sum * b, self._p_total * b, self._p_count * b
         self.metrics_before = state["metrics_before"]
         self.metrics_history = state["metrics_history"]
         self.train_seconds = state["train_seconds"]
@@ -624,6 +634,8 @@ def _build_weighter(cfg: TrainConfig, names: tuple[str, ...]):
 
         def lam(epoch: int) -> float:
             return paper_lambda_schedule(epoch, start=start, end=end, step=step)
+
+        lam(0)  # a clear error now for a non-finite --lambda / --lambda-step, not at the first rebalancing
 
         return MultiLossRebalancer(n, lam=lam, clip=cfg.clip, max_ratio=cfg.max_ratio, **common)
     if cfg.weighting == "amlr":

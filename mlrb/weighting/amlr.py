@@ -1,15 +1,14 @@
 """Adaptive Momentum-based Loss Rebalancing (AMLR) of Yu & Heo (2023), Sec. III-C, Eqs. 8-12."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from mlrb.names import AMLR_NAMES
-from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_vector
-from mlrb.weighting.rebalance import initialize_or_step
+from mlrb.weighting.base import STATE_DTYPE, LossWeighting, as_number, as_vector
+from mlrb.weighting.rebalance import W_MAX, initialize_or_step
 
 # The paper's initial weighting factors r for (scale-invariant, gradient), Sec. IV.
 PAPER_INIT_RATIO = (0.99, 0.01)
@@ -56,6 +55,12 @@ class AMLRRebalancer(LossWeighting):
         min_weight: floor for the weights after each update (default 0: the paper does not
             bound w, but a negative weight would make training maximize that loss); None
             for no floor.
+        min_share: keeps every weight positive (default 0.01): after each update
+            w_i >= min_share * r_i * L_tot / L_i, i.e. each loss keeps at least min_share
+            times the contribution share r_i that Eq. 9 gave it (L_tot = sum_j w_j L_j of the
+            timestep). The paper has no such bound, but a weight that reaches 0 stays 0 for
+            good (g_i of Eq. 10 is proportional to w_i), silently dropping that loss. None:
+            no floor (the paper's behaviour).
         **options: the period and logging options of
             :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
             steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
@@ -72,6 +77,7 @@ class AMLRRebalancer(LossWeighting):
         timestep: str = "period",
         delayed_moments: bool = False,
         min_weight: float | None = 0.0,
+        min_share: float | None = 0.01,
         **options,
     ) -> None:
         if timestep not in ("period", "step"):
@@ -85,21 +91,29 @@ class AMLRRebalancer(LossWeighting):
             options["names"] = AMLR_NAMES
         super().__init__(n, **options)
         self.timestep = timestep
-        self.lam = float(lam)
-        b1, b2 = (float(b) for b in betas)
+        self.lam = as_number(lam, "lam")
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be two numbers (b1, b2), got {betas!r}") from None
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not (math.isfinite(self.lam) and eps > 0):
-            raise ValueError(f"need a finite lam and eps > 0, got lam={lam}, eps={eps}")
+        if not as_number(eps, "eps") > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
         self.betas = (b1, b2)
         self.eps = float(eps)
         self.delayed_moments = bool(delayed_moments)
-        self.min_weight = None if min_weight is None else float(min_weight)
+        self.min_weight = None if min_weight is None else as_number(min_weight, "min_weight")
+        if min_share is not None and not 0.0 < as_number(min_share, "min_share") <= 1.0:
+            raise ValueError(f"min_share must lie in (0, 1] (or None for no floor), got {min_share}")
+        self.min_share = None if min_share is None else float(min_share)
         if init_ratio is None:
             init_ratio = PAPER_INIT_RATIO if n == 2 else 1.0 / self.n_enabled
         ratio = as_vector(init_ratio, n, "init_ratio")
         if (ratio < 0).any():
             raise ValueError("init_ratio must be >= 0")
+        if not (ratio[self.enabled] > 0).any():
+            raise ValueError("init_ratio is 0 for every enabled loss; every weight would become 0")
 
         en = self.enabled.to(STATE_DTYPE)
         self.register_buffer("weights", en / self.n_enabled)  # Eq. 8
@@ -108,12 +122,19 @@ class AMLRRebalancer(LossWeighting):
         self.register_buffer("m", torch.zeros(n, dtype=STATE_DTYPE))
         self.register_buffer("v", torch.zeros(n, dtype=STATE_DTYPE))
 
+    requires_nonnegative = True
+
     def _update(self, mean: Tensor, epoch: int) -> None:
         # Eq. 9 at t = 1 (and for a loss that was 0 so far when it appears), then Eqs. 10-12.
+        total = (self.weights * mean).sum()  # L_tot under the weights used in this timestep
         new = initialize_or_step(self, mean, self.init_ratio, self._momentum_step)
+        if self.min_share is not None and total > 0:
+            floor_ok = self.enabled & self.initialized & (mean > 0)
+            floor = self.min_share * self.init_ratio * total / torch.where(floor_ok, mean, torch.ones_like(mean))
+            new = torch.where(floor_ok, torch.maximum(new, floor), new)
         if self.min_weight is not None:
             new = torch.where(self.enabled, new.clamp_min(self.min_weight), new)
-        self.weights.copy_(new)
+        self.weights.copy_(new.clamp(max=W_MAX))  # finite also as float32
 
     def _momentum_step(self, w: Tensor, mean: Tensor, active: Tensor) -> Tensor:
         """Eqs. 10-12 on the losses positive in both timesteps; others get g = 0."""
@@ -135,4 +156,4 @@ class AMLRRebalancer(LossWeighting):
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, lam={self.lam}, betas={self.betas}, eps={self.eps}, "
-                f"timestep={self.timestep!r}, delayed_moments={self.delayed_moments}")
+                f"timestep={self.timestep!r}, delayed_moments={self.delayed_moments}, min_share={self.min_share}")

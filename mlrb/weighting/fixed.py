@@ -16,8 +16,8 @@ class FixedWeights(LossWeighting):
 
     Args:
         n: number of losses.
-        weights: a number or n values (default 1/n over the enabled losses). Disabled
-            losses get weight 0 whatever is given.
+        weights: a number or n values >= 0 (default 1/n over the enabled losses), at
+            least one positive. Disabled losses get weight 0 whatever is given.
         **options: the period and logging options of
             :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
             steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
@@ -31,4 +31,8 @@ class FixedWeights(LossWeighting):
     ) -> None:
         super().__init__(n, **options)
         w = as_vector(1.0 / self.n_enabled if weights is None else weights, n, "weights")
+        if (w < 0).any():
+            raise ValueError(f"weights must be >= 0 (a negative weight maximises its loss), got {w.tolist()}")
+        if not (w[self.enabled] > 0).any():
+            raise ValueError("weights are 0 for every enabled loss; the total would be 0")
         self.register_buffer("weights", w * self.enabled.to(STATE_DTYPE))

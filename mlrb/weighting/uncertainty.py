@@ -43,6 +43,7 @@ class UncertaintyWeighting(LossWeighting):
         return torch.where(self.enabled, torch.exp(-self.log_var.detach()), torch.zeros_like(self.log_var))
 
     def _total(self, mean: Tensor) -> Tensor:
-        s = self.log_var.to(mean.dtype)
-        terms = torch.exp(-s) * mean + s
-        return torch.where(self.enabled, terms, torch.zeros_like(terms)).sum()
+        dtype = torch.promote_types(mean.dtype, torch.float32)  # exp(-s) may exceed float16's range
+        s = self.log_var.to(dtype)
+        terms = torch.exp(-s) * mean.to(dtype) + s
+        return torch.where(self.enabled, terms, torch.zeros_like(terms)).sum().to(mean.dtype)

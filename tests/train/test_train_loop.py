@@ -132,11 +132,31 @@ def test_amlr_pair_uses_a_positive_head(tmp_path):
     assert all(math.isfinite(v) for r in recs for v in r["losses"] + r["weights"])
 
 
-def test_bad_configs():
+def test_period_logs_are_means_over_samples_with_uneven_batches(tmp_path):
+    # A smaller last batch (as the paper's DataLoader keeps) counts by its samples, in the
+    # period log and in the weighter alike; the default rebalancing caps the weight ratio.
+    tr = Trainer(tiny(tmp_path, select="D@0,M@0,r@0,c@0", eval_before=False))
+    assert tr.weighter.max_ratio == TrainConfig().max_ratio == 1e6
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 4, generator=g, dtype=torch.float64) + 0.1,
+               torch.rand(1, 4, generator=g, dtype=torch.float64) + 5.0]
+    tr.compute_losses = lambda batch: batch["losses"].clone().requires_grad_()
+    for x in batches:
+        tr.train_step({"losses": x})
+    rec = tr.end_period()
+    samples = torch.cat(batches)
+    assert rec["losses"] == pytest.approx(samples.mean(0).tolist(), rel=1e-12)
+    assert rec["total"] == pytest.approx(samples.sum(1).mean().item() / 4, rel=1e-12)  # weights 1/4 before init
+    torch.testing.assert_close(tr.weighter.last_mean, samples.mean(0), rtol=1e-12, atol=0)
+
+
+def test_bad_configs(tmp_path):
     with pytest.raises(ValueError, match="weighting"):
         Trainer(TrainConfig(weighting="magic"))
     with pytest.raises(ValueError, match="unknown loss"):
         Trainer(TrainConfig(select="D@9", synthetic_train=8, synthetic_val=2))
+    with pytest.raises(ValueError, match="lambda schedule: start"):  # at the start, not at the first rebalancing
+        Trainer(tiny(tmp_path, synthetic_train=8, synthetic_val=2, lambda_start=math.nan))
 
 
 def test_cli_trains_and_prints_the_comparison(tmp_path, capsys):

@@ -65,13 +65,18 @@ def test_literal_eq12_uses_previous_moments():
 
 
 def test_step_timestep_and_weight_floor():
-    w = AMLRRebalancer(lam=0.1, timestep="step")
+    w = AMLRRebalancer(lam=0.1, timestep="step", min_share=None)
     for mu in L:
         w(torch.tensor(mu))  # each step is a timestep
     assert w.periods_ended == 3
-    # Unfloored, Gr's weight would go 0.025 - 0.1*sqrt(10) < 0 at t = 2; the floor keeps it at 0.
+    # Unfloored, Gr's weight would go 0.025 - 0.1*sqrt(10) < 0 at t = 2; min_weight keeps it at 0,
+    # the default min_share positive.
     assert w.weights[1] == 0 and torch.isfinite(w.weights).all()
-    free = AMLRRebalancer(lam=0.1, timestep="step", min_weight=None)
+    default = AMLRRebalancer(lam=0.1, timestep="step")
+    for mu in L:
+        default(torch.tensor(mu))
+    assert (default.weights > 0).all()
+    free = AMLRRebalancer(lam=0.1, timestep="step", min_weight=None, min_share=None)
     for mu in L[:2]:
         free(torch.tensor(mu))
     assert free.weights[1] < 0
@@ -85,3 +90,25 @@ def test_zero_and_disabled_losses_stay_finite():
     _feed(w, [(1.0, 0.0, float("nan")), (0.5, 0.0, 1.0), (0.4, 0.2, 1.0), (0.3, 0.1, 1.0)])
     assert torch.isfinite(w.weights).all() and torch.isfinite(w.m).all() and w.weights[2] == 0
     assert bool(w.initialized[1])
+
+
+def test_a_weight_never_reaches_zero_by_default():
+    # Si falls, Gr stays: Gr's share grows and Eq. 12 pushes its weight down every timestep.
+    # Unbounded (min_share=None) it hits the min_weight = 0 floor and stays there for good
+    # (g is proportional to w), silently dropping the loss; min_share keeps it positive.
+    def run(**kw):
+        w = AMLRRebalancer(lam=0.05, **kw)
+        L = [2.0, 0.5]
+        for t in range(12):
+            L = [L[0] * 0.9, L[1]] if t < 8 else [L[0], L[1] * 0.8]
+            used = w.weights.clone()
+            _feed(w, [L])
+        return w, used, torch.tensor(L, dtype=torch.float64)
+    paper, _, _ = run(min_share=None)
+    assert paper.weights[1] == 0
+    w, used, L = run()
+    assert (w.weights > 0).all()
+    floor = 0.01 * w.init_ratio * (used * L).sum() / L  # min_share * r_i * L_tot / L_i
+    assert (w.weights >= floor * (1 - 1e-12)).all() and w.weights[1] == pytest.approx(floor[1].item())
+    with pytest.raises(ValueError, match="min_share"):
+        AMLRRebalancer(min_share=0.0)

@@ -26,7 +26,10 @@ def _data():
     out = []
     for p, per_rank in enumerate(STEPS):
         decay = torch.linspace(1.0, 0.5, N) ** p
-        out.append([[torch.rand(3, N, generator=g) * scale * decay for _ in range(k)] for k in per_rank])
+        # Batch sizes 1..4 that differ between steps and ranks: the period means are means
+        # over samples, so the all-reduced sample counts matter too.
+        out.append([[torch.rand(1 + (2 * i + r + p) % 4, N, generator=g) * scale * decay for i in range(k)]
+                    for r, k in enumerate(per_rank)])
     return out
 
 
@@ -82,6 +85,8 @@ def test_ranks_agree_with_a_single_process(tmp_path):
                 for x in period[r]:
                     w(x)
             w.end_period()
+            samples = torch.cat([x for r in range(WORLD) for x in period[r]]).double()
+            torch.testing.assert_close(w.last_mean, samples.mean(0), rtol=1e-12, atol=0)  # mean over samples
             assert torch.equal(ranks[0][name][p], ranks[1][name][p]), (name, p)
             torch.testing.assert_close(ranks[0][name][p], w.weights, rtol=1e-12, atol=0)
     # The periods really moved the weights (the test would notice a missing all-reduce).

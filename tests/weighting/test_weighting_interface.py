@@ -178,3 +178,130 @@ def test_fixed_weights_and_disabled_losses():
     assert torch.equal(w.weights, torch.tensor([1 / 3, 0, 1 / 3, 1 / 3], dtype=torch.float64))
     with pytest.raises(ValueError, match="weights"):
         FixedWeights(N, [1.0, 2.0])
+
+
+def _state(w):
+    return {k: v.clone() for k, v in w.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_finite_step_raises_at_once_and_leaves_the_weighter_unchanged(kind):
+    data = _losses(8)
+    w, clean = _make(kind, steps_per_epoch=8), _make(kind, steps_per_epoch=8)
+    for x in data[:5]:  # into the third period (ends after steps 1, 3, 5, 7)
+        w(x)
+        clean(x)
+    before = _state(w)
+    bad = data[5].clone()
+    bad[1, 2] = float("nan")
+    bad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"step 5.*\['loss0', 'loss2'\].*unchanged"):
+        w(bad)
+    after = _state(w)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The caller skipped the batch; training goes on exactly as without it (skip_step keeps
+    # the automatic period ends where they were).
+    w.skip_step()
+    clean.skip_step()
+    for x in data[6:]:
+        w(x)
+        clean(x)
+    assert w.periods_ended == 4 and w._epoch == 1 and torch.isfinite(w.weights).all()
+    assert torch.equal(w.weights, clean.weights) and torch.equal(w.last_mean, clean.last_mean)
+
+
+@pytest.mark.parametrize("kind", ["rebalance", "amlr"])
+def test_deferred_check_raises_at_the_period_end_and_recovers(kind):
+    data = _losses(6)
+    w = _make(kind, finite_check="period")
+    for x in data[:2]:
+        w(x)
+    w.end_period()
+    weights = w.weights.clone()
+    bad = data[2].clone()
+    bad[0, 3] = float("nan")
+    w(bad)  # no check, no sync at the step
+    w(data[3])
+    with pytest.raises(FloatingPointError, match=r"\['loss3'\].*discarded"):
+        w.end_period()
+    assert torch.equal(w.weights, weights) and w.periods_ended == 1 and w._count == 0
+    for x in data[4:]:
+        w(x)
+    assert w.end_period() and torch.isfinite(w.weights).all() and w.periods_ended == 2
+    with pytest.raises(ValueError, match="finite_check"):
+        _make(kind, finite_check="never")
+
+
+def test_period_means_are_means_over_samples():
+    g = torch.Generator().manual_seed(3)
+    steps = [torch.rand(4, N, generator=g), torch.rand(4, N, generator=g), torch.rand(1, N, generator=g)]
+    single = torch.rand(N, generator=g)  # (n,) counts as one sample
+    w = MultiLossRebalancer(N)
+    for x in steps:
+        w(x)
+    w(single)
+    samples = torch.cat(steps + [single[None]]).double()
+    torch.testing.assert_close(w.period_means(), samples.mean(0), rtol=1e-12, atol=0)
+    w.end_period()
+    torch.testing.assert_close(w.last_mean, samples.mean(0), rtol=1e-12, atol=0)
+    # A state from before sample counts (one batch mean per step) still loads and resumes.
+    old = MultiLossRebalancer(N)
+    for x in steps[:2]:
+        old(x)
+    sd = old.state_dict()
+    sd["period_sum"] = torch.stack([x.double().mean(0) for x in steps[:2]]).sum(0)
+    del sd["period_samples"]
+    new = MultiLossRebalancer(N)
+    new.load_state_dict(sd)
+    torch.testing.assert_close(new.period_means(), old.period_means(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_with_nan_or_negative_counts_is_refused(kind):
+    w = _make(kind)
+    w(_losses(1)[0])
+    good = _state(w)
+    for key, value in (("period_sum", float("nan")), ("last_mean", float("inf")), ("period_count", -1)):
+        sd = dict(good)
+        sd[key] = sd[key].clone().fill_(value)
+        with pytest.raises(ValueError, match=key):
+            _make(kind).load_state_dict(sd)
+    sd = dict(good)
+    sd["enabled"] = torch.zeros(N, dtype=torch.bool)
+    with pytest.raises(ValueError, match="enables no loss"):
+        _make(kind).load_state_dict(sd)
+    fresh = _make(kind)
+    fresh.load_state_dict(good)  # the good one loads
+    assert fresh._count == 1
+
+
+@pytest.mark.parametrize("kind", ["rebalance", "uncertainty"])
+def test_float16_losses_with_large_weights_give_a_finite_total(kind):
+    if kind == "rebalance":
+        w = MultiLossRebalancer(2, max_ratio=None)
+        w(torch.tensor([1e-6, 1.0], dtype=torch.float64))
+        w.end_period()
+        assert w.weights[0] > 65504  # above float16's largest number
+    else:
+        w = UncertaintyWeighting(2, init=[-12.0, 0.0])  # exp(12) = 1.6e5
+    x = torch.tensor([[1e-4, 1.0]], dtype=torch.float16)
+    total = w(x)
+    assert total.dtype == torch.float16 and torch.isfinite(total)
+
+
+def test_bad_arguments_name_themselves():
+    for kw, match in ((dict(steps_per_period=2.5), "steps_per_period"), (dict(steps_per_epoch="x"), "steps_per_epoch"),
+                      (dict(periods_per_epoch=0), "periods_per_epoch"), (dict(lam="fast"), "lam"),
+                      (dict(max_ratio="big"), "max_ratio"), (dict(init_scale=0.0), "init_scale"),
+                      (dict(init_scale="x"), "init_scale"), (dict(clip=(0.5,)), "clip")):
+        with pytest.raises(ValueError, match=match):
+            MultiLossRebalancer(N, **kw)
+    for kw, match in ((dict(lam="x"), "lam"), (dict(eps=float("nan")), "eps"), (dict(betas=0.9), "betas"),
+                      (dict(init_ratio=[0.0, 0.0]), "init_ratio")):
+        with pytest.raises(ValueError, match=match):
+            AMLRRebalancer(2, **kw)
+    with pytest.raises(ValueError, match=">= 0"):
+        FixedWeights(N, [1.0, -1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="every enabled"):
+        FixedWeights(N, [0.0, 1.0, 0.0, 0.0], enabled=[True, False, True, True])
+    assert MultiLossRebalancer(N, steps_per_period=2.0).steps_per_period == 2

@@ -21,6 +21,8 @@ def _run_period(w, mean, steps=3, epoch=None, seed=0):
 
 
 def _periods(n=N, seed=1):
+    """Three periods of means spread over five orders of magnitude (beyond the default
+    max_ratio cap, so the tests of the paper's formulas pass max_ratio=None)."""
     g = torch.Generator().manual_seed(seed)
     L1 = torch.rand(n, generator=g, dtype=torch.float64) * torch.logspace(-3, 2, n, dtype=torch.float64)
     L2 = L1 * (0.6 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64))
@@ -36,7 +38,7 @@ def test_paper_lambda_schedule():
 
 def test_initialization_equalises_contributions_and_keeps_overall_loss():
     L1, _, _ = _periods()
-    w = MultiLossRebalancer(N)
+    w = MultiLossRebalancer(N, max_ratio=None)
     assert torch.allclose(w.weights, torch.full((N,), 1 / N, dtype=torch.float64))
     _run_period(w, L1)
     A = L1.mean()  # overall loss under the 1/n weights
@@ -49,7 +51,7 @@ def test_initialization_equalises_contributions_and_keeps_overall_loss():
 def test_init_scale_sets_the_contribution_shares():
     L1, _, _ = _periods()
     s = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1], dtype=torch.float64)
-    w = MultiLossRebalancer(N, init_scale=s)
+    w = MultiLossRebalancer(N, init_scale=s, max_ratio=None)
     _run_period(w, L1)
     torch.testing.assert_close(w.weights * L1, L1.mean() * s, rtol=1e-12, atol=0)
 
@@ -57,7 +59,7 @@ def test_init_scale_sets_the_contribution_shares():
 @pytest.mark.parametrize("lam", [0.7, 3.0, -1.5])
 def test_unclipped_rule_is_eq11_from_P_and_dP(lam):
     L1, L2, L3 = _periods()
-    w = MultiLossRebalancer(N, lam=lam, clip=None)
+    w = MultiLossRebalancer(N, lam=lam, clip=None, max_ratio=None)
     _run_period(w, L1)
     prev, w_prev = L1, w.weights.clone()
     for L in (L2, L3):
@@ -94,7 +96,7 @@ def test_lambda_zero_keeps_weights():
 
 def test_lambda_one_keeps_every_contribution():
     L1, L2, L3 = _periods()
-    w = MultiLossRebalancer(N, lam=1.0, clip=None)
+    w = MultiLossRebalancer(N, lam=1.0, clip=None, max_ratio=None)
     _run_period(w, L1)
     for prev, L in ((L1, L2), (L2, L3)):
         w_prev = w.weights.clone()
@@ -136,7 +138,7 @@ def test_clip_bounds_are_applied_and_settable():
 
 def test_max_ratio_caps_the_weight_spread_and_keeps_overall_loss():
     L1 = torch.tensor([1e-6, 1.0, 2.0, 50.0], dtype=torch.float64)  # orders of magnitude apart
-    free = MultiLossRebalancer(4)
+    free = MultiLossRebalancer(4, max_ratio=None)
     _run_period(free, L1)
     assert free.weights.max() / free.weights.min() > 1e6
     capped = MultiLossRebalancer(4, max_ratio=100.0)
@@ -209,16 +211,85 @@ def test_bad_inputs_raise_clear_errors():
         w(torch.ones(2, 4))
     with pytest.raises(ValueError, match="empty batch"):
         w(torch.ones(0, 3))
-    w(torch.tensor([1.0, float("nan"), 1.0]))
-    with pytest.raises(FloatingPointError, match="loss1"):
-        w.end_period()
+    with pytest.raises(FloatingPointError, match="loss1"):  # at the step, not at the period end
+        w(torch.tensor([1.0, float("nan"), 1.0]))
     w2 = MultiLossRebalancer(2)
-    w2(torch.tensor([1.0, -1.0]))
-    with pytest.raises(ValueError, match="negative"):
-        w2.end_period()
+    with pytest.raises(ValueError, match=r"negative.*\['loss1'\]"):
+        w2(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="min_factor"):
+        MultiLossRebalancer(2, min_factor=0.0)
+    with pytest.raises(ValueError, match="max_ratio"):
+        MultiLossRebalancer(2, max_ratio=0.5)
+    with pytest.raises(ValueError, match="clip"):
+        MultiLossRebalancer(2, clip=(0.5, math.inf))
+    with pytest.raises(ValueError, match="epoch"):
+        w.end_period(epoch=-1)
     with pytest.raises(ValueError):
         MultiLossRebalancer(0)
     with pytest.raises(ValueError, match="enable"):
         MultiLossRebalancer(2, enabled=[False, False])
     with pytest.raises(ValueError, match="lam"):
         MultiLossRebalancer(2, lam=math.inf)
+
+
+def test_unclipped_lambda_3_keeps_every_weight_positive():
+    # Loss 0's share of the overall loss grows 1.8x: unclipped Eq. 11 with lambda = 3 gives
+    # the factor 1 + 3 * (5/9 - 1) = -1/3, a negative weight (the optimizer would maximise it).
+    w = MultiLossRebalancer(3, lam=3.0, clip=None)
+    _run_period(w, [1.0, 1.0, 1.0])
+    before = w.weights.clone()
+    _run_period(w, [3.0, 1.0, 1.0])
+    assert (w.weights > 0).all()
+    adjust = w.weights / before
+    assert adjust[0] == pytest.approx(0.01)  # floored at min_factor
+    assert adjust[1] == pytest.approx(1 + 3 * (5 / 3 - 1))  # the others follow Eq. 11 unchanged
+    tiny = MultiLossRebalancer(3, lam=3.0, clip=None, min_factor=1e-6, max_ratio=None)
+    _run_period(tiny, [1.0, 1.0, 1.0])
+    _run_period(tiny, [3.0, 1.0, 1.0])
+    assert tiny.weights[0] / before[0] == pytest.approx(1e-6)
+
+
+def test_tiny_loss_gets_a_capped_finite_weight_by_default():
+    # The paper repository's issue #3: a loss of 1e-12 next to 1e3.
+    L = [1e-12, 1e3, 2.0]
+    w = MultiLossRebalancer(3)
+    assert w.max_ratio == 1e6
+    _run_period(w, L)
+    ratio = w.weights.max() / w.weights.min()
+    assert 1e5 < ratio <= 1e6 * (1 + 1e-12)  # clamped around the median weight (that of loss 2)
+    torch.testing.assert_close((w.weights * torch.tensor(L, dtype=torch.float64)).sum(),
+                               torch.tensor(L, dtype=torch.float64).mean(), rtol=1e-12, atol=0)
+    paper = MultiLossRebalancer(3, max_ratio=None)  # the paper's behaviour, one option away
+    _run_period(paper, L)
+    assert paper.weights.max() / paper.weights.min() > 1e14
+
+
+@pytest.mark.parametrize("max_ratio", [1e6, None])
+def test_weights_and_total_stay_finite_for_a_float32_loss_of_1e38(max_ratio):
+    w = MultiLossRebalancer(2, max_ratio=max_ratio)
+    x = torch.tensor([[1e-38, 1e3]], dtype=torch.float32)
+    w(x)
+    w.end_period()
+    assert torch.isfinite(w.weights).all() and (w.weights > 0).all()
+    assert torch.isfinite(w(x)) and torch.isfinite(w(x.double()))
+    # Even a float64 loss far below float32's range gets a finite weight.
+    w64 = MultiLossRebalancer(2, max_ratio=None)
+    w64(torch.tensor([1e-300, 1.0], dtype=torch.float64))
+    w64.end_period()
+    assert torch.isfinite(w64.weights).all() and torch.isfinite(w64.weights.float()).all()
+
+
+def test_lambda_schedule_direction_and_arguments():
+    assert [paper_lambda_schedule(e, -3.0, 3.0, 1.5) for e in range(6)] == [-3.0, -1.5, 0.0, 1.5, 3.0, 3.0]
+    # the sign of step does not flip the schedule (it used to stick at the end value)
+    assert [paper_lambda_schedule(e, 3.0, -3.0, -1.5) for e in range(3)] == [3.0, 1.5, 0.0]
+    assert paper_lambda_schedule(4, 2.0, -2.0, 0.0) == 2.0
+    for bad in (dict(start=math.nan), dict(step=math.inf), dict(end="x")):
+        with pytest.raises(ValueError, match="lambda schedule"):
+            paper_lambda_schedule(0, **bad)
+    with pytest.raises(ValueError, match="epoch"):
+        paper_lambda_schedule(-1)
+    w = MultiLossRebalancer(2, lam=lambda e: "fast")
+    _run_period(w, [1.0, 2.0])
+    with pytest.raises(TypeError, match="lambda schedule returned 'fast'"):
+        _run_period(w, [1.0, 2.0])
