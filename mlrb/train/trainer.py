@@ -62,6 +62,7 @@ class TrainConfig:
     random_if_missing: bool = False
     head: str = "auto"  # "auto": softplus when the selection has log-depth (AMLR) losses
     init_depth: float | str | None = "auto"  # output starts here; "auto": mean training depth; None: 0
+    model_kwargs: dict | None = None  # extra timm model arguments (e.g. a tiny embed_dim in tests)
     # losses and weighting
     select: str = "all"
     backend: str = "auto"
@@ -222,7 +223,8 @@ class Trainer:
         if head == "auto":
             head = "softplus" if any(n in AMLR_NAMES for n in self.names) else "linear"
         return build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
-                           random_if_missing=cfg.random_if_missing, head=head)
+                           random_if_missing=cfg.random_if_missing, head=head, input_size=self.size,
+                           model_kwargs=cfg.model_kwargs)
 
     def autocast(self):
         """The autocast context of forward passes (AMP on CUDA, a no-op otherwise)."""
