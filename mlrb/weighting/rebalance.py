@@ -108,9 +108,12 @@ class MultiLossRebalancer(LossWeighting):
         init_scale: float | Sequence[float] | Tensor | None = None,
         clip: tuple[float, float] | None = (0.5, 2.0),
         max_ratio: float | None = None,
+        initialize: bool = True,
         **options,
     ) -> None:
         super().__init__(n, **options)
+        # initialize=False: "R without I" (Table 5(d) row 3): weights stay 1/n instead of Eq. 9.
+        self.initialize = bool(initialize)
         if not callable(lam):
             lam = float(lam)
             if not math.isfinite(lam):
@@ -147,8 +150,11 @@ class MultiLossRebalancer(LossWeighting):
         return self.lambda_at(self._epoch)
 
     def _update(self, mean: Tensor, epoch: int) -> None:
+        was = self.initialized.clone()
         new = initialize_or_step(self, mean, self.init_scale,
                                  lambda w, m, active: self._rebalance(w, m, epoch, active))
+        if not self.initialize:
+            new = torch.where(self.initialized & ~was, self.weights, new)
         if self.max_ratio is not None:
             new = self._cap_ratio(new, mean)
         self.weights.copy_(new)
