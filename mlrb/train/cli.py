@@ -277,5 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmlrb train: {summary['steps']} steps ({summary['epochs']:.2f} epochs, {summary['periods']} "
               f"periods) in {summary['train_seconds']:.1f} s of training, {time.perf_counter() - t0:.1f} s in all")
         print(format_comparison(summary["metrics_before"], summary["metrics_after"]))
+        from mlrb.train.protocol import describe_protocol
+        print(f"({describe_protocol(cfg)})")
         print(f"checkpoint: {summary['checkpoint']}\nlogs: {cfg.out_dir}/periods.jsonl (plots: mlrb report {cfg.out_dir})")
     return 0
