@@ -685,6 +685,11 @@ def _build_datasets(cfg: TrainConfig, size: tuple[int, int]):
             make = lambda p, sz, fg: BTSSplit(p, cfg.data_root, cfg.gt_root, dataset=kind, size=sz, full_gt=fg)
         train = make(cfg.train_list, train_size, False)
         val = make(cfg.val_list, size, full) if cfg.val_list else make(cfg.train_list, size, full)
+    if cfg.random_crop:
+        h, w = train[0]["image"].shape[-2:]  # checked now, not at the first batch
+        if h < size[0] or w < size[1]:
+            raise ValueError(f"--random-crop: the {size[0]}x{size[1]} crop (--size) is larger than the "
+                             f"{h}x{w} training images")
     if cfg.augment or cfg.rotate or cfg.random_crop:
         from mlrb.train.transforms import Chain, RandomCrop, RandomRotation
         train = AugmentedDataset(train, Chain(RandomCrop(size) if cfg.random_crop else None,

@@ -102,3 +102,19 @@ def test_amlr_recipe_end_to_end(tmp_path, capsys):
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_at("poly-updown", 3, 4, 5e-4, 3e-5))
     assert ckpt["optimizer"]["param_groups"][0]["lr"] < 5e-4
     assert summary["steps"] == 4 and 0 < summary["metrics_after"]["abs_rel"] < 10
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model-kwargs", "[1]"], "--model-kwargs must be a JSON object"),
+    (["--model-kwargs", "{bad"], "--model-kwargs is not valid JSON"),
+    (["--rotate", "-1"], "rotation degrees"),
+])
+def test_recipe_options_fail_in_one_line(tmp_path, capsys, argv, message):
+    try:
+        code = train_main([*argv, "--size", "32", "32", "--synthetic-train", "4", "--batch-size", "4",
+                           "--n-d", "32", "--no-progress", "--out", str(tmp_path / "r")])
+    except SystemExit as e:  # argparse's own one-line error
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
