@@ -89,7 +89,10 @@ class FeatureEncoder(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            modules = self.__dict__.get("_modules")  # absent while unpickling / deep-copying
+            if modules is None or "model" not in modules or name.startswith("__"):
+                raise
+            return getattr(modules["model"], name)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.dim() != 4:

@@ -56,3 +56,9 @@ def test_feature_info_and_old_state_dicts_still_work():
     enc.load_state_dict(raw.state_dict())  # keys without the wrapper's "model." prefix
     x = torch.rand(1, 3, 32, 32)
     assert torch.equal(enc.eval()(x)[0], raw.eval()(x)[-1])
+    import copy
+    import pickle
+    for clone in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc))):
+        assert torch.equal(clone(x)[0], enc(x)[0])
+    with pytest.raises(AttributeError):
+        enc.no_such_attribute
