@@ -567,8 +567,8 @@ class Trainer:
             "model": dataclasses.asdict(self.model.info) if self.model.info else None,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
-        if getattr(self, "recipe_settings", None) is not None:
-            info["recipe"] = {"name": self.cfg.recipe, "settings": self.recipe_settings}
+        if self.cfg.recipe:  # recipe_settings: what mlrb.train.recipes.apply_recipe applied (the CLI sets it)
+            info["recipe"] = {"name": self.cfg.recipe, "settings": getattr(self, "recipe_settings", None)}
         from mlrb.train.protocol import describe_protocol
         info["eval_protocol"] = describe_protocol(self.cfg)
         with open(os.path.join(self.run_dir, "run.json"), "w") as fh:
