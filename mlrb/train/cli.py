@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="checkpoint to resume, or 'auto' (<out>/checkpoints/last.pt)")
     r.add_argument("--no-eval-before", action="store_true", help="skip evaluating the untrained model")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--eval-only", metavar="CKPT", default=None,
+                   help="only evaluate this checkpoint with the evaluation protocol of these options, then exit")
     r.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <out>/tensorboard")
     r.add_argument("--list-sets", action="store_true", help="print the loss sets and exit")
     return p
@@ -249,6 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     from mlrb.train.datasets import DataFileError
     from mlrb.models import PretrainedWeightsError
     from mlrb.train.trainer import Trainer
+
+    if args.eval_only:
+        from mlrb.train.evalonly import evaluate_checkpoint
+        from mlrb.train.protocol import describe_protocol
+        try:
+            metrics = evaluate_checkpoint(cfg, args.eval_only, recipe_settings=applied)
+        except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
+            print(f"mlrb train: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"mlrb train --eval-only {args.eval_only}: {describe_protocol(cfg)}")
+        print(format_comparison(None, metrics))
+        return 0
 
     t0 = time.perf_counter()
     try:

@@ -118,3 +118,20 @@ def test_recipe_options_fail_in_one_line(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_eval_only_scores_a_checkpoint_with_the_recipe_protocol(tmp_path, capsys):
+    _, _, summary = _run(tmp_path, capsys, ["--recipe", "lee-kim-2020", "--model", "resnet18",
+                                            "--n-d", "32", "--size", "32", "48"])
+    common = ["--recipe", "lee-kim-2020", "--model", "resnet18", "--size", "32", "48", "--synthetic-val", "2",
+              "--batch-size", "4", "--pretrained", "none"]
+    assert train_main([*common, "--n-d", "32", "--eval-only", summary["checkpoint"]]) == 0
+    out = capsys.readouterr().out
+    assert "rows 20:460, cols 24:616" in out
+    abs_rel = float(next(line for line in out.splitlines() if "abs_rel" in line).split()[-1])
+    assert abs_rel == pytest.approx(summary["metrics_after"]["abs_rel"], abs=1e-4)
+    # A checkpoint of another network, or no checkpoint: one line each.
+    assert train_main([*common, "--n-d", "64", "--eval-only", summary["checkpoint"]]) == 2
+    assert "does not fit the network" in capsys.readouterr().err
+    assert train_main([*common, "--eval-only", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
