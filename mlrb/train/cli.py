@@ -138,7 +138,8 @@ def config_from_args(args: argparse.Namespace):
 
     data = args.data
     if data is None:
-        data = "synthetic" if not args.train_list else ("nyu-csv" if args.train_list.endswith(".csv") else "bts-nyu")
+        given = args.train_list or args.val_list  # --eval-only needs only --val-list
+        data = "synthetic" if not given else ("nyu-csv" if given.endswith(".csv") else "bts-nyu")
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS
     pick = lambda v, key: defaults[key] if v is None else v
     out = args.out
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mlrb train: error: {exc}", file=sys.stderr)
             return 2
         print(f"mlrb train --eval-only {args.eval_only}: {describe_protocol(cfg)}")
-        print(format_comparison(None, metrics))
+        from mlrb.metrics.depth import METRIC_KEYS
+        print("\n".join(f"  {k:<10}{metrics[k]:12.4f}" for k in METRIC_KEYS if k in metrics))
         return 0
 
     t0 = time.perf_counter()

@@ -128,7 +128,7 @@ def test_eval_only_scores_a_checkpoint_with_the_recipe_protocol(tmp_path, capsys
     assert train_main([*common, "--n-d", "32", "--eval-only", summary["checkpoint"]]) == 0
     out = capsys.readouterr().out
     assert "rows 20:460, cols 24:616" in out
-    abs_rel = float(next(line for line in out.splitlines() if "abs_rel" in line).split()[-1])
+    abs_rel = float(next(line for line in out.splitlines() if line.split()[:1] == ["abs_rel"]).split()[-1])
     assert abs_rel == pytest.approx(summary["metrics_after"]["abs_rel"], abs=1e-4)
     # A checkpoint of another network, or no checkpoint: one line each.
     assert train_main([*common, "--n-d", "64", "--eval-only", summary["checkpoint"]]) == 2
