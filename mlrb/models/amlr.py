@@ -3,7 +3,7 @@
 Encoder: a Swin Transformer v2 (the paper: Swin-v2-L with the masked-image-modelling
 pre-training of Xie et al. [6]; here any timm backbone, Swin-v2 by default), of which
 only the last feature map (stride 32) is used: the decoder has no skip connections (the
-paper found skip connections worse, Sec. IV-C).
+paper found skip connections worse, Sec. IV-D).
 Decoder: Xie et al.'s deconvolution decoder with two of the paper's changes: "we gradually
 decreased the channel size in the decoder layers" (Xie et al. drop from 1536 to 32 in the
 first deconvolution) and "SiLU activation is applied after each Deconvolution and
