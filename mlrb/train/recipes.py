@@ -90,7 +90,7 @@ LEE_KIM_2020 = Recipe(
         ),
     },
     compare="NYUv2 Table 3, Proposed (Dense): d1 85.0%, d2 96.9%, d3 99.2%, RMSE 0.457, ARD 0.127, log10 0.053, "
-            "RMSE_log 0.160, RMSE_si 0.128, SRD 0.088 (PNAS: 87.0%, 0.430, 0.119). Table 5(d): I+R 87.0% / 0.434; "
+            "RMSE_log 0.160, RMSE_si 0.128, SRD 0.088 (PNAS: 87.0%, 0.430, 0.119). Table 5(d) (d1 / RMSE): I+R 87.0% / 0.434; "
             "R without I 85.6% / 0.459. KITTI Table S-2: d1 86.4%, RMSE 4.512, RMSE_log 0.176, ARD 0.115. "
             "Make3D Table S-7 (ODE, 0-70 m): RMSE 5.87, ARD 0.231, log10 0.082.",
 )
