@@ -3,11 +3,15 @@ weighting, the metrics and the trainer.
 
 - ``ode``: the ordinary depth estimator of Lee & Kim (ECCV 2020), timm encoder + Fig. S-8 decoder.
 - ``encoder``: the timm feature encoder and its pretrained-weight rules, shared by all.
+- ``amlr``: the AMLR network of Yu & Heo (2023), Swin-v2 encoder + SiLU deconvolution decoder.
 """
 from mlrb.models.encoder import DEFAULT_MODEL, PRESETS, EncoderInfo, PretrainedWeightsError, create_encoder
 from mlrb.models.ode import Decoder, DepthNet, ModelInfo, UpBlock, build_model
+from mlrb.models.encoder import FeatureEncoder
+from mlrb.models.amlr import AMLRDecoder, AMLRNet, build_amlr_model
 
 __all__ = [
     "DEFAULT_MODEL", "PRESETS", "EncoderInfo", "PretrainedWeightsError", "create_encoder",
     "Decoder", "DepthNet", "ModelInfo", "UpBlock", "build_model",
+    "FeatureEncoder", "AMLRDecoder", "AMLRNet", "build_amlr_model",
 ]

@@ -2,13 +2,23 @@
 
 Pretrained encoder weights are only ever read from disk: a checkpoint file given by the
 user, or timm's / Hugging Face's local cache. Nothing is downloaded.
+
+Every backbone family gives the decoders (B, C, H, W) feature maps: timm's transformer
+encoders (Swin, Swin-v2, ...) return channels-last (B, H, W, C) maps; ``FeatureEncoder``
+reads the layout from timm's ``output_fmt`` and checks it against the channel count of every
+map it returns. Encoders built for one input size (Swin windows, ViT position embeddings;
+timm's ``strict_img_size``) are created for the size the user trains at (``input_size``);
+smaller inputs are padded (replicate) up to it and the features cropped back, larger ones
+raise a ValueError that says how to build the encoder for them.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Backbones of the paper (DenseNet161, PNASNet-5 Large; EfficientNet-B5 as a modern
@@ -40,6 +50,89 @@ class EncoderInfo:
     mean: tuple[float, ...]     # the input normalisation the weights expect
     std: tuple[float, ...]
     pretrained: str             # "random" or the weights file
+    layout: str = "NCHW"        # of timm's raw feature maps ("NHWC": converted by FeatureEncoder)
+    input_size: tuple[int, int] | None = None  # the fixed input size the encoder needs, if any
+
+
+def _fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size a timm model insists on (a patch embedding with ``strict_img_size``), or None."""
+    for m in model.modules():
+        if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False) \
+                and getattr(m, "img_size", None) is not None:
+            size = m.img_size
+            return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+    return None
+
+
+def _layout_of(model: nn.Module) -> str:
+    fmt = getattr(model, "output_fmt", "NCHW")
+    return str(getattr(fmt, "value", fmt)).upper()
+
+
+class FeatureEncoder(nn.Module):
+    """A timm ``features_only`` model whose outputs are always (B, C, H, W).
+
+    ``forward(x)`` returns the list of feature maps of ``info.channels``. Channels-last maps
+    are permuted; for encoders with a fixed input size (``info.input_size``) smaller inputs
+    are padded to it and the maps cropped to the input's extent (ceil(H / reduction)).
+    Attributes not found here (``feature_info``, ...) are those of the timm model.
+    """
+
+    def __init__(self, model: nn.Module, info: "EncoderInfo"):
+        super().__init__()
+        self.model = model
+        self.info = info
+        # Checkpoints of the unwrapped timm model (keys without "model.") still load.
+        self._register_load_state_dict_pre_hook(_add_model_prefix)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules")  # absent while unpickling / deep-copying
+            if modules is None or "model" not in modules or name.startswith("__"):
+                raise
+            return getattr(modules["model"], name)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"encoder input must be (B, C, H, W); got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        fixed = self.info.input_size
+        if fixed is not None and (h, w) != fixed:
+            if h > fixed[0] or w > fixed[1]:
+                raise ValueError(
+                    f"encoder {self.info.timm_name!r} has a fixed input size {fixed[0]}x{fixed[1]} (it was built "
+                    f"for it) and cannot take a {h}x{w} input; build it for the size you use "
+                    f"(create_encoder(..., input_size=({h}, {w})), mlrb train --size {h} {w})")
+            x = F.pad(x, (0, fixed[1] - w, 0, fixed[0] - h), mode="replicate")
+        feats = self.model(x)
+        if isinstance(feats, torch.Tensor):
+            feats = [feats]
+        out = []
+        for f, c, r in zip(feats, self.info.channels, self.info.reductions):
+            f = _to_nchw(f, c, self.info.layout, self.info.timm_name)
+            if fixed is not None and (h, w) != fixed:
+                f = f[..., :math.ceil(h / r), :math.ceil(w / r)]
+            out.append(f)
+        return out
+
+
+def _to_nchw(f: torch.Tensor, channels: int, layout: str, name: str) -> torch.Tensor:
+    if f.dim() != 4:
+        raise RuntimeError(f"encoder {name!r} returned a feature map of shape {tuple(f.shape)}; expected 4-d")
+    first, last = f.shape[1] == channels, f.shape[-1] == channels
+    if last and (layout == "NHWC" or not first):
+        return f.permute(0, 3, 1, 2).contiguous()
+    if first:
+        return f
+    raise RuntimeError(f"encoder {name!r} returned a feature map of shape {tuple(f.shape)}; "
+                       f"expected {channels} channels first or last")
+
+
+def _add_model_prefix(state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "model.")]:
+        state_dict[prefix + "model." + key[len(prefix):]] = state_dict.pop(key)
 
 
 def _cached_weights_file(timm_name: str) -> str | None:
@@ -79,7 +172,8 @@ def _cached_weights_file(timm_name: str) -> str | None:
 
 
 def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, random_if_missing: bool = False,
-                   out_indices: tuple[int, ...] = (-1,)) -> tuple[nn.Module, EncoderInfo]:
+                   out_indices: tuple[int, ...] = (-1,), input_size: tuple[int, int] | None = None,
+                   model_kwargs: dict | None = None) -> tuple[FeatureEncoder, EncoderInfo]:
     """A timm ``features_only`` encoder for ``name`` (a preset or any timm model name).
 
     pretrained:
@@ -89,7 +183,10 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
                   .safetensors) loaded through timm, classifier weights dropped.
     If the weights are not available locally a PretrainedWeightsError explains how to get
     them, unless ``random_if_missing`` (then a warning and random initialisation).
-    The encoder returns a list with one feature map per entry of ``out_indices``.
+    The encoder returns a list with one (B, C, H, W) feature map per entry of ``out_indices``.
+    input_size: the (H, W) the encoder will see; encoders that need a fixed input size
+      (Swin, ViT) are built for it (timm's ``img_size``). Ignored by CNNs.
+    model_kwargs: extra keyword arguments of the timm model (e.g. a smaller ``embed_dim``).
     """
     import timm
 
@@ -115,15 +212,29 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
         else:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": path})
             source = path
-    try:
-        encoder = timm.create_model(timm_name, **kwargs)
-    except Exception as exc:  # torch.load / safetensors / state-dict mismatches raise various types
-        if source == "random":
-            raise
-        raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
+    kwargs.update(model_kwargs or {})
+
+    def create(**extra):
+        try:
+            return timm.create_model(timm_name, **kwargs, **extra)
+        except Exception as exc:  # torch.load / safetensors / state-dict mismatches raise various types
+            if source == "random":
+                raise
+            raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
+
+    encoder = create()
+    fixed = _fixed_input_size(encoder)
+    if fixed is not None and input_size is not None and tuple(input_size) != fixed and "img_size" not in kwargs:
+        size = (int(input_size[0]), int(input_size[1]))
+        try:
+            encoder = create(img_size=size)
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"encoder {timm_name!r} needs a fixed input size and cannot be built for {size[0]}x"
+                             f"{size[1]}: {exc}; choose a size its patches / windows divide") from exc
+        fixed = _fixed_input_size(encoder)
     fi = encoder.feature_info
     cfg = getattr(encoder, "pretrained_cfg", None) or {}
     info = EncoderInfo(name=name, timm_name=timm_name, channels=tuple(fi.channels()), reductions=tuple(fi.reduction()),
                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
-                       pretrained=source)
-    return encoder, info
+                       pretrained=source, layout=_layout_of(encoder), input_size=fixed)
+    return FeatureEncoder(encoder, info), info

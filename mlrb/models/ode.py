@@ -114,12 +114,15 @@ class DepthNet(nn.Module):
 
 
 def build_model(name: str = DEFAULT_MODEL, *, n_d: int = 1024, pretrained: str | None = None,
-                random_if_missing: bool = False, head: str = "linear") -> DepthNet:
+                random_if_missing: bool = False, head: str = "linear", input_size: tuple[int, int] | None = None,
+                model_kwargs: dict | None = None) -> DepthNet:
     """Build the depth estimator with encoder ``name`` (a preset or any timm model name).
 
-    ``pretrained`` and ``random_if_missing`` as in :func:`mlrb.models.encoder.create_encoder`.
+    ``pretrained``, ``random_if_missing``, ``input_size`` (the training size, for encoders
+    with a fixed input size) and ``model_kwargs`` as in :func:`mlrb.models.encoder.create_encoder`.
     """
-    encoder, enc = create_encoder(name, pretrained=pretrained, random_if_missing=random_if_missing)
+    encoder, enc = create_encoder(name, pretrained=pretrained, random_if_missing=random_if_missing,
+                                  input_size=input_size, model_kwargs=model_kwargs)
     info = ModelInfo(name=name, timm_name=enc.timm_name, n_e=enc.channels[-1], n_d=n_d,
                      reduction=enc.reductions[-1], pretrained=enc.pretrained)
     return DepthNet(encoder, info.n_e, n_d, mean=enc.mean, std=enc.std, head=head, info=info)

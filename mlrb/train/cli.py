@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--data", choices=["synthetic", "nyu-csv", "bts-nyu", "bts-kitti"], default=None,
+    p.add_argument("--recipe", default=None, help="a paper's setting as defaults that other options override: "
+                   "lee-kim-2020, amlr-2023 (README, Recipes; --list-recipes prints them)")
+    p.add_argument("--list-recipes", action="store_true", help="print the recipes' settings and sources, and exit")
+    d.add_argument("--data", choices=["synthetic", "nyu-csv", "bts-nyu", "bts-kitti", "make3d"], default=None,
                    help="dataset kind (default: nyu-csv if --train-list ends in .csv, bts-nyu if another "
                         "--train-list is given, else synthetic)")
     d.add_argument("--train-list", help="NYUv2 CSV (rgb,depth per row) or BTS split file (rgb depth focal)")
@@ -73,7 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default 288 384 for real data, 64 96 for synthetic)")
     d.add_argument("--no-augment", action="store_true", help="no flip / colour augmentation")
-    d.add_argument("--eval-crop", default=None, help="metric crop: nyu_eigen, kitti_garg, kitti_eigen")
+    d.add_argument("--eval-crop", default=None, help="metric crop: nyu_eigen, kitti_garg, kitti_eigen, lee_kim_nyu "
+                                                    "(rows 20:460, cols 24:616 of 480x640) or none")
+    d.add_argument("--eval-gt", choices=["resized", "full"], default="resized",
+                   help="score against ground truth resized to --size, or at its stored resolution (papers)")
+    d.add_argument("--eval-upsample", choices=["bicubic", "bilinear", "nearest"], default="bicubic",
+                   help="how predictions are brought to full-resolution ground truth")
+    d.add_argument("--tta", choices=["none", "flip", "flip+sw"], default="none",
+                   help="evaluation test-time augmentation (flip+sw: AMLR's shifted-window + flip test)")
+    d.add_argument("--rotate", type=float, default=0.0, help="random rotation augmentation, max degrees")
+    d.add_argument("--random-crop", action="store_true",
+                   help="train on random --size crops of full-resolution samples instead of resizing")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="resnet18", help="encoder: densenet161, pnasnet5large, efficientnet_b5, "
                                                       "resnet18 or any timm name")
@@ -82,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "cache only) or 'none'; never downloaded")
     m.add_argument("--random-if-missing", action="store_true",
                    help="if the pretrained weights are not found, warn and start from random weights")
+    m.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help='extra timm model arguments as a JSON object, e.g. \'{"embed_dim": 48}\'')
+    m.add_argument("--decoder", choices=["fig-s8", "amlr"], default="fig-s8",
+                   help="fig-s8: Lee & Kim's decoder; amlr: Yu & Heo's SiLU deconvolution decoder")
     m.add_argument("--head", choices=["auto", "linear", "softplus"], default="auto",
                    help="output activation (auto: softplus when log-depth AMLR losses are selected)")
     w = p.add_argument_group("losses and weighting")
@@ -102,12 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--fixed-weights", type=float, nargs="+", default=None,
                    help="--weighting fixed: one weight for all or one per loss (default 1/n)")
     w.add_argument("--periods-per-epoch", type=int, default=4, help="rebalancing periods per epoch")
+    w.add_argument("--no-rebalance-init", action="store_true",
+                   help="rebalancing without the Eq. 9 initialization ('R without I', Table 5(d))")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="epochs (paper 20; synthetic default 10)")
     o.add_argument("--batch-size", type=int, default=None,
                    help="per process (default: the preset's, densenet161 12, others 8 as in the paper)")
     o.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper 1e-4; synthetic default 3e-4)")
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    o.add_argument("--lr-schedule", choices=["constant", "poly-updown"], default="constant",
+                   help="poly-updown: from --lr-min up to --lr at mid-run and back, every batch (AMLR)")
+    o.add_argument("--lr-min", type=float, default=3e-5, help="poly-updown: first and last learning rate")
     o.add_argument("--no-amp", action="store_true", help="no mixed precision on GPU")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     o.add_argument("--workers", type=int, default=0, help="data loader workers")
@@ -120,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, help="checkpoint to resume, or 'auto' (<out>/checkpoints/last.pt)")
     r.add_argument("--no-eval-before", action="store_true", help="skip evaluating the untrained model")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--eval-only", metavar="CKPT", default=None,
+                   help="only evaluate this checkpoint with the evaluation protocol of these options, then exit")
+    r.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <out>/tensorboard")
     r.add_argument("--list-sets", action="store_true", help="print the loss sets and exit")
     return p
 
@@ -129,7 +154,8 @@ def config_from_args(args: argparse.Namespace):
 
     data = args.data
     if data is None:
-        data = "synthetic" if not args.train_list else ("nyu-csv" if args.train_list.endswith(".csv") else "bts-nyu")
+        given = args.train_list or args.val_list  # --eval-only needs only --val-list
+        data = "synthetic" if not given else ("nyu-csv" if given.endswith(".csv") else "bts-nyu")
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS
     pick = lambda v, key: defaults[key] if v is None else v
     out = args.out
@@ -142,6 +168,15 @@ def config_from_args(args: argparse.Namespace):
         else:
             out = os.path.join("runs", time.strftime("train-%Y%m%d-%H%M%S"))
     pretrained = None if args.pretrained in (None, "none", "None") else args.pretrained
+    model_kwargs = None
+    if args.model_kwargs:
+        import json
+        try:
+            model_kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--model-kwargs is not valid JSON: {exc}") from None
+        if not isinstance(model_kwargs, dict):
+            raise ValueError("--model-kwargs must be a JSON object, e.g. '{\"embed_dim\": 48}'")
     depth_scale = args.depth_scale
     if depth_scale not in ("paper", "mm"):
         depth_scale = float(depth_scale)
@@ -150,7 +185,8 @@ def config_from_args(args: argparse.Namespace):
         gt_root=args.gt_root, depth_scale=depth_scale,
         synthetic_train=args.synthetic_train or SYNTHETIC_DEFAULTS["synthetic_train"],
         synthetic_val=args.synthetic_val or SYNTHETIC_DEFAULTS["synthetic_val"],
-        size=tuple(args.size) if args.size else None, augment=not args.no_augment, eval_crop=args.eval_crop,
+        size=tuple(args.size) if args.size else None, augment=not args.no_augment,
+        eval_crop=None if args.eval_crop in (None, "none", "None") else args.eval_crop,
         model=args.model, n_d=pick(args.n_d, "n_d"), pretrained=pretrained,
         random_if_missing=args.random_if_missing, head=args.head,
         select=select_from_arg(args.select), backend=args.backend, weighting=args.weighting,
@@ -161,7 +197,36 @@ def config_from_args(args: argparse.Namespace):
         max_steps=args.max_steps, amp=not args.no_amp, device=args.device, num_workers=args.workers, threads=pick(args.threads, "threads"),
         seed=args.seed, out_dir=out, ckpt_every=args.ckpt_every, resume=args.resume,
         eval_before=not args.no_eval_before, progress=not args.no_progress,
+        model_kwargs=model_kwargs, decoder=args.decoder, rotate=args.rotate, random_crop=args.random_crop, lr_schedule=args.lr_schedule,
+        lr_min=args.lr_min, eval_gt=args.eval_gt, eval_upsample=args.eval_upsample, tta=args.tta,
+        rebalance_init=not args.no_rebalance_init, tensorboard=args.tensorboard,
     )
+
+
+# Options whose destination differs from the TrainConfig field they set.
+_DEST_FIELDS = {"lam": ("lambda_start", "lambda_end"), "no_clip": ("clip",), "no_augment": ("augment",),
+                "out": ("out_dir",), "workers": ("num_workers",), "no_amp": ("amp",),
+                "no_eval_before": ("eval_before",), "no_progress": ("progress",),
+                "no_rebalance_init": ("rebalance_init",)}
+
+
+def explicit_fields(argv: list[str] | None) -> set[str]:
+    """The TrainConfig fields the user set on the command line (recipes leave them alone)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return {f for dest in given for f in _DEST_FIELDS.get(dest, (dest,))}
+
+
+def recipe_config(args: argparse.Namespace, argv: list[str] | None):
+    """(TrainConfig, applied settings or None): the options, with the recipe's defaults filled in."""
+    from mlrb.train.recipes import apply_recipe
+
+    cfg = config_from_args(args)
+    if not args.recipe:
+        return cfg, None
+    return apply_recipe(cfg, args.recipe, explicit_fields(argv))
 
 
 def format_comparison(before: dict | None, after: dict) -> str:
@@ -181,6 +246,15 @@ def format_comparison(before: dict | None, after: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_recipes:
+        from mlrb.train.recipes import RECIPES
+        for r in RECIPES.values():
+            print(f"{r.name}: {r.title}")
+            for data in ("(all data)", *r.by_data):
+                for st in (r.settings if data == "(all data)" else r.by_data[data]):
+                    print(f"  {data:<11} {st.field:<18} {st.value!r:<40} {st.source}")
+            print(f"  compare: {r.compare}\n")
+        return 0
     if args.list_sets:
         print("Table 5 sets:")
         for key, sel in TABLE5_SETS.items():
@@ -188,12 +262,25 @@ def main(argv: list[str] | None = None) -> int:
         print("named sets: " + ", ".join(SETS))
         return 0
     try:
-        cfg = config_from_args(args)
+        cfg, applied = recipe_config(args, argv)
     except ValueError as exc:
         parser.error(str(exc))
     from mlrb.train.datasets import DataFileError
     from mlrb.models import PretrainedWeightsError
     from mlrb.train.trainer import Trainer
+
+    if args.eval_only:
+        from mlrb.train.evalonly import evaluate_checkpoint
+        from mlrb.train.protocol import describe_protocol
+        try:
+            metrics = evaluate_checkpoint(cfg, args.eval_only, recipe_settings=applied)
+        except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
+            print(f"mlrb train: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"mlrb train --eval-only {args.eval_only}: {describe_protocol(cfg)}")
+        from mlrb.metrics.depth import METRIC_KEYS
+        print("\n".join(f"  {k:<10}{metrics[k]:12.4f}" for k in METRIC_KEYS if k in metrics))
+        return 0
 
     t0 = time.perf_counter()
     try:
@@ -201,11 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
         print(f"mlrb train: error: {exc}", file=sys.stderr)
         return 2
+    trainer.recipe_settings = applied
     if trainer.main:
+        from mlrb.train.protocol import describe_protocol
+        from mlrb.train.recipes import format_settings
+        if applied is not None:
+            print(format_settings(cfg.recipe, applied))
+        print(f"mlrb train: {describe_protocol(cfg)}")
         info = trainer.model.info
         print(f"mlrb train: {cfg.data} data {len(trainer.train_set)} train / {len(trainer.val_set)} val at "
               f"{trainer.size[0]}x{trainer.size[1]}; encoder {info.timm_name} ({info.pretrained} init), "
-              f"n_d={cfg.n_d}; {len(trainer.names)} losses, {cfg.weighting} weighting; "
+              f"n_d={info.n_d}; {len(trainer.names)} losses, {cfg.weighting} weighting; "
               f"{trainer.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size} x "
               f"{trainer.world} process(es) on {trainer.device}; run folder {cfg.out_dir}")
     try:
@@ -216,5 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmlrb train: {summary['steps']} steps ({summary['epochs']:.2f} epochs, {summary['periods']} "
               f"periods) in {summary['train_seconds']:.1f} s of training, {time.perf_counter() - t0:.1f} s in all")
         print(format_comparison(summary["metrics_before"], summary["metrics_after"]))
+        from mlrb.train.protocol import describe_protocol
+        print(f"({describe_protocol(cfg)})")
         print(f"checkpoint: {summary['checkpoint']}\nlogs: {cfg.out_dir}/periods.jsonl (plots: mlrb report {cfg.out_dir})")
     return 0

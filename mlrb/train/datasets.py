@@ -55,14 +55,18 @@ def _read_image(path: str, *, depth: bool) -> np.ndarray:
         raise DataFileError(f"cannot read {'depth' if depth else 'image'} file {path}: {exc}") from exc
 
 
-def _to_sample(image: np.ndarray, depth: np.ndarray, size: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+def _to_sample(image: np.ndarray, depth: np.ndarray, size: tuple[int, int] | None,
+               full_gt: bool = False) -> dict[str, torch.Tensor]:
+    # full_gt: only the image is resized; depth and mask keep the stored resolution (the
+    # papers' evaluation protocols score against full-resolution ground truth).
     if image.shape[:2] != depth.shape[:2]:
         raise DataFileError(f"image is {image.shape[:2]} but depth is {depth.shape[:2]}")
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     dep = torch.from_numpy(np.ascontiguousarray(depth)).unsqueeze(0)
     if size is not None and tuple(img.shape[-2:]) != tuple(size):
         img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
-        dep = F.interpolate(dep[None], size=size, mode="nearest")[0]
+        if not full_gt:
+            dep = F.interpolate(dep[None], size=size, mode="nearest")[0]
     return {"image": img, "depth": dep, "mask": dep > 0}
 
 
@@ -159,7 +163,8 @@ class NYUv2CSV(Dataset):
     min_depth, max_depth = 1e-3, 10.0
 
     def __init__(self, csv_path: str, *, root: str | None = None, size: tuple[int, int] | None = (288, 384),
-                 depth_scale: str | float = "paper", check_files: bool = True):
+                 depth_scale: str | float = "paper", check_files: bool = True, full_gt: bool = False):
+        self.full_gt = bool(full_gt)
         if not os.path.isfile(csv_path):
             raise DataFileError(f"NYUv2 CSV list not found: {csv_path}")
         self.root = root if root is not None else os.path.dirname(os.path.abspath(csv_path))
@@ -185,7 +190,8 @@ class NYUv2CSV(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, dep = self.rows[index]
-        return _to_sample(_read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale, self.size)
+        return _to_sample(_read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale, self.size,
+                          self.full_gt)
 
 
 class BTSSplit(Dataset):
@@ -198,7 +204,8 @@ class BTSSplit(Dataset):
     """
 
     def __init__(self, split_file: str, data_root: str, gt_root: str | None = None, *, dataset: str = "nyu",
-                 size: tuple[int, int] | None = None, check_files: bool = True):
+                 size: tuple[int, int] | None = None, check_files: bool = True, full_gt: bool = False):
+        self.full_gt = bool(full_gt)
         if dataset not in ("nyu", "kitti"):
             raise ValueError(f"dataset must be 'nyu' or 'kitti', got {dataset!r}")
         if not os.path.isfile(split_file):
@@ -238,9 +245,17 @@ class BTSSplit(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, dep = self.rows[index]
         image, depth = _read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale
+        orig = depth.shape[:2]
         if self.dataset == "kitti":
             image, depth = _kb_crop(image), _kb_crop(depth)
-        sample = _to_sample(image, depth, self.size)
+        sample = _to_sample(image, depth, self.size, self.full_gt)
+        if self.dataset == "kitti":
+            # Where the benchmark crop sits in the full frame (top, left, H, W): the Garg / Eigen
+            # crops are fractions of the full frame (mlrb.train.protocol).
+            h, w = orig
+            cropped = depth.shape[:2] != orig
+            top, left = (h - KITTI_CROP[0], (w - KITTI_CROP[1]) // 2) if cropped else (0, 0)
+            sample["kb_box"] = torch.tensor([top, left, h, w])
         sample["focal"] = torch.tensor(self.focals[index])
         return sample
 

@@ -63,7 +63,7 @@ def measure(sets: dict[str, str], *, model_name: str = "resnet18", n_d: int = 10
         raise ValueError("iters must be >= 1 and warmup >= 0")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     torch.manual_seed(seed)
-    model = build_model(model_name, n_d=n_d).to(dev).train()
+    model = build_model(model_name, n_d=n_d, input_size=tuple(size)).to(dev).train()
     g = torch.Generator().manual_seed(seed)
     pairs = [render_scene(size[0], size[1], g) for _ in range(batch_size)]
     image = torch.stack([p[0] for p in pairs]).to(dev)

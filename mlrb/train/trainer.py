@@ -37,7 +37,7 @@ from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
 SYNTHETIC_SIZE = (64, 96)
 PAPER_SIZE = (288, 384)
 WEIGHTINGS = ("rebalance", "amlr", "uncertainty", "fixed")
-DATA_KINDS = ("synthetic", "nyu-csv", "bts-nyu", "bts-kitti")
+DATA_KINDS = ("synthetic", "nyu-csv", "bts-nyu", "bts-kitti", "make3d")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class TrainConfig:
     random_if_missing: bool = False
     head: str = "auto"  # "auto": softplus when the selection has log-depth (AMLR) losses
     init_depth: float | str | None = "auto"  # output starts here; "auto": mean training depth; None: 0
+    model_kwargs: dict | None = None  # extra timm model arguments (e.g. a tiny embed_dim in tests)
     # losses and weighting
     select: str = "all"
     backend: str = "auto"
@@ -92,6 +93,18 @@ class TrainConfig:
     eval_before: bool = True
     progress: bool = True
     dist_timeout_s: float = 600.0
+    # paper recipes (mlrb.train.recipes); the defaults are the plain trainer's behaviour
+    recipe: str | None = None  # the recipe whose settings were filled in (for run.json)
+    decoder: str = "fig-s8"  # "fig-s8" (Lee & Kim's DepthNet) or "amlr" (mlrb.models.amlr)
+    rotate: float = 0.0  # random rotation of up to this many degrees (Lee & Kim's public code: 5)
+    random_crop: bool = False  # train on random crops of `size` from full-resolution samples (AMLR)
+    lr_schedule: str = "constant"  # or "poly-updown" (AMLR), stepped every batch, see mlrb.train.schedule
+    lr_min: float = 3e-5  # poly-updown: lr at the start and end (lr is the midpoint's)
+    eval_gt: str = "resized"  # "resized": ground truth at `size`; "full": at its stored resolution
+    eval_upsample: str = "bicubic"  # how predictions are brought to a full-resolution ground truth
+    tta: str = "none"  # evaluation test-time augmentation: "none", "flip", "flip+sw" (mlrb.metrics.tta)
+    rebalance_init: bool = True  # False: "R without I" (Lee & Kim Table 5(d) row 3)
+    tensorboard: bool = False  # also write TensorBoard event files to <out>/tensorboard
 
     def resolved_size(self) -> tuple[int, int]:
         if self.size is not None:
@@ -119,6 +132,14 @@ class Trainer:
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise ValueError("batch_size and epochs must be >= 1 and lr > 0")
         self.cfg = cfg
+        if cfg.tensorboard:
+            from mlrb.train.tblog import require_tensorboard
+            require_tensorboard()
+        if cfg.lr_schedule != "constant":
+            from mlrb.train.schedule import lr_at
+            lr_at(cfg.lr_schedule, 0, 1, cfg.lr, cfg.lr_min)  # validates the name
+        if cfg.tta not in ("none", "flip", "flip+sw"):
+            raise ValueError(f"tta must be 'none', 'flip' or 'flip+sw', got {cfg.tta!r}")
         if cfg.threads is not None:
             if cfg.threads < 1:
                 raise ValueError(f"threads must be >= 1, got {cfg.threads}")
@@ -222,8 +243,16 @@ class Trainer:
         head = cfg.head
         if head == "auto":
             head = "softplus" if any(n in AMLR_NAMES for n in self.names) else "linear"
+        if cfg.decoder == "amlr":
+            from mlrb.models.amlr import build_amlr_model
+            return build_amlr_model(cfg.model, max_depth=self.max_depth, pretrained=cfg.pretrained,
+                                    random_if_missing=cfg.random_if_missing, input_size=self.size,
+                                    model_kwargs=cfg.model_kwargs)
+        if cfg.decoder != "fig-s8":
+            raise ValueError(f"decoder must be 'fig-s8' or 'amlr', got {cfg.decoder!r}")
         return build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
-                           random_if_missing=cfg.random_if_missing, head=head)
+                           random_if_missing=cfg.random_if_missing, head=head, input_size=self.size,
+                           model_kwargs=cfg.model_kwargs)
 
     def autocast(self):
         """The autocast context of forward passes (AMP on CUDA, a no-op otherwise)."""
@@ -251,6 +280,8 @@ class Trainer:
         """One optimisation step; returns the (detached) overall loss."""
         self.net.train()
         self.weighter.train()
+        if self.cfg.lr_schedule != "constant":
+            self._set_lr()
         losses = self.compute_losses(batch)
         total = self.weighter(losses)
         self.optimizer.zero_grad(set_to_none=True)
@@ -272,6 +303,15 @@ class Trainer:
             self._p_total += total.detach().double() * samples
             self._p_count += samples
         return total.detach()
+
+    def _set_lr(self) -> None:
+        # Stepped every batch from the global step alone, so a resumed run continues the curve.
+        from mlrb.train.schedule import lr_at
+
+        total = self.cfg.epochs * self.steps_per_epoch
+        lr = lr_at(self.cfg.lr_schedule, self.global_step, total, self.cfg.lr, self.cfg.lr_min)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _reset_period_stats(self) -> None:
         n = len(self.names)
@@ -309,7 +349,18 @@ class Trainer:
             self._write_period(record)
         return record
 
+    def _tensorboard(self):
+        # Created on first use (rank 0), so nothing is written for runs that fail at start-up.
+        if not (self.cfg.tensorboard and self.main):
+            return None
+        if getattr(self, "_tb", None) is None:
+            from mlrb.train.tblog import TensorBoardLog
+            self._tb = TensorBoardLog(self.run_dir, self.names)
+        return self._tb
+
     def _write_period(self, record: dict) -> None:
+        if self._tensorboard() is not None:
+            self._tb.period(record, self.optimizer.param_groups[0]["lr"])
         with open(os.path.join(self.run_dir, "periods.jsonl"), "a") as fh:
             fh.write(json.dumps(record) + "\n")
         for key in ("losses", "weights", "contributions"):
@@ -333,11 +384,15 @@ class Trainer:
         b = self.cfg.batch_size
         loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
                                              num_workers=self.cfg.num_workers)
+        from mlrb.train.protocol import eval_mask, eval_prediction
+
         for batch in loader:
-            pred = self.predict_depth(batch["image"].to(self.device))
             gt = batch["depth"].to(self.device)
+            pred = eval_prediction(self.predict_depth, batch["image"].to(self.device), tuple(gt.shape[-2:]),
+                                   tta=self.cfg.tta, upsample=self.cfg.eval_upsample)
+            crop, mask = eval_mask(batch, gt, self.cfg.eval_crop)
             acc.update_depth(pred, gt, min_depth=self.min_depth, max_depth=self.max_depth,
-                             crop=self.cfg.eval_crop, mask=batch["mask"].to(self.device))
+                             crop=crop, mask=mask.to(self.device))
         acc.all_reduce()
         self.model.train()
         return acc.compute()
@@ -522,10 +577,16 @@ class Trainer:
             "model": dataclasses.asdict(self.model.info) if self.model.info else None,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
+        if self.cfg.recipe:  # recipe_settings: what mlrb.train.recipes.apply_recipe applied (the CLI sets it)
+            info["recipe"] = {"name": self.cfg.recipe, "settings": getattr(self, "recipe_settings", None)}
+        from mlrb.train.protocol import describe_protocol
+        info["eval_protocol"] = describe_protocol(self.cfg)
         with open(os.path.join(self.run_dir, "run.json"), "w") as fh:
             json.dump(info, fh, indent=1)
 
     def _log_metrics(self, record: dict) -> None:
+        if self._tensorboard() is not None:
+            self._tb.metrics(record)
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
@@ -549,6 +610,9 @@ class Trainer:
 
     def close(self) -> None:
         """Tear down the process group if this trainer created it."""
+        if getattr(self, "_tb", None) is not None:
+            self._tb.close()
+            self._tb = None
         if getattr(self, "_owns_pg", False) and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -601,26 +665,46 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
 
 
 def _build_datasets(cfg: TrainConfig, size: tuple[int, int]):
-    from mlrb.train.datasets import Augment, AugmentedDataset, BTSSplit, NYUv2CSV
+    from mlrb.train.datasets import KITTI_CROP, Augment, AugmentedDataset, BTSSplit, NYUv2CSV
     from mlrb.train.synthetic import SyntheticDepth
 
+    if cfg.eval_gt not in ("resized", "full"):
+        raise ValueError(f"eval_gt must be 'resized' or 'full', got {cfg.eval_gt!r}")
+    full = cfg.eval_gt == "full"
     if cfg.data == "synthetic":
-        train = SyntheticDepth(cfg.synthetic_train, size, seed=cfg.seed)
+        # Random crops need larger samples to crop from: render 1/8 larger.
+        train_size = (size[0] + size[0] // 8, size[1] + size[1] // 8) if cfg.random_crop else size
+        train = SyntheticDepth(cfg.synthetic_train, train_size, seed=cfg.seed)
         val = SyntheticDepth(cfg.synthetic_val, size, seed=cfg.seed + 1_000_000)
     else:
         if not cfg.train_list:
             raise ValueError(f"--data {cfg.data} needs --train-list")
+        # Random crops are taken from the stored resolution (no resize), as AMLR does.
+        train_size = None if cfg.random_crop else size
         if cfg.data == "nyu-csv":
-            make = lambda p: NYUv2CSV(p, root=cfg.data_root, size=size, depth_scale=cfg.depth_scale)
+            make = lambda p, sz, fg: NYUv2CSV(p, root=cfg.data_root, size=sz, depth_scale=cfg.depth_scale, full_gt=fg)
+        elif cfg.data == "make3d":
+            from mlrb.train.make3d import Make3DList
+            make = lambda p, sz, fg: Make3DList(p, root=cfg.data_root, size=sz, full_gt=fg)
         else:
             if not cfg.data_root:
                 raise ValueError(f"--data {cfg.data} needs --data-root (and --gt-root if depth lives elsewhere)")
             kind = "nyu" if cfg.data == "bts-nyu" else "kitti"
-            make = lambda p: BTSSplit(p, cfg.data_root, cfg.gt_root, dataset=kind, size=size)
-        train = make(cfg.train_list)
-        val = make(cfg.val_list) if cfg.val_list else train
-    if cfg.augment:
-        train = AugmentedDataset(train, Augment(), seed=cfg.seed)
+            if kind == "kitti" and train_size is None:
+                train_size = KITTI_CROP  # the benchmark crop, itself the AMLR crop size at most
+            make = lambda p, sz, fg: BTSSplit(p, cfg.data_root, cfg.gt_root, dataset=kind, size=sz, full_gt=fg)
+        train = make(cfg.train_list, train_size, False)
+        val = make(cfg.val_list, size, full) if cfg.val_list else make(cfg.train_list, size, full)
+    if cfg.random_crop:
+        h, w = train[0]["image"].shape[-2:]  # checked now, not at the first batch
+        if h < size[0] or w < size[1]:
+            raise ValueError(f"--random-crop: the {size[0]}x{size[1]} crop (--size) is larger than the "
+                             f"{h}x{w} training images")
+    if cfg.augment or cfg.rotate or cfg.random_crop:
+        from mlrb.train.transforms import Chain, RandomCrop, RandomRotation
+        train = AugmentedDataset(train, Chain(RandomCrop(size) if cfg.random_crop else None,
+                                              RandomRotation(cfg.rotate) if cfg.rotate else None,
+                                              Augment() if cfg.augment else None), seed=cfg.seed)
     return train, val
 
 
@@ -637,7 +721,8 @@ def _build_weighter(cfg: TrainConfig, names: tuple[str, ...]):
 
         lam(0)  # a clear error now for a non-finite --lambda / --lambda-step, not at the first rebalancing
 
-        return MultiLossRebalancer(n, lam=lam, clip=cfg.clip, max_ratio=cfg.max_ratio, **common)
+        return MultiLossRebalancer(n, lam=lam, clip=cfg.clip, max_ratio=cfg.max_ratio,
+                                   initialize=cfg.rebalance_init, **common)
     if cfg.weighting == "amlr":
         return AMLRRebalancer(n, lam=cfg.amlr_lam, **common)
     if cfg.weighting == "uncertainty":

@@ -134,6 +134,8 @@ class MultiLossRebalancer(LossWeighting):
             ratio centred on their geometric median, then rescaled so the overall loss stays
             the same. It counters the known weakness that a nearly-zero loss receives a
             huge initial weight the clip cannot undo.
+        initialize: False skips the Eq. 9 initialization ("R without I", Table 5(d) row 3):
+            the weights stay 1/n until Eq. 11 rebalances them.
         **options: the period and logging options of
             :class:`~mlrb.weighting.base.LossWeighting` (names, enabled, steps_per_period,
             steps_per_epoch, periods_per_epoch, sync_distributed, process_group).
@@ -160,9 +162,12 @@ class MultiLossRebalancer(LossWeighting):
         clip: tuple[float, float] | None = (0.5, 2.0),
         max_ratio: float | None = DEFAULT_MAX_RATIO,
         min_factor: float = 0.01,
+        initialize: bool = True,
         **options,
     ) -> None:
         super().__init__(n, **options)
+        # initialize=False: "R without I" (Table 5(d) row 3): weights stay 1/n instead of Eq. 9.
+        self.initialize = bool(initialize)
         if not callable(lam):
             lam = as_number(lam, "lam (a number or a callable epoch -> lambda)")
         self.lam = lam
@@ -213,8 +218,11 @@ class MultiLossRebalancer(LossWeighting):
         return self.lambda_at(self._epoch)
 
     def _update(self, mean: Tensor, epoch: int) -> None:
+        was = self.initialized.clone()
         new = initialize_or_step(self, mean, self.init_scale,
                                  lambda w, m, active: self._rebalance(w, m, epoch, active))
+        if not self.initialize:
+            new = torch.where(self.initialized & ~was, self.weights, new)
         if self.max_ratio is not None:
             new = self._cap_ratio(new, mean)
         self.weights.copy_(new.clamp(max=W_MAX))
