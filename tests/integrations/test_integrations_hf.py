@@ -66,7 +66,7 @@ def test_trainer_example_logs_and_resumes_exactly(tmp_path):
     torch.testing.assert_close(resumed.weighter.last_mean, w.last_mean, rtol=1e-6, atol=0)
 
 
-def test_trainer_needs_labels_and_matching_weighter():
+def test_trainer_needs_labels_and_matching_weighter(tmp_path):
     pytest.importorskip("accelerate")
     from transformers import TrainingArguments
 
@@ -75,7 +75,7 @@ def test_trainer_needs_labels_and_matching_weighter():
 
     example = load_example("hf_dpt_depth")
     model = example.tiny_dpt(32)
-    targs = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    targs = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match="n=2"):
         RebalancingTrainer(model=model, args=targs, select="D@0, D@1", weighter=FixedWeights(3, 1.0))
     trainer = RebalancingTrainer(model=model, args=targs, select="D0")
