@@ -25,6 +25,7 @@ as ``mlrb_weighter.pt`` next to the model in every checkpoint and in ``save_mode
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -101,6 +102,10 @@ class RebalancingTrainer(transformers.Trainer):
     def __init__(self, *args, select=None, weighter: LossWeighting | None = None,
                  periods_per_epoch: int | None = None, backend: str = "auto",
                  loss_options: dict | None = None, **kwargs) -> None:
+        if importlib.util.find_spec("accelerate") is None:
+            # transformers' Trainer needs it; say which mlrb extra brings it.
+            raise ImportError("RebalancingTrainer needs the 'accelerate' package (transformers' Trainer uses it), "
+                              "which is not installed: pip install mlrb[hf]")
         super().__init__(*args, **kwargs)
         self.loss_space = LossSpace(select, backend=backend, **(loss_options or {}))
         n = len(self.loss_space.names)

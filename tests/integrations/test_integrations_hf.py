@@ -97,3 +97,11 @@ def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "mlrb.integrations.hf", raising=False)
     with pytest.raises(ImportError, match=r"pip install mlrb\[hf\]"):
         importlib.import_module("mlrb.integrations.hf")
+
+
+def test_trainer_without_accelerate_names_the_extra(monkeypatch, tmp_path):
+    from mlrb.integrations.hf import RebalancingTrainer
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)
+    with pytest.raises(ImportError, match=r"accelerate.*pip install mlrb\[hf\]"):
+        RebalancingTrainer(model=load_example("hf_dpt_depth").tiny_dpt(32), args=None)

@@ -79,6 +79,18 @@ def test_checkpoint_resume_carries_the_weighter(tmp_path):
     torch.testing.assert_close(resumed.weighter.last_mean, straight.weighter.last_mean, rtol=1e-6, atol=0)
 
 
+def test_checkpoint_after_a_batch_holds_its_period_end(tmp_path):
+    # ModelCheckpoint runs in on_train_batch_end, before the module's own hook: the period
+    # of that batch must already be ended (the mix-in ends it inside the training step).
+    model = _model(select="D0 | L^0")
+    every = L.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1,
+                                        filename="{step}")
+    L.Trainer(max_epochs=1, **{**QUIET, "enable_checkpointing": True}, callbacks=[every]).fit(model, _loader())
+    for step in range(1, 5):                         # I = 4: every batch ends a period
+        state = torch.load(tmp_path / f"step={step}.ckpt", weights_only=False)["state_dict"]
+        assert int(state["weighter.period"]) == step and int(state["weighter.period_count"]) == 0
+
+
 def test_limit_train_batches_and_own_period_mode():
     from mlrb.weighting import FixedWeights, MultiLossRebalancer
 
