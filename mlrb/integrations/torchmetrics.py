@@ -11,6 +11,9 @@ images at once: per image over its valid pixels, then the mean over images.
     metric.update(pred, gt)            # (B,1,H,W), (B,H,W) or (H,W); mask= optional
     metric.compute()                   # {"d1": tensor, "abs_rel": tensor, ...}
 
+``metric(pred, gt, mask)`` (torchmetrics' forward) also returns the batch's own values, and
+so raises like ``compute()`` on a batch without a usable image; ``update()`` never does.
+
 The ordinal metrics sample pixel pairs with ``seed + k`` for the k-th image this metric has
 seen since its last ``reset()`` (on this process), which is what :func:`mlrb.metrics.wkdr`
 does for image k of one big batch, so the numbers match it exactly.
