@@ -12,7 +12,7 @@ images at once: per image over its valid pixels, then the mean over images.
     metric.compute()                   # {"d1": tensor, "abs_rel": tensor, ...}
 
 ``metric(pred, gt, mask)`` (torchmetrics' forward) also returns the batch's own values, and
-so raises like ``compute()`` on a batch without a usable image; ``update()`` never does.
+so raises like ``compute()`` on a batch without a usable image; ``update()`` just skips it.
 
 The ordinal metrics sample pixel pairs with ``seed + k`` for the k-th image this metric has
 seen since its last ``reset()`` (on this process), which is what :func:`mlrb.metrics.wkdr`
