@@ -17,10 +17,14 @@ TINY = ["--size", "32", "--train-images", "4", "--batch-size", "2", "--cpu"]
 
 
 @pytest.fixture(autouse=True)
-def _quiet():
+def _quiet_single_thread():
+    # Tiny tensors: one thread is faster than two, and spares the shared CI cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+    torch.set_num_threads(threads)
 
 
 def test_predicted_depth_and_mask():

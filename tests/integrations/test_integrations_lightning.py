@@ -26,10 +26,14 @@ QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False
 
 
 @pytest.fixture(autouse=True)
-def _quiet():
+def _quiet_single_thread():
+    # Tiny tensors: one thread is faster than two, and spares the shared CI cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps).*")
         yield
+    torch.set_num_threads(threads)
 
 
 def _loader(n=8, batch=2):
