@@ -16,7 +16,6 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader
 
-import mlrb
 from mlrb.integrations.lightning import LossSpaceMixin
 from mlrb.integrations.torchmetrics import DepthMetrics
 from mlrb.models import build_model
