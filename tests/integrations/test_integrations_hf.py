@@ -109,3 +109,26 @@ def test_trainer_without_accelerate_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "accelerate", None)
     with pytest.raises(ImportError, match=r"accelerate.*pip install mlrb\[hf\]"):
         RebalancingTrainer(model=load_example("hf_dpt_depth").tiny_dpt(32), args=None)
+
+
+def test_depth_anything_metric_head_with_the_loop_helpers():
+    # The pretrained line of the README swaps in Depth Anything; its output goes through the
+    # same two helpers (tiny random config here: nothing is downloaded).
+    import mlrb
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=28, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16, head_hidden_size=8, depth_estimation_type="metric", max_depth=10))
+    gt = torch.rand(2, 1, 28, 28) * 5 + 1
+    gt[:, :, :3] = 0                                  # sparse rows
+    pred = predicted_depth(model(pixel_values=torch.rand(2, 3, 28, 28)), gt.shape[-2:])
+    weighter = mlrb.MultiLossRebalancer(78)
+    loss = weighter(mlrb.fused_loss_space(pred, gt, depth_mask(gt)))
+    loss.backward()
+    assert pred.shape == (2, 1, 28, 28) and torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.head.parameters())
