@@ -103,7 +103,8 @@ def test_paper_shapes_and_fallback():
 
 
 def test_all_true_mask_scale_free_and_disparity():
-    depth, _ = scene(B=1, H=64, W=96, seed=3)
+    depth, mask = scene(B=1, H=64, W=96, seed=3)
+    depth = torch.where(mask, depth, 1.0)
     a, va = relative_maps(depth)
     b, vb = relative_maps(depth, torch.ones_like(depth, dtype=torch.bool))
     c, _ = relative_maps(7.5 * depth)  # relative maps carry no global scale
