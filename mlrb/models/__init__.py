@@ -2,12 +2,15 @@
 weighting, the metrics and the trainer.
 
 - ``ode``: the ordinary depth estimator of Lee & Kim (ECCV 2020), timm encoder + Fig. S-8 decoder.
+- ``relative``: the relative depth estimator (supplement S-3, S-4): shared encoder, 16 decoders.
 - ``encoder``: the timm feature encoder and its pretrained-weight rules, shared by all.
 """
 from mlrb.models.encoder import DEFAULT_MODEL, PRESETS, EncoderInfo, PretrainedWeightsError, create_encoder
 from mlrb.models.ode import Decoder, DepthNet, ModelInfo, UpBlock, build_model
+from mlrb.models.relative import RelativeDepthNet, build_relative_model
 
 __all__ = [
     "DEFAULT_MODEL", "PRESETS", "EncoderInfo", "PretrainedWeightsError", "create_encoder",
     "Decoder", "DepthNet", "ModelInfo", "UpBlock", "build_model",
+    "RelativeDepthNet", "build_relative_model",
 ]
