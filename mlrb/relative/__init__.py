@@ -6,8 +6,9 @@
 The network is :class:`mlrb.models.relative.RelativeDepthNet`, its training
 ``mlrb train --task rde`` (:mod:`mlrb.train.rde`), the fusion command ``mlrb fuse``.
 """
+from mlrb.relative.fusion import GAMMA_NAMES, fit_gammas, fuse
 from mlrb.relative.maps import (RELATIVE_NAMES, RELATIVE_SCALES, RELATIVE_TYPES, disparity_maps, relative_maps,
                                 relative_shapes)
 
-__all__ = ["RELATIVE_NAMES", "RELATIVE_SCALES", "RELATIVE_TYPES", "disparity_maps", "relative_maps",
+__all__ = ["GAMMA_NAMES", "fit_gammas", "fuse", "RELATIVE_NAMES", "RELATIVE_SCALES", "RELATIVE_TYPES", "disparity_maps", "relative_maps",
            "relative_shapes"]
