@@ -91,6 +91,9 @@ class TrainConfig:
     eval_before: bool = True
     progress: bool = True
     dist_timeout_s: float = 600.0
+    # task (mlrb.train.rde): "ode" (this Trainer) or "rde" (RDETrainer); extra RDE lists "KIND:PATH"
+    task: str = "ode"
+    rde_lists: list[str] | None = None
 
     def resolved_size(self) -> tuple[int, int]:
         if self.size is not None:
@@ -563,7 +566,7 @@ def _norm(v):
 
 
 def _fmt_metrics(m: dict) -> str:
-    keys = ("d1", "abs_rel", "rmse", "rmse_log")
+    keys = ("d1", "abs_rel", "rmse", "rmse_log", "rel_l1", "wkdr")
     return "  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m)
 
 
