@@ -7,6 +7,11 @@ cannot come from a single t. As relative-depth benchmarks do (Chen et al. 2016 t
 threshold), the sweep reports, for each metric separately, its best value and the t giving it:
 that is the reading needed for the paper's numbers. Pairs are sampled once per image (the
 same pairs and seeds as :func:`mlrb.metrics.wkdr`) and scored at every threshold.
+
+Caveat: alone, WKDR= is minimised by a large threshold (everything predicted "equal" gives
+WKDR= = 0), so its per-metric best depends on the range swept (default 0 .. 0.2). The
+sweep therefore also reports the *balanced* threshold of Chen et al. (2016), where WKDR= and
+WKDR!= are closest, with the three rates there (``balanced``).
 """
 from __future__ import annotations
 
@@ -56,13 +61,27 @@ def wkdr_sweep(pred, gt, mask=None, *, thresholds: Sequence[float] = DEFAULT_THR
                threshold: float = 0.02, seed: int = 0) -> dict[str, dict]:
     """Best value and threshold per metric: ``{key: {"best": rate, "threshold": t, "curve": [...]}}``.
 
-    ``curve`` is the image-averaged rate at every threshold (same order as ``thresholds``).
+    ``curve`` is the image-averaged rate at every threshold (same order as ``thresholds``);
+    ``"balanced"``: ``{"threshold", "wkdr", "wkdr_eq", "wkdr_neq"}`` where WKDR= ~ WKDR!=.
     """
     rates, ok = wkdr_sweep_per_image(pred, gt, mask, thresholds=thresholds, n_pairs=n_pairs,
                                      threshold=threshold, seed=seed)
     if not bool(ok["wkdr"].any()):
         raise ValueError("WKDR needs at least 2 valid pixels in some image")
-    return best_of_curves({k: rates[k][ok[k]].mean(0) for k in WKDR_KEYS if bool(ok[k].any())}, thresholds)
+    curves = {k: rates[k][ok[k]].mean(0) for k in WKDR_KEYS if bool(ok[k].any())}
+    out = best_of_curves(curves, thresholds)
+    bal = balanced(curves, thresholds)
+    if bal is not None:
+        out["balanced"] = bal
+    return out
+
+
+def balanced(curves: dict[str, torch.Tensor], thresholds: Sequence[float]) -> dict | None:
+    """The threshold where WKDR= and WKDR!= are closest, with the three rates there (None if either is missing)."""
+    if "wkdr_eq" not in curves or "wkdr_neq" not in curves:
+        return None
+    j = int(torch.argmin((curves["wkdr_eq"] - curves["wkdr_neq"]).abs()))
+    return {"threshold": float(thresholds[j]), **{k: float(c[j]) for k, c in curves.items()}}
 
 
 def best_of_curves(curves: dict[str, torch.Tensor], thresholds: Sequence[float]) -> dict[str, dict]:

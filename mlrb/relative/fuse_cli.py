@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-val", type=int, default=None, help="validation images evaluated (default all)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-pairs", type=int, default=50_000, help="WKDR: sampled pixel pairs per image")
+    p.add_argument("--sweep", action="store_true",
+                   help="also sweep the WKDR prediction threshold (0 .. 0.2) and report the best per metric "
+                        "(the reading the supplement's Table S-5 numbers need)")
     p.add_argument("--no-clip", action="store_true", help="do not restrict the gammas to [0, 1]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -156,6 +159,7 @@ def run(args) -> dict:
     # 2. evaluate on validation data
     acc = {"ODE": MetricAccumulator(), "ODE + RDE": MetricAccumulator(), "RDE": MetricAccumulator()}
     offset = 0
+    curves = {key: {} for key in acc}  # column -> metric -> [sum of per-image curves, images]
     for d, maps, gt, mask in predict(ode, rde, val_set, _spread(len(val_set), args.max_val), args.batch_size, device,
                                      lo, progress, "fuse: validation set"):
         fused = fuse(d, maps, gammas)
@@ -166,8 +170,29 @@ def run(args) -> dict:
                 acc[key].update_depth(pred, gt, min_depth=lo, max_depth=hi, crop=crop, mask=mask)
             rates, ok = wkdr_per_image(pred, gt, v, n_pairs=args.n_pairs, seed=offset)
             acc[key].update(rates, ok)
+            if args.sweep:
+                from mlrb.metrics.sweep import wkdr_sweep_per_image
+
+                sr, sok = wkdr_sweep_per_image(pred, gt, v, n_pairs=args.n_pairs, seed=offset)
+                for mk in WKDR_KEYS:
+                    c = curves[key].setdefault(mk, [0.0, 0])
+                    c[0] = c[0] + sr[mk][sok[mk]].sum(0)
+                    c[1] += int(sok[mk].sum())
         offset += gt.shape[0]
     results = {k: a.compute() for k, a in acc.items()}
+    if args.sweep:
+        from mlrb.metrics.sweep import DEFAULT_THRESHOLDS, balanced, best_of_curves
+
+        for key in acc:
+            cv = {mk: c[0] / c[1] for mk, c in curves[key].items() if c[1]}
+            best = best_of_curves(cv, DEFAULT_THRESHOLDS)
+            bal = balanced(cv, DEFAULT_THRESHOLDS)
+            if bal is not None:
+                results[key]["balanced t"] = bal["threshold"]
+                results[key].update({f"{mk} balanced": bal[mk] for mk in WKDR_KEYS if mk in bal})
+            for mk, b in best.items():
+                results[key][f"{mk} best"] = b["best"]
+                results[key][f"{mk} best t"] = b["threshold"]
     os.makedirs(out)
     meta = {"ode_run": os.path.abspath(args.ode), "rde_run": os.path.abspath(args.rde),
             "checkpoint": args.checkpoint, "clip": clip, "train_images": min(args.max_train, len(train_set))}
@@ -184,13 +209,14 @@ def format_results(results: dict) -> str:
     from mlrb.metrics.ordinal import WKDR_KEYS
 
     cols = list(results)
-    rows = [f"  {'metric':<12}" + "".join(f"{c:>12}" for c in cols)]
-    for k in (*METRIC_KEYS, *WKDR_KEYS):
+    rows = [f"  {'metric':<16}" + "".join(f"{c:>12}" for c in cols)]
+    sweep = [f"{k} best{t}" for k in WKDR_KEYS for t in ("", " t")] + ["balanced t"] + [f"{k} balanced" for k in WKDR_KEYS]
+    for k in (*METRIC_KEYS, *WKDR_KEYS, *sweep):
         if not any(k in results[c] for c in cols):
             continue
-        arrow = "↑" if k in HIGHER_IS_BETTER else "↓"
+        arrow = "↑" if k in HIGHER_IS_BETTER else ("" if k.endswith("t") else "↓")
         cells = "".join(f"{results[c][k]:12.4f}" if k in results[c] else f"{'-':>12}" for c in cols)
-        rows.append(f"  {k + ' ' + arrow:<12}{cells}")
+        rows.append(f"  {(k + ' ' + arrow).strip():<16}{cells}")
     return "\n".join(rows)
 
 

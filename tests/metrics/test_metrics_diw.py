@@ -79,11 +79,15 @@ def test_wkdr_sweep_matches_wkdr_and_picks_the_best():
         ref = wkdr(pred, gt, n_pairs=3000, pred_threshold=t)
         for key, r in ref.items():
             assert sweep[key]["curve"][j] == pytest.approx(r, abs=1e-12)
+    bal = sweep.pop("balanced")
+    gap = [abs(a - b) for a, b in zip(sweep["wkdr_eq"]["curve"], sweep["wkdr_neq"]["curve"])]
+    assert bal["threshold"] == ts[gap.index(min(gap))]
     for key, s in sweep.items():
         assert s["best"] == min(s["curve"]) and s["threshold"] in ts
     # one threshold: WKDR of an image lies between its WKDR= and WKDR!= (why the paper's numbers
     # need the sweep; for a mean over images it is a mix of per-image mixes, so check one image)
     sweep = wkdr_sweep(pred[:1], gt[:1], thresholds=ts, n_pairs=3000)
+    sweep.pop("balanced")
     for j in range(len(ts)):
         lo, hi = sorted((sweep["wkdr_eq"]["curve"][j], sweep["wkdr_neq"]["curve"][j]))
         assert lo - 1e-12 <= sweep["wkdr"]["curve"][j] <= hi + 1e-12

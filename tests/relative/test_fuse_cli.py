@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
 def test_fuse_fits_saves_and_prints(runs, capsys):
     out = runs / "fusion"
     rc = mlrb_main(["fuse", "--ode", str(runs / "ode"), "--rde", str(runs / "rde"), "--out", str(out),
-                    "--n-pairs", "300", "--no-progress"])
+                    "--n-pairs", "300", "--no-progress", "--sweep"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "ODE + RDE" in text and "abs_rel" in text and "wkdr_neq" in text
@@ -34,6 +34,7 @@ def test_fuse_fits_saves_and_prints(runs, capsys):
     assert list(saved["ode_rde"]) == list(GAMMA_NAMES) and all(0 <= g <= 1 for g in saved["ode_rde"].values())
     res = json.loads((out / "results.json").read_text())["results"]
     assert set(res) == {"ODE", "ODE + RDE", "RDE"} and "abs_rel" not in res["RDE"] and "wkdr" in res["RDE"]
+    assert res["ODE + RDE"]["wkdr best"] <= res["ODE + RDE"]["wkdr"] and "balanced t" in res["RDE"]
     # never over an existing folder
     rc = mlrb_main(["fuse", "--ode", str(runs / "ode"), "--rde", str(runs / "rde"), "--out", str(out)])
     assert rc == 2 and "already exists" in capsys.readouterr().err
