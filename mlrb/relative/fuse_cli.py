@@ -209,14 +209,14 @@ def format_results(results: dict) -> str:
     from mlrb.metrics.ordinal import WKDR_KEYS
 
     cols = list(results)
-    rows = [f"  {'metric':<16}" + "".join(f"{c:>12}" for c in cols)]
+    rows = [f"  {'metric':<20}" + "".join(f"{c:>12}" for c in cols)]
     sweep = [f"{k} best{t}" for k in WKDR_KEYS for t in ("", " t")] + ["balanced t"] + [f"{k} balanced" for k in WKDR_KEYS]
     for k in (*METRIC_KEYS, *WKDR_KEYS, *sweep):
         if not any(k in results[c] for c in cols):
             continue
-        arrow = "↑" if k in HIGHER_IS_BETTER else ("" if k.endswith("t") else "↓")
+        arrow = "↑" if k in HIGHER_IS_BETTER else ("" if k.endswith(" t") else "↓")
         cells = "".join(f"{results[c][k]:12.4f}" if k in results[c] else f"{'-':>12}" for c in cols)
-        rows.append(f"  {(k + ' ' + arrow).strip():<16}{cells}")
+        rows.append(f"  {(k + ' ' + arrow).strip():<20}{cells}")
     return "\n".join(rows)
 
 
