@@ -164,11 +164,36 @@ def load_prediction_folder(pairs: Sequence[DIWPair], folder: str | os.PathLike) 
     return out
 
 
+def predict_with_rde(pairs: Sequence[DIWPair], args) -> dict[str, np.ndarray]:
+    """Relative depth of every DIW image from an RDE run (mlrb.relative.predict)."""
+    from tqdm.auto import tqdm
+
+    from mlrb.relative.predict import RDEPredictor
+    from mlrb.train.datasets import DataFileError, _read_image
+
+    if not args.images or not os.path.isdir(args.images):
+        raise ValueError(f"--rde needs --images, the root folder of the DIW images (got {args.images!r})")
+    predictor = RDEPredictor(args.rde, gammas=args.gammas)
+    out = {}
+    for image in tqdm(sorted({p.image for p in pairs}), desc="mlrb diw", unit="image", file=sys.stderr):
+        path = os.path.join(args.images, _keys(image)[0] + os.path.splitext(image)[1])
+        try:
+            out[image] = predictor(_read_image(path, depth=False))
+        except DataFileError as exc:
+            raise ValueError(str(exc)) from None
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlrb diw", description="WHDR of a folder of depth predictions on DIW's "
                                 "annotation CSV (Lee & Kim supplement, Table S-5).")
     p.add_argument("--csv", required=True, help="DIW annotation CSV (e.g. DIW_test.csv)")
-    p.add_argument("--pred", required=True, help="folder of predictions (.npy / 16-bit .png), named as the images")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pred", help="folder of predictions (.npy / 16-bit .png), named as the images")
+    src.add_argument("--rde", metavar="RUN_DIR", help="predict with this RDE run (mlrb train --task rde) instead: "
+                     "RDE-only fusion of its maps; needs --images")
+    p.add_argument("--images", help="--rde: root folder of the DIW image paths")
+    p.add_argument("--gammas", help="--rde: gammas.json of mlrb fuse (its RDE-only gammas; default all 1)")
     p.add_argument("--disparity", action="store_true", help="predictions are disparity (larger = closer)")
     p.add_argument("--threshold", type=float, default=0.0, help="ratio-test threshold t of the predicted relation")
     p.add_argument("--sweep", type=float, nargs="*", default=None, metavar="T",
@@ -178,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mlrb.relative.fuse_cli import FuseError
+
     from .sweep import DEFAULT_THRESHOLDS, best_of_curves
 
     args = build_parser().parse_args(argv)
@@ -187,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.threshold < 0 or (args.sweep and any(t < 0 for t in args.sweep)):
             raise ValueError("thresholds must be >= 0")
         pairs = read_diw_csv(args.csv)
-        preds = load_prediction_folder(pairs, args.pred)
+        preds = load_prediction_folder(pairs, args.pred) if args.pred else predict_with_rde(pairs, args)
         ts = [args.threshold]
         if args.sweep is not None:
             ts += list(args.sweep or DEFAULT_THRESHOLDS)
         lab, pred = diw_relations(pairs, preds, thresholds=ts, disparity=args.disparity)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, FuseError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"mlrb diw: error: {msg}", file=sys.stderr)
         return 2

@@ -48,3 +48,24 @@ def test_fuse_errors_are_one_line(runs, capsys):
         assert mlrb_main(["fuse", *argv, "--out", str(runs / "x")]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1, err
+
+
+def test_diw_whdr_of_an_rde_run(runs, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "DIW_test").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(2):
+        Image.fromarray((rng.random((30, 50, 3)) * 255).astype(np.uint8)).save(tmp_path / "DIW_test" / f"{i}.png")
+        lines += [f"./DIW_test/{i}.png", "3,4,25,40,>,50,30"]
+    (tmp_path / "diw.csv").write_text("\n".join(lines) + "\n")
+    base = ["diw", "--csv", str(tmp_path / "diw.csv"), "--rde", str(runs / "rde")]
+    assert mlrb_main([*base, "--images", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["pairs"] == 2 and res["whdr"] in (0.0, 0.5, 1.0)
+    assert mlrb_main(base) == 2 and "needs --images" in capsys.readouterr().err
+    assert mlrb_main(["diw", "--csv", str(tmp_path / "diw.csv"), "--rde", str(runs / "ode"), "--images",
+                      str(tmp_path)]) == 2
+    assert "is a 'ode' run" in capsys.readouterr().err
