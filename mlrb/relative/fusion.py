@@ -154,15 +154,19 @@ def _prepare(ode_depth, maps, valid, size, min_depth):
     return ode_depth, B, H, W, dtype, device, maps, valid
 
 
-def _run(ode, B, H, W, dtype, device, maps, valid, choose: Callable) -> torch.Tensor:
+def _run(ode, B, H, W, dtype, device, maps, valid, choose: Callable, absolute: bool = True) -> torch.Tensor:
     """The units from scale 5 to 0; ``choose(name, k, X, Delta)`` gives each module's g.
+
+    Every module's Delta is unchanged by adding a constant to X, so ``absolute=False`` (fuse)
+    works on log D^k minus the log of the ODE's largest depth (no rounding from large logs);
+    fit_gammas needs X on the ground truth's absolute scale.
 
     Returns delta at full resolution (B, 1, H, W): log D_out - log D^0 (ODE) or log D_out (RDE only).
     """
     ones = None if ode is None else torch.ones_like(ode, dtype=torch.bool)
     delta = torch.zeros(B, 1, *level_shape(H, W, RELATIVE_SCALES[-1]), dtype=dtype, device=device)
     for k in reversed(RELATIVE_SCALES):
-        base = 0.0 if ode is None else log_level(ode, ones, k)[0]
+        base = 0.0 if ode is None else log_level(ode, ones, k, absolute=absolute)[0]
         for mod in MODULES:
             X = base + delta
             if mod == "grad":
@@ -190,7 +194,7 @@ def fuse(ode_depth, maps, gammas, valid=None, *, size=None, min_depth: float | N
     g = _gammas(gammas)
     in_dtype = ode_depth.dtype if isinstance(ode_depth, torch.Tensor) else None
     ode, B, H, W, dtype, device, maps, valid = _prepare(ode_depth, maps, valid, size, min_depth)
-    delta = _run(ode, B, H, W, dtype, device, maps, valid, lambda name, k, X, D: g[name])
+    delta = _run(ode, B, H, W, dtype, device, maps, valid, lambda name, k, X, D: g[name], absolute=False)
     if ode is None:
         return torch.exp(delta)
     if not bool(delta.any()):

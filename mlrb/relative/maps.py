@@ -17,7 +17,9 @@ Readings where the supplement is silent (documented in the README too):
 * Bicubic resampling can undershoot: D^k of positive depths may be <= 0 next to a strong
   edge. D^k is clamped from below to the smallest valid full-resolution depth of its
   sample before the log (an undershoot below the data's range is a resampling artefact).
-* Arithmetic in float64 for float64 depth, float32 otherwise (as the loss space).
+* Arithmetic in float64 for float64 depth, float32 otherwise (as the loss space); each sample
+  is divided by its largest depth before resampling (exact, as the pyramid is linear), so
+  depths up to the float maximum do not overflow.
 """
 from __future__ import annotations
 
@@ -61,20 +63,27 @@ def check_depth(depth, mask=None, *, name: str = "depth") -> tuple[torch.Tensor,
     return depth, mask
 
 
-def log_level(depth: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def log_level(depth: torch.Tensor, mask: torch.Tensor, k: int, *, absolute: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log D^k, m^k) of checked (B, 1, H, W) depth and mask, in the working dtype.
 
     Invalid pixels are filled with the sample's smallest valid depth first (they only reach
     invalid level pixels; the fill keeps everything finite), and D^k is clamped from below
-    to that same depth (bicubic undershoot, see the module docstring).
+    to that same depth (bicubic undershoot, see the module docstring). ``absolute=False``:
+    log D^k minus the log of the sample's largest depth (enough for the relative maps, which
+    remove constants, and free of the rounding of adding a large log back).
     """
     dtype = torch.float64 if depth.dtype == torch.float64 else torch.float32
     d = depth.to(dtype)
     floor = torch.where(mask, d, torch.inf).amin(dim=(1, 2, 3), keepdim=True)
     floor = torch.where(torch.isfinite(floor), floor, torch.ones_like(floor))  # all-invalid sample
     d = torch.where(mask, d, floor)
-    dk = torch.maximum(pyramid_level(d, k), floor)
-    return torch.log(dk), mask_level(mask, k)
+    # Scale to (0, 1] before the (linear) resampling: taps summing to 1.19 x a value near the
+    # float maximum would overflow; log D^k = log pyr(D / s) + log s exactly.
+    scale = d.amax(dim=(1, 2, 3), keepdim=True)
+    dk = torch.maximum(pyramid_level(d / scale, k), floor / scale)
+    L = torch.log(dk) + torch.log(scale) if absolute else torch.log(dk)
+    return L, mask_level(mask, k)
 
 
 def box_mean(x: torch.Tensor, m: torch.Tensor, n: int) -> torch.Tensor:
@@ -112,7 +121,7 @@ def relative_maps(depth, mask=None) -> tuple[dict[str, torch.Tensor], dict[str, 
     depth, mask = check_depth(depth, mask)
     maps, valid = {}, {}
     for k in RELATIVE_SCALES:
-        L, m = log_level(depth, mask, k)
+        L, m = log_level(depth, mask, k, absolute=False)
         mk, vk = maps_of_log_level(L, m, k)
         maps.update(mk)
         valid.update(vk)

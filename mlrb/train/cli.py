@@ -122,6 +122,9 @@ def config_from_args(args: argparse.Namespace):
     if data is None:
         data = "synthetic" if not args.train_list else ("nyu-csv" if args.train_list.endswith(".csv") else "bts-nyu")
     defaults = SYNTHETIC_DEFAULTS if data == "synthetic" else PAPER_DEFAULTS
+    if args.task == "rde" and args.select != "all":
+        raise ValueError("--select chooses loss-space losses of --task ode; --task rde always trains the 16 "
+                         "relative-map losses")
     if args.task == "rde":
         defaults = {**defaults, **(RDE_SYNTHETIC_DEFAULTS if data == "synthetic" else {"n_d": 256})}  # S-4: n_d 256
     pick = lambda v, key: defaults[key] if v is None else v

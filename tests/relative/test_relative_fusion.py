@@ -48,6 +48,16 @@ def test_fitted_fusion_with_exact_maps_gets_much_closer(scene):
     assert log_err(fuse(ode, wrong, g_wrong, wvalid), gt) > 0.8 * before
 
 
+def test_fusion_is_scale_equivariant_over_the_float_range(scene):
+    gt, ode, maps, valid = scene
+    gammas = fit_gammas(ode, maps, gt, valid=valid)
+    ref = fuse(ode.float(), maps, gammas, valid)
+    for factor in (1e30, 1e-30):  # the maps carry no scale: the refinement is the same ratio
+        out = fuse(ode.float() * factor, maps, gammas, valid)
+        assert bool(torch.isfinite(out).all())
+        torch.testing.assert_close(out / factor, ref, rtol=1e-5, atol=0)
+
+
 def test_weighted_median_is_the_exact_l1_optimum():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(301, generator=g, dtype=torch.float64), torch.randn(301, generator=g, dtype=torch.float64)

@@ -130,3 +130,14 @@ def test_bad_input_errors():
     m[0, 0, 0, 0] = False
     maps, _ = relative_maps(x, m)
     assert all(bool(torch.isfinite(v).all()) for v in maps.values())
+
+
+def test_whole_float_range():
+    depth, mask = scene(B=1, H=64, W=96, seed=5)
+    depth = torch.where(mask, depth, 1.0).float()
+    ref, _ = relative_maps(depth)
+    for factor in (3e38 / float(depth.max()), 1e-30):  # near the float32 maximum, and tiny depths
+        maps, _ = relative_maps(depth * factor)
+        for n in RELATIVE_NAMES:
+            assert bool(torch.isfinite(maps[n]).all()), n
+            torch.testing.assert_close(maps[n], ref[n], rtol=0, atol=2e-5)
