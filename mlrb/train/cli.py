@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ode: the depth estimator; rde: the 16 relative maps of the supplement (S-3)")
     m.add_argument("--model", default="resnet18", help="encoder: densenet161, pnasnet5large, efficientnet_b5, "
                                                       "resnet18 or any timm name")
-    m.add_argument("--n-d", type=int, default=None, help="decoder width n_d (paper: 1024; synthetic default 256)")
+    m.add_argument("--n-d", type=int, default=None, help="decoder width n_d (paper: 1024; synthetic default 256; "
+                                                             "--task rde: 256 per decoder, synthetic 64)")
     m.add_argument("--pretrained", default=None, help="encoder weights: a local file, 'cache' (timm's local "
                                                      "cache only) or 'none'; never downloaded")
     m.add_argument("--random-if-missing", action="store_true",

@@ -113,7 +113,12 @@ def _is_main(rank: int) -> bool:
 class Trainer:
     """Builds data, model, loss selection, weighter and optimizer from a TrainConfig; ``fit()`` trains."""
 
+    task = "ode"  # TrainConfig.task this class trains (subclasses: mlrb.train.rde.RDETrainer "rde")
+
     def __init__(self, cfg: TrainConfig):
+        if cfg.task != self.task:
+            raise ValueError(f"config task {cfg.task!r} needs its own trainer class (this is {type(self).__name__}, "
+                             f"task {self.task!r}; --task rde: mlrb.train.rde.RDETrainer)")
         if cfg.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {cfg.weighting!r}")
         if cfg.data not in DATA_KINDS:

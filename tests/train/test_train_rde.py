@@ -46,6 +46,15 @@ def test_rde_trains_logs_and_resumes(tmp_path):
     assert tr2.fit()["steps"] == 4
 
 
+def test_task_and_trainer_class_must_agree(tmp_path):
+    from mlrb.train.trainer import Trainer
+
+    with pytest.raises(ValueError, match="needs its own trainer class"):
+        Trainer(tiny(tmp_path))
+    with pytest.raises(ValueError, match="needs its own trainer class"):
+        RDETrainer(tiny(tmp_path, task="ode"))
+
+
 def test_resume_from_an_ode_run_is_refused(tmp_path):
     path = tmp_path / "ode.pt"
     torch.save({"format": "mlrb-train-1", "config": {"task": "ode"}}, path)
