@@ -15,6 +15,8 @@ COMMANDS = {
     "time": ("mlrb.train.timing", "seconds per training iteration for the Table 7 loss sets"),
     "report": ("mlrb.train.report", "plots and tables from a training run's logs"),
     "eval": ("mlrb.metrics.evaluate", "evaluate a folder of predictions against ground truth"),
+    "diw": ("mlrb.metrics.diw", "WHDR of a prediction folder on DIW's annotation CSV (threshold sweep)"),
+    "fuse": ("mlrb.relative.fuse_cli", "fit and evaluate ODE + RDE fusion of two training runs (supplement S-3)"),
 }
 
 

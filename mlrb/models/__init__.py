@@ -2,6 +2,7 @@
 weighting, the metrics and the trainer.
 
 - ``ode``: the ordinary depth estimator of Lee & Kim (ECCV 2020), timm encoder + Fig. S-8 decoder.
+- ``relative``: the relative depth estimator (supplement S-3, S-4): shared encoder, 16 decoders.
 - ``encoder``: the timm feature encoder and its pretrained-weight rules, shared by all.
 - ``amlr``: the AMLR network of Yu & Heo (2023), Swin-v2 encoder + SiLU deconvolution decoder.
 """
@@ -9,9 +10,11 @@ from mlrb.models.encoder import DEFAULT_MODEL, PRESETS, EncoderInfo, PretrainedW
 from mlrb.models.ode import Decoder, DepthNet, ModelInfo, UpBlock, build_model
 from mlrb.models.encoder import FeatureEncoder
 from mlrb.models.amlr import AMLRDecoder, AMLRNet, build_amlr_model
+from mlrb.models.relative import RelativeDepthNet, build_relative_model
 
 __all__ = [
     "DEFAULT_MODEL", "PRESETS", "EncoderInfo", "PretrainedWeightsError", "create_encoder",
     "Decoder", "DepthNet", "ModelInfo", "UpBlock", "build_model",
     "FeatureEncoder", "AMLRDecoder", "AMLRNet", "build_amlr_model",
+    "RelativeDepthNet", "build_relative_model",
 ]

@@ -105,6 +105,9 @@ class TrainConfig:
     tta: str = "none"  # evaluation test-time augmentation: "none", "flip", "flip+sw" (mlrb.metrics.tta)
     rebalance_init: bool = True  # False: "R without I" (Lee & Kim Table 5(d) row 3)
     tensorboard: bool = False  # also write TensorBoard event files to <out>/tensorboard
+    # task (mlrb.train.rde): "ode" (this Trainer) or "rde" (RDETrainer); extra RDE lists "KIND:PATH"
+    task: str = "ode"
+    rde_lists: list[str] | None = None
 
     def resolved_size(self) -> tuple[int, int]:
         if self.size is not None:
@@ -124,7 +127,12 @@ def _is_main(rank: int) -> bool:
 class Trainer:
     """Builds data, model, loss selection, weighter and optimizer from a TrainConfig; ``fit()`` trains."""
 
+    task = "ode"  # TrainConfig.task this class trains (subclasses: mlrb.train.rde.RDETrainer "rde")
+
     def __init__(self, cfg: TrainConfig):
+        if cfg.task != self.task:
+            raise ValueError(f"config task {cfg.task!r} needs its own trainer class (this is {type(self).__name__}, "
+                             f"task {self.task!r}; --task rde: mlrb.train.rde.RDETrainer)")
         if cfg.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {cfg.weighting!r}")
         if cfg.data not in DATA_KINDS:
@@ -637,7 +645,7 @@ def _norm(v):
 
 
 def _fmt_metrics(m: dict) -> str:
-    keys = ("d1", "abs_rel", "rmse", "rmse_log")
+    keys = ("d1", "abs_rel", "rmse", "rmse_log", "rel_l1", "wkdr")
     return "  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m)
 
 
