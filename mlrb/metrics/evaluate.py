@@ -29,11 +29,12 @@ from .depth import (CROPS, DATASET_PRESETS, METRIC_KEYS, clamp_prediction,
                     depth_metrics_per_image, valid_mask)
 from .kendall import kendall_tau_per_image
 from .ordinal import WKDR_KEYS, wkdr_per_image
+from ..errors import UserError
 
 EXTENSIONS = (".npy", ".png")
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """A problem with the input folders/files (reported, exit code 1)."""
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlrb.errors import UserError
+
 # Backbones of the paper (DenseNet161, PNASNet-5 Large; EfficientNet-B5 as a modern
 # equivalent) with their batch sizes, and the small default that trains on a CPU.
 PRESETS: dict[str, dict] = {
@@ -25,7 +27,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights were requested but are not available locally."""
 
 

@@ -162,6 +162,24 @@ def format_comparison(before: dict | None, after: dict) -> str:
     return "\n".join(rows)
 
 
+def resume_command(argv: list[str] | None, out_dir: str) -> str:
+    """The command line that resumes the run started with ``argv`` (same options, --out, --resume auto)."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        args = args[1:]
+    keep, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("--resume", "--out"):
+            skip = True
+        elif not a.startswith(("--resume=", "--out=")):
+            keep.append(a)
+    return shlex.join(["mlrb", "train", *keep, "--out", out_dir, "--resume", "auto"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from mlrb.train.datasets import DataFileError
     from mlrb.models import PretrainedWeightsError
+    from mlrb.train.interrupt import TrainingInterrupted
     from mlrb.train.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -194,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{trainer.world} process(es) on {trainer.device}; run folder {cfg.out_dir}")
     try:
         summary = trainer.fit()
+    except TrainingInterrupted as stop:
+        if trainer.main:
+            print(f"\nmlrb train: interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
+                  f"Resume it with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
+        return 130
     finally:
         trainer.close()
     if trainer.main:

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from mlrb.errors import UserError
 
 DEPTH_SCALES = {"paper": 10.0 / (2 ** 16 - 1), "mm": 1.0 / 1000.0}
 KITTI_CROP = (352, 1216)
 
 
-class DataFileError(RuntimeError):
+class DataFileError(UserError, RuntimeError):
     """A dataset file is missing, unreadable or has the wrong format."""
 
 

@@ -30,11 +30,12 @@ import sys
 import numpy as np
 
 from mlrb.names import LOSS_TYPES, NUM_SCALES
+from mlrb.errors import UserError
 
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """The run folder lacks what a report needs."""
 
 
