@@ -133,6 +133,7 @@ class Trainer:
         self._owns_pg = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         self.rank, self.world, self.local_rank = _init_distributed(cfg.dist_timeout_s, cfg.device)
         self.device = _pick_device(cfg.device, self.local_rank)
+        _check_backend(cfg.backend, self.device)  # before the run folder is written to
         self.main = _is_main(self.rank)
         self.size = cfg.resolved_size()
 
@@ -605,14 +606,28 @@ def _init_distributed(timeout_s: float, device: str) -> tuple[int, int, int]:
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but CUDA is not available")
+            raise ValueError(f"--device {device} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
         torch.cuda.set_device(dev)
     return dev
+
+
+def _check_backend(backend: str, device: torch.device) -> None:
+    from mlrb.loss_space import _pick_backend
+
+    try:
+        _pick_backend(backend, device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--backend {backend}: {exc}") from None
 
 
 def _build_datasets(cfg: TrainConfig, size: tuple[int, int]):
