@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from mlrb.errors import UserError
+from mlrb.errors import UserError, one_line
 
 COMMANDS = {
     "demo": ("mlrb.demo", "print the 78 losses of a synthetic pred/gt pair and the gradient norm"),
@@ -49,7 +49,7 @@ def run_command(prog: str, main, argv: list[str]) -> int:
     try:
         return int(main(argv) or 0)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `mlrb eval ... | head`: the reader is gone, nothing to report
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -71,3 +71,15 @@ def test_wrong_arguments_of_every_command_are_one_line(argv, fragment, capsys, t
     assert rc not in (0, None)
     _one_line(capsys, f"mlrb {argv[0]}: error: ", fragment)
     assert not (tmp_path / "run").exists()  # a refused run leaves no run folder behind
+
+
+def test_errors_from_data_loader_workers_keep_one_line():
+    from mlrb.errors import one_line
+    from mlrb.train.datasets import DataFileError
+
+    # torch re-raises a worker's exception with the worker's traceback in the message
+    exc = DataFileError("Caught DataFileError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                        "call last):\n  File \"x.py\", line 1, in f\nmlrb.train.datasets.DataFileError: "
+                        "cannot read image file a.png: truncated\n")
+    assert one_line(exc) == "cannot read image file a.png: truncated"
+    assert one_line(UserError("a\nb")) == "a b"

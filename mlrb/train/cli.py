@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from mlrb.train.datasets import DataFileError
     from mlrb.models import PretrainedWeightsError
+    from mlrb.errors import UserError, one_line
     from mlrb.train.interrupt import TrainingInterrupted
     from mlrb.train.trainer import Trainer
 
@@ -248,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nmlrb train: interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
                   f"Resume it with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
         return 130
+    except UserError as exc:  # e.g. a broken image met during training
+        print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
+        if trainer.main and getattr(exc, "checkpoint", None):
+            print(f"mlrb train: the run up to step {trainer.global_step} is saved in {exc.checkpoint}; after "
+                  f"fixing it, resume with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
+        return 2
     finally:
         trainer.close()
     if trainer.main:

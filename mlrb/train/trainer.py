@@ -342,7 +342,25 @@ class Trainer:
         TrainingInterrupted (a KeyboardInterrupt); ``resume="auto"`` continues from there.
         """
         with InterruptGuard() as self._interrupt:
-            return self._fit()
+            self._in_step = False
+            try:
+                return self._fit()
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:
+                # An error between two steps (a broken image in the next batch, a failed
+                # evaluation): the state is consistent, so keep the work done since the last
+                # checkpoint. Inside a step it may not be; then the last checkpoint stands.
+                if not self._in_step and self.global_step > 0:
+                    try:
+                        path = self.save_checkpoint()
+                    except Exception:
+                        path = None
+                    if path:
+                        exc.checkpoint = path
+                        exc.add_note(f"the run up to step {self.global_step} is saved in {path}; "
+                                     f"resume it with --resume auto")
+                raise
 
     def _fit(self) -> dict:
         cfg = self.cfg
@@ -371,11 +389,13 @@ class Trainer:
                         bar.close()
                     self.interrupted = True
                     raise TrainingInterrupted(self.global_step, self.save_checkpoint())
+                self._in_step = True
                 total = self.train_step(batch)
                 self.global_step += 1
                 if self.step_in_epoch in self.period_ends:
                     self.end_period()
                 self.step_in_epoch += 1
+                self._in_step = False
                 if bar is not None:
                     bar.update(1)
                     if self.global_step % 10 == 1:  # reading the loss syncs with the GPU

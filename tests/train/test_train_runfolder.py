@@ -185,3 +185,24 @@ def test_fit_raises_training_interrupted_between_steps(tmp_path, monkeypatch):
         tr.fit()
     assert info.value.step == 1 and tr.interrupted
     assert read_checkpoint(info.value.checkpoint)["global_step"] == 1
+
+
+def test_an_error_between_steps_keeps_the_work_done(tmp_path, capsys, monkeypatch):
+    from mlrb.train.datasets import DataFileError
+
+    real_loader = Trainer._loader
+
+    def breaks_after_three_steps(self, epoch, start):
+        for i, batch in enumerate(real_loader(self, epoch, start)):
+            if self.global_step == 3:
+                raise DataFileError("cannot read image file /data/rgb_0042.png: truncated")
+            yield batch
+
+    monkeypatch.setattr(Trainer, "_loader", breaks_after_three_steps)
+    out = tmp_path / "run"
+    assert cli_main(["train", *TINY_ARGS, "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "rgb_0042.png: truncated" in err and "--resume auto" in err
+    assert read_checkpoint(str(out / "checkpoints" / "last.pt"))["global_step"] == 3
+    monkeypatch.setattr(Trainer, "_loader", real_loader)
+    assert Trainer(tiny(out, resume="auto")).global_step == 3
