@@ -52,8 +52,10 @@ def run_command(prog: str, main, argv: list[str]) -> int:
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `mlrb eval ... | head`: the reader is gone, nothing to report
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        try:  # so the interpreter's final flush of stdout does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return 141
     except OSError as exc:
         if exc.filename is None:  # not about a file the user named: a bug, keep the traceback

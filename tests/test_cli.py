@@ -36,6 +36,12 @@ def test_run_command_reports_user_errors_file_errors_and_ctrl_c(capsys):
     with pytest.raises(ZeroDivisionError):
         cli.run_command("mlrb x", bug, [])
 
+    def closed_pipe(argv):  # `mlrb eval ... | head`
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert cli.run_command("mlrb x", closed_pipe, []) == 141
+    assert capsys.readouterr().err == ""
+
 
 @pytest.mark.parametrize("argv, fragment", [
     (["demo", "--batch", "0"], "--batch"),

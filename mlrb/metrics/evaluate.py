@@ -229,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlrb eval: error: {e}", file=sys.stderr)
         return 1
     crop = s["crop"] or "none"
-    print(f"images: {acc.num_images}  skipped (no valid gt): {acc.skipped}  "
-          f"caps: ({s['min_depth']:g}, {s['max_depth']:g}) m  crop: {crop}")
-    keys = list(METRIC_KEYS) + ["kendall_tau"] + list(WKDR_KEYS)
-    print(format_table(results, keys))
-    if args.json is not None:
+    if args.json is not None:  # first: the results survive a closed stdout (`| head`)
         payload = {"metrics": results, "images": acc.num_images, "skipped": acc.skipped,
                    "min_depth": s["min_depth"], "max_depth": s["max_depth"], "crop": crop}
         try:
@@ -241,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"mlrb eval: error: {args.json}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1
+    print(f"images: {acc.num_images}  skipped (no valid gt): {acc.skipped}  "
+          f"caps: ({s['min_depth']:g}, {s['max_depth']:g}) m  crop: {crop}")
+    keys = list(METRIC_KEYS) + ["kendall_tau"] + list(WKDR_KEYS)
+    print(format_table(results, keys))
     return 0
 
 
