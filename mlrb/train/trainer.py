@@ -521,6 +521,13 @@ class Trainer:
                 lines = [ln.rstrip("\n") + "\n" for ln in fh if _period_of_json(ln) < self.period]
             with open(path, "w") as fh:
                 fh.writelines(lines)
+        # Evaluations after the checkpoint (resuming from an older epochNNN.pt) are redone.
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as fh:
+                lines = [ln.rstrip("\n") + "\n" for ln in fh if _step_of_json(ln) <= self.global_step]
+            with open(path, "w") as fh:
+                fh.writelines(lines)
         for key in ("losses", "weights", "contributions"):
             p = os.path.join(self.run_dir, f"{key}.csv")
             if os.path.exists(p):
@@ -595,6 +602,13 @@ def _period_of_json(line: str) -> float:
         return json.loads(line)["period"]
     except (ValueError, KeyError, TypeError):
         return float("inf")  # empty or cut short: not a complete period record
+
+
+def _step_of_json(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def _period_of_csv(row: str) -> float:

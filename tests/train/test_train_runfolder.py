@@ -127,8 +127,11 @@ def test_truncated_or_empty_checkpoint_is_named_with_the_others(tmp_path, capsys
             Trainer(tiny(tmp_path / "run", resume="auto"))
         assert cli_main(["train", *TINY_ARGS, "--out", str(tmp_path / "run"), "--resume", str(last)]) != 0
         _one_line_error(capsys, str(last), "epoch001.pt")
-    # the epoch checkpoint it names does resume
+    # the epoch checkpoint it names does resume, and the logs after it are redone, not duplicated
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"epoch": 2, "step": 4, "d1": 0.5}) + "\n")
     assert Trainer(tiny(tmp_path / "run", resume=str(last.parent / "epoch001.pt"))).global_step == 2
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")] == [2]
     # a file that is not a checkpoint at all
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "weights.pt")  # e.g. a model's state dict
     with pytest.raises(CheckpointError, match="not an mlrb training checkpoint"):
