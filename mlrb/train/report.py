@@ -358,15 +358,33 @@ def make_report(run_dir: str, out_dir: str | None = None) -> ReportFiles:
             written.update(difficulty_csv=csv_path, difficulty_md=md_path)
     _require_matplotlib()
     coords = frac = None
-    if run["losses"].shape[0] >= 3 and len(run["names"]) >= 2:
-        coords, frac = pca_2d(run["losses"])
+    # A loss that was NaN/inf in some period (a diverged run) has no trajectory to compare:
+    # Figs. 2 and S-2 leave it out (and say so) rather than draw NaN.
+    finite = np.isfinite(run["losses"]).all(0)
+    traj = run if finite.all() else _columns(run, finite)
+    if not finite.all():
+        bad = [n for n, ok in zip(run["names"], finite) if not ok]
+        written.skipped[f"{len(bad)} loss(es) in pca.png and correlation.png"] = (
+            "not finite in some period: " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
+        written.skipped.setdefault("the per-epoch circles of contributions.png (Fig. 3)",
+                                   "some losses are not finite")
+    if traj["losses"].shape[0] >= 3 and len(traj["names"]) >= 2:
+        coords, frac = pca_2d(traj["losses"])
         written["pca"] = os.path.join(out_dir, "pca.png")
-        plot_pca(run, coords, frac, written["pca"])
+        plot_pca(traj, coords, frac, written["pca"])
         written["correlation"] = os.path.join(out_dir, "correlation.png")
-        plot_correlation(run, written["correlation"])
+        plot_correlation(traj, written["correlation"])
     written["contributions"] = os.path.join(out_dir, "contributions.png")
-    plot_contributions(run, coords, written["contributions"])
+    plot_contributions(run, coords if finite.all() else None, written["contributions"])
     return written
+
+
+def _columns(run: dict, keep: np.ndarray) -> dict:
+    """``run`` restricted to the losses ``keep`` (a boolean mask over the names)."""
+    sub = dict(run, names=[n for n, k in zip(run["names"], keep) if k])
+    for key in ("losses", "weights_used", "weights", "contributions"):
+        sub[key] = run[key][:, keep]
+    return sub
 
 
 def main(argv: list[str] | None = None) -> int:

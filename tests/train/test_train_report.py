@@ -144,3 +144,15 @@ def test_broken_logs_are_named(tmp_path):
     (tmp_path / "run" / "run.json").write_text("{")
     with pytest.raises(ReportError, match="run.json: not JSON"):
         load_run(str(tmp_path / "run"))
+
+
+def test_diverged_losses_are_left_out_of_the_trajectory_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "run", T=4, n=13)
+    path = tmp_path / "run" / "periods.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[2]["losses"][5] = float("nan")  # json writes NaN, as mlrb train does for a NaN mean
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    written = make_report(str(tmp_path / "run"))
+    assert "pca" in written and "correlation" in written
+    assert any(LOSS_NAMES[5] in why and "not finite" in why for why in written.skipped.values())
