@@ -356,6 +356,8 @@ class Trainer:
                         path = self.save_checkpoint()
                     except Exception:
                         path = None
+                    if path and self._interrupt.requested:  # e.g. DataLoader workers stopped by the same Ctrl-C
+                        raise TrainingInterrupted(self.global_step, path) from exc
                     if path:
                         exc.checkpoint = path
                         exc.add_note(f"the run up to step {self.global_step} is saved in {path}; "
