@@ -123,9 +123,47 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
         if source == "random":
             raise
         raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
+    if source != "random":
+        _check_weights_landed(encoder, source, timm_name)
     fi = encoder.feature_info
     cfg = getattr(encoder, "pretrained_cfg", None) or {}
     info = EncoderInfo(name=name, timm_name=timm_name, channels=tuple(fi.channels()), reductions=tuple(fi.reduction()),
                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
                        pretrained=source)
     return encoder, info
+
+
+def _check_weights_landed(encoder: nn.Module, path: str, timm_name: str) -> None:
+    """PretrainedWeightsError unless most of the encoder's weights came from ``path``.
+
+    timm loads a features_only model's weights with strict=False (the classifier is
+    dropped), so a file of another model, or of no model, loads nothing without a word
+    and training silently starts from random weights. The check compares values, not
+    names (timm renames and unwraps keys): each conv / linear weight of the encoder must
+    equal a tensor of the file.
+    """
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a format timm read but this check cannot: leave it to timm
+        return
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+
+    def collect(obj):
+        if isinstance(obj, torch.Tensor):
+            by_shape.setdefault(tuple(obj.shape), []).append(obj)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                collect(v)
+
+    collect(state)
+    mine = [t for t in encoder.state_dict().values() if t.ndim >= 2]
+    found = sum(any(torch.equal(t, f.to(t.dtype)) for f in by_shape.get(tuple(t.shape), ())) for t in mine)
+    if mine and found < len(mine) / 2:
+        raise PretrainedWeightsError(
+            f"pretrained weights {path!r}: only {found} of the {len(mine)} conv/linear weights of {timm_name!r} "
+            f"are in the file; is it the state dict of a {timm_name} classifier? (timm would have started "
+            f"from random weights without a word)")
