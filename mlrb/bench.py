@@ -45,7 +45,15 @@ def parse_shape(text: str) -> tuple[int, int, int, int, float | None]:
         raise ValueError(f"shape {text!r}: use one of {', '.join(SHAPES)} or BxCxHxW[@density]") from None
     if C != 1:
         raise ValueError(f"shape {text!r}: depth maps have one channel")
-    return B, C, H, W, float(density) if density else None
+    if min(B, H, W) < 1:
+        raise ValueError(f"shape {text!r}: B, H and W must be >= 1")
+    try:
+        d = float(density) if density else None
+    except ValueError:
+        d = -1.0
+    if d is not None and not 0 < d <= 1:
+        raise ValueError(f"shape {text!r}: the mask density after '@' must be in (0, 1]")
+    return B, C, H, W, d
 
 
 def shape_label(shape) -> str:
@@ -199,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         if code is not None:
             return code
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.select is not None:
+        try:
+            resolve_select(args.select)
+        except ValueError as exc:
+            parser.error(f"--select: {exc}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.clock == "cpu" and torch.get_num_threads() != 1:

@@ -1,12 +1,18 @@
 """``mlrb`` command line: one subcommand per module, each with its own argparse.
 
 Every subcommand module exposes ``main(argv: list[str] | None) -> int``; this file only
-dispatches, so new commands never touch each other's code.
+dispatches, so new commands never touch each other's code. It also reports, for every
+command, what is the user's doing rather than a bug as one line without a traceback: a
+:class:`mlrb.errors.UserError`, an operating-system error on a named file (missing,
+unreadable, not writable, disk full) and Ctrl-C.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from mlrb.errors import UserError, one_line
 
 COMMANDS = {
     "demo": ("mlrb.demo", "print the 78 losses of a synthetic pred/gt pair and the gradient norm"),
@@ -37,4 +43,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlrb: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return run_command(f"mlrb {name}", module.main, rest)
+
+
+def run_command(prog: str, main, argv: list[str]) -> int:
+    """``main(argv)``, with user errors, file errors and Ctrl-C as one line on stderr."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `mlrb eval ... | head`: the reader is gone, nothing to report
+        try:  # so the interpreter's final flush of stdout does not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"{prog}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -37,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         ap.error(f"--size must look like 288x384, got {args.size!r}")
+    if height < 1 or width < 1:
+        ap.error(f"--size must be at least 1x1, got {args.size!r}")
+    if args.batch < 1:
+        ap.error(f"--batch must be at least 1, got {args.batch}")
 
     pred, gt = synthetic_pair(args.batch, height, width, args.seed)
     pred.requires_grad_(True)
-    backend = _pick_backend(args.backend, pred.device)
+    try:
+        backend = _pick_backend(args.backend, pred.device)
+    except (RuntimeError, ValueError) as exc:  # e.g. triton without a GPU, cpu without the extension
+        ap.error(f"--backend {args.backend}: {exc}")
     start = time.perf_counter()
     losses = fused_loss_space(pred, gt, backend=backend)  # (B, 78)
     losses.sum().backward()

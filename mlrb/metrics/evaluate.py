@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,25 +30,35 @@ from .depth import (CROPS, DATASET_PRESETS, METRIC_KEYS, clamp_prediction,
                     depth_metrics_per_image, valid_mask)
 from .kendall import kendall_tau_per_image
 from .ordinal import WKDR_KEYS, wkdr_per_image
+from ..errors import UserError
 
 EXTENSIONS = (".npy", ".png")
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """A problem with the input folders/files (reported, exit code 1)."""
 
 
 def load_depth(path: Path, png_scale: float) -> np.ndarray:
-    """Load one depth map as float64 (H,W) metres."""
+    """Load one depth map as float64 (H,W) metres; EvalError names the file if it is
+    unreadable, truncated, corrupt, not numeric, not one map or empty."""
     if path.suffix == ".npy":
-        d = np.load(path, allow_pickle=False)
+        try:
+            d = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:  # truncated, corrupt or object arrays
+            raise EvalError(f"{path}: not a readable .npy array ({_first_line(exc)})") from None
+        if not (np.issubdtype(d.dtype, np.number) or d.dtype == np.bool_) or np.iscomplexobj(d):
+            raise EvalError(f"{path}: depth must be real numbers, the array holds {d.dtype}")
     elif path.suffix == ".png":
         from PIL import Image
 
-        with Image.open(path) as im:
-            if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise EvalError(f"{path}: PNG mode {im.mode!r} is not 16-bit depth")
-            d = np.asarray(im).astype(np.float64) / png_scale
+        try:
+            with Image.open(path) as im:
+                if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                    raise EvalError(f"{path}: PNG mode {im.mode!r} is not 16-bit depth")
+                d = np.asarray(im).astype(np.float64) / png_scale
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unidentified, truncated, bad chunks
+            raise EvalError(f"{path}: not a readable PNG ({_first_line(exc)})") from None
     else:
         raise EvalError(f"{path}: unsupported extension (use {', '.join(EXTENSIONS)})")
     d = np.asarray(d, dtype=np.float64)
@@ -55,7 +66,14 @@ def load_depth(path: Path, png_scale: float) -> np.ndarray:
         d = d.reshape(d.shape[1:] if d.shape[0] == 1 else d.shape[:-1])
     if d.ndim != 2:
         raise EvalError(f"{path}: expected a single (H,W) depth map, got shape {d.shape}")
+    if d.size == 0:
+        raise EvalError(f"{path}: empty depth map, shape {d.shape}")
     return d
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def index_folder(root: Path) -> dict[str, Path]:
@@ -121,13 +139,38 @@ def _settings(args: argparse.Namespace) -> dict:
     png = preset.get("png_scale")
     gt_scale = args.gt_png_scale if args.gt_png_scale is not None else png
     pred_scale = args.pred_png_scale if args.pred_png_scale is not None else png
+    bad = [f"{name} must be a positive number, got {v:g}" for name, v in
+           (("--gt-png-scale", gt_scale), ("--pred-png-scale", pred_scale), ("--max-depth", max_d))
+           if v is not None and not (np.isfinite(v) and v > 0)]
+    if not (np.isfinite(min_d) and 0 <= min_d < max_d):
+        bad.append(f"--min-depth must be >= 0 and below --max-depth, got {min_d:g} and {max_d:g}")
+    if args.n_pairs < 1:
+        bad.append(f"--n-pairs must be >= 1, got {args.n_pairs}")
+    if not (np.isfinite(args.wkdr_threshold) and args.wkdr_threshold >= 0):
+        bad.append(f"--wkdr-threshold must be >= 0, got {args.wkdr_threshold:g}")
+    if bad:
+        raise EvalError("; ".join(bad))
     return {"min_depth": min_d, "max_depth": max_d, "crop": None if crop == "none" else crop,
             "gt_png_scale": gt_scale, "pred_png_scale": pred_scale}
+
+
+def _check_json_target(path: Path | None) -> None:
+    # Fail before the (long) evaluation, not after it.
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise EvalError(f"{path}: --json is a folder; give a file name")
+    if not folder.is_dir():
+        raise EvalError(f"{path}: folder {folder} does not exist (--json)")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EvalError(f"{path}: not writable (--json)")
 
 
 def evaluate_folders(args: argparse.Namespace) -> tuple[dict[str, float], MetricAccumulator,
                                                         dict]:
     s = _settings(args)
+    _check_json_target(args.json)
     gts, preds = index_folder(args.gt_dir), index_folder(args.pred_dir)
     if not gts:
         raise EvalError(f"no {'/'.join(EXTENSIONS)} files in {args.gt_dir}")
@@ -136,7 +179,6 @@ def evaluate_folders(args: argparse.Namespace) -> tuple[dict[str, float], Metric
         raise EvalError(f"{len(missing)} ground-truth file(s) without a prediction, e.g. "
                         + ", ".join(missing[:5]))
     acc = MetricAccumulator()
-    caps = {"min_depth": s["min_depth"], "max_depth": s["max_depth"]}
     for k, key in enumerate(tqdm(sorted(gts), desc="mlrb eval", unit="img",
                                  disable=args.no_progress)):
         for name, scale in (("gt", s["gt_png_scale"]), ("pred", s["pred_png_scale"])):
@@ -147,27 +189,35 @@ def evaluate_folders(args: argparse.Namespace) -> tuple[dict[str, float], Metric
         pred = torch.from_numpy(load_depth(preds[key], s["pred_png_scale"] or 1.0))
         if pred.shape != gt.shape:
             if not args.resize:
-                raise EvalError(f"{key}: prediction {tuple(pred.shape)} vs ground truth "
+                raise EvalError(f"{preds[key]}: prediction {tuple(pred.shape)} vs ground truth "
                                 f"{tuple(gt.shape)} (use --resize)")
             pred = F.interpolate(pred[None, None], size=gt.shape, mode="bilinear",
                                  align_corners=False)[0, 0]
-        values, n = depth_metrics_per_image(pred, gt, crop=s["crop"], **caps)
-        ok = n > 0
-        acc.skipped += int((~ok).sum())
-        acc.update(values, ok)
-        if args.kendall or args.wkdr:
-            valid = valid_mask(gt, crop=s["crop"], **caps)
-            p = clamp_prediction(pred, **caps)
-            if args.kendall:
-                tau, cnt = kendall_tau_per_image(p, gt, valid)
-                acc.update({"kendall_tau": tau}, cnt >= 2)
-            if args.wkdr:
-                rates, okw = wkdr_per_image(p, gt, valid, n_pairs=args.n_pairs,
-                                            threshold=args.wkdr_threshold, seed=args.seed + k)
-                acc.update(rates, okw)
+        try:
+            _add_image(acc, args, s, pred, gt, seed=args.seed + k)
+        except ValueError as exc:  # e.g. a crop larger than this image
+            raise EvalError(f"{gts[key]}: {_first_line(exc)}") from None
     if acc.num_images == 0:
         raise EvalError("no image has a valid ground-truth pixel (check caps and crop)")
     return acc.compute(), acc, s
+
+
+def _add_image(acc: MetricAccumulator, args: argparse.Namespace, s: dict, pred, gt, seed: int) -> None:
+    caps = {"min_depth": s["min_depth"], "max_depth": s["max_depth"]}
+    values, n = depth_metrics_per_image(pred, gt, crop=s["crop"], **caps)
+    ok = n > 0
+    acc.skipped += int((~ok).sum())
+    acc.update(values, ok)
+    if args.kendall or args.wkdr:
+        valid = valid_mask(gt, crop=s["crop"], **caps)
+        p = clamp_prediction(pred, **caps)
+        if args.kendall:
+            tau, cnt = kendall_tau_per_image(p, gt, valid)
+            acc.update({"kendall_tau": tau}, cnt >= 2)
+        if args.wkdr:
+            rates, okw = wkdr_per_image(p, gt, valid, n_pairs=args.n_pairs,
+                                        threshold=args.wkdr_threshold, seed=seed)
+            acc.update(rates, okw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,14 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlrb eval: error: {e}", file=sys.stderr)
         return 1
     crop = s["crop"] or "none"
+    if args.json is not None:  # first: the results survive a closed stdout (`| head`)
+        payload = {"metrics": results, "images": acc.num_images, "skipped": acc.skipped,
+                   "min_depth": s["min_depth"], "max_depth": s["max_depth"], "crop": crop}
+        try:
+            args.json.write_text(json.dumps(payload, indent=2))
+        except OSError as exc:
+            print(f"mlrb eval: error: {args.json}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            return 1
     print(f"images: {acc.num_images}  skipped (no valid gt): {acc.skipped}  "
           f"caps: ({s['min_depth']:g}, {s['max_depth']:g}) m  crop: {crop}")
     keys = list(METRIC_KEYS) + ["kendall_tau"] + list(WKDR_KEYS)
     print(format_table(results, keys))
-    if args.json is not None:
-        payload = {"metrics": results, "images": acc.num_images, "skipped": acc.skipped,
-                   "min_depth": s["min_depth"], "max_depth": s["max_depth"], "crop": crop}
-        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 

@@ -24,7 +24,7 @@ test ``d_i / d_j > 1 + t``). Depths must be positive, and ``pred`` must be depth
   threshold on the prediction so that WKDR= and WKDR!= are balanced: ``pred_threshold``.
 
 Rates are computed per image and averaged over images (WKDR= / WKDR!= over the images that
-have such pairs). Images with fewer than 2 valid pixels are skipped; ``ValueError`` if all
+have such pairs; NaN if no image has any). Images with fewer than 2 valid pixels are skipped; ``ValueError`` if all
 are. Image ``i`` of a batch is sampled with ``torch.Generator().manual_seed(seed + i)``, so
 results do not depend on the device.
 """
@@ -134,10 +134,12 @@ def wkdr(pred, gt, mask=None, *, n_pairs: int = 50_000, threshold: float = 0.02,
     """Weighted Kinect disagreement rates ``{"wkdr", "wkdr_eq", "wkdr_neq"}`` in [0, 1].
 
     ``wkdr_eq`` (WKDR=) is over ground-truth-equivalent pairs, ``wkdr_neq`` (WKDR!=) over the
-    others; a key whose subset is empty in every image is absent from the result.
+    others. All three keys are always returned; a rate whose subset of pairs is empty in
+    every image (e.g. ``wkdr_neq`` on a constant ground truth, where every pair is
+    equivalent) is NaN, not a number that could be mistaken for a measurement.
     """
     rates, ok = wkdr_per_image(pred, gt, mask, n_pairs=n_pairs, threshold=threshold,
                                pred_threshold=pred_threshold, seed=seed)
     if not bool(ok["wkdr"].any()):
         raise ValueError("WKDR needs at least 2 valid pixels in some image")
-    return {k: float(rates[k][ok[k]].mean()) for k in WKDR_KEYS if bool(ok[k].any())}
+    return {k: float(rates[k][ok[k]].mean()) if bool(ok[k].any()) else float("nan") for k in WKDR_KEYS}

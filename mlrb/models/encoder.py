@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlrb.errors import UserError
+
 # Backbones of the paper (DenseNet161, PNASNet-5 Large; EfficientNet-B5 as a modern
 # equivalent) with their batch sizes, and the small default that trains on a CPU.
 PRESETS: dict[str, dict] = {
@@ -35,7 +37,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights were requested but are not available locally."""
 
 
@@ -232,9 +234,47 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
             raise ValueError(f"encoder {timm_name!r} needs a fixed input size and cannot be built for {size[0]}x"
                              f"{size[1]}: {exc}; choose a size its patches / windows divide") from exc
         fixed = _fixed_input_size(encoder)
+    if source != "random":
+        _check_weights_landed(encoder, source, timm_name)
     fi = encoder.feature_info
     cfg = getattr(encoder, "pretrained_cfg", None) or {}
     info = EncoderInfo(name=name, timm_name=timm_name, channels=tuple(fi.channels()), reductions=tuple(fi.reduction()),
                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
                        pretrained=source, layout=_layout_of(encoder), input_size=fixed)
     return FeatureEncoder(encoder, info), info
+
+
+def _check_weights_landed(encoder: nn.Module, path: str, timm_name: str) -> None:
+    """PretrainedWeightsError unless most of the encoder's weights came from ``path``.
+
+    timm loads a features_only model's weights with strict=False (the classifier is
+    dropped), so a file of another model, or of no model, loads nothing without a word
+    and training silently starts from random weights. The check compares values, not
+    names (timm renames and unwraps keys): each conv / linear weight of the encoder must
+    equal a tensor of the file.
+    """
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a format timm read but this check cannot: leave it to timm
+        return
+    by_shape: dict[tuple, list[torch.Tensor]] = {}
+
+    def collect(obj):
+        if isinstance(obj, torch.Tensor):
+            by_shape.setdefault(tuple(obj.shape), []).append(obj)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                collect(v)
+
+    collect(state)
+    mine = [t for t in encoder.state_dict().values() if t.ndim >= 2]
+    found = sum(any(torch.equal(t, f.to(t.dtype)) for f in by_shape.get(tuple(t.shape), ())) for t in mine)
+    if mine and found < len(mine) / 2:
+        raise PretrainedWeightsError(
+            f"pretrained weights {path!r}: only {found} of the {len(mine)} conv/linear weights of {timm_name!r} "
+            f"are in the file; is it the state dict of a {timm_name} classifier? (timm would have started "
+            f"from random weights without a word)")

@@ -157,8 +157,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Argument errors the trainer would only meet later (after writing to the run folder,
+    or after training, at evaluation): ValueError naming the option."""
+    from mlrb.metrics.depth import CROPS
+
+    at_least = {"--batch-size": (args.batch_size, 1), "--epochs": (args.epochs, 1), "--n-d": (args.n_d, 1),
+                "--synthetic-train": (args.synthetic_train, 1), "--synthetic-val": (args.synthetic_val, 1),
+                "--max-steps": (args.max_steps, 1), "--workers": (args.workers, 0),
+                "--ckpt-every": (args.ckpt_every, 0), "--periods-per-epoch": (args.periods_per_epoch, 1),
+                "--threads": (args.threads, 1)}
+    for opt, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise ValueError(f"{opt} must be >= {low}, got {value}")
+    if args.lr is not None and not (args.lr > 0 and args.lr < float("inf")):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    crops = (*CROPS, "lee_kim_nyu", "none")
+    if args.eval_crop is not None and args.eval_crop not in crops:
+        raise ValueError(f"--eval-crop must be one of {', '.join(crops)}, got {args.eval_crop!r}")
+    if args.depth_scale not in ("paper", "mm"):
+        try:
+            scale = float(args.depth_scale)
+        except ValueError:
+            scale = float("nan")
+        if not (scale > 0 and scale < float("inf")):
+            raise ValueError(f"--depth-scale must be 'paper', 'mm' or a positive number, got {args.depth_scale!r}")
+    if args.size is not None and min(args.size) < 1:
+        raise ValueError(f"--size must be positive, got {args.size[0]} {args.size[1]}")
+
+
 def config_from_args(args: argparse.Namespace):
     from mlrb.train.trainer import TrainConfig
+
+    check_args(args)
 
     data = args.data
     if data is None:
@@ -196,17 +227,17 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         data=data, train_list=args.train_list, val_list=args.val_list, data_root=args.data_root,
         gt_root=args.gt_root, depth_scale=depth_scale,
-        synthetic_train=args.synthetic_train or SYNTHETIC_DEFAULTS["synthetic_train"],
-        synthetic_val=args.synthetic_val or SYNTHETIC_DEFAULTS["synthetic_val"],
+        synthetic_train=SYNTHETIC_DEFAULTS["synthetic_train"] if args.synthetic_train is None else args.synthetic_train,
+        synthetic_val=SYNTHETIC_DEFAULTS["synthetic_val"] if args.synthetic_val is None else args.synthetic_val,
         size=tuple(args.size) if args.size else None, augment=not args.no_augment,
-        eval_crop=None if args.eval_crop in (None, "none", "None") else args.eval_crop,
+        eval_crop=None if args.eval_crop in (None, "none") else args.eval_crop,
         model=args.model, n_d=pick(args.n_d, "n_d"), pretrained=pretrained,
         random_if_missing=args.random_if_missing, head=args.head,
         select=select_from_arg(args.select), backend=args.backend, weighting=args.weighting,
         lambda_start=args.lam[0], lambda_end=args.lam[1], lambda_step=args.lambda_step,
         clip=None if args.no_clip else tuple(args.clip), max_ratio=args.max_ratio, amlr_lam=args.amlr_lam,
         fixed_weights=args.fixed_weights, periods_per_epoch=args.periods_per_epoch,
-        epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size or PRESETS.get(args.model, {}).get("batch_size", 8), lr=pick(args.lr, "lr"),
+        epochs=pick(args.epochs, "epochs"), batch_size=args.batch_size if args.batch_size is not None else PRESETS.get(args.model, {}).get("batch_size", 8), lr=pick(args.lr, "lr"),
         max_steps=args.max_steps, amp=not args.no_amp, device=args.device, num_workers=args.workers, threads=pick(args.threads, "threads"),
         seed=args.seed, out_dir=out, ckpt_every=args.ckpt_every, resume=args.resume,
         eval_before=not args.no_eval_before, progress=not args.no_progress,
@@ -258,6 +289,24 @@ def format_comparison(before: dict | None, after: dict) -> str:
     return "\n".join(rows)
 
 
+def resume_command(argv: list[str] | None, out_dir: str) -> str:
+    """The command line that resumes the run started with ``argv`` (same options, --out, --resume auto)."""
+    import shlex
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:
+        args = args[1:]
+    keep, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("--resume", "--out"):
+            skip = True
+        elif not a.startswith(("--resume=", "--out=")):
+            keep.append(a)
+    return shlex.join(["mlrb", "train", *keep, "--out", out_dir, "--resume", "auto"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -282,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from mlrb.train.datasets import DataFileError
     from mlrb.models import PretrainedWeightsError
+    from mlrb.errors import UserError, one_line
+    from mlrb.train.interrupt import TrainingInterrupted
     from mlrb.train.trainer import Trainer
 
     if args.eval_only:
@@ -322,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{trainer.world} process(es) on {trainer.device}; run folder {cfg.out_dir}")
     try:
         summary = trainer.fit()
+    except TrainingInterrupted as stop:
+        if trainer.main:
+            print(f"\nmlrb train: interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
+                  f"Resume it with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
+        return 130
+    except UserError as exc:  # e.g. a broken image met during training
+        print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
+        if trainer.main and getattr(exc, "checkpoint", None):
+            print(f"mlrb train: the run up to step {trainer.global_step} is saved in {exc.checkpoint}; after "
+                  f"fixing it, resume with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
+        return 2
     finally:
         trainer.close()
     if trainer.main:

@@ -19,6 +19,7 @@ seeded by (seed, epoch, index), so resumed or re-sharded runs see the same sampl
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Callable, Sequence
 
@@ -26,13 +27,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from mlrb.errors import UserError
 
 DEPTH_SCALES = {"paper": 10.0 / (2 ** 16 - 1), "mm": 1.0 / 1000.0}
 KITTI_CROP = (352, 1216)
 
 
-class DataFileError(RuntimeError):
+class DataFileError(UserError, RuntimeError):
     """A dataset file is missing, unreadable or has the wrong format."""
+
+
+def _read_list(path: str) -> str:
+    """The text of a list file; DataFileError naming it if it is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8-sig") as fh:  # a BOM (spreadsheet export) is not a path
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{path}: not a text list (byte {exc.start} is not UTF-8); give a CSV or "
+                            f"split file") from None
 
 
 def _read_image(path: str, *, depth: bool) -> np.ndarray:
@@ -173,13 +185,12 @@ class NYUv2CSV(Dataset):
             raise ValueError(f"depth_scale must be 'paper', 'mm' or a number, got {depth_scale!r}")
         self.size = tuple(size) if size is not None else None
         self.rows: list[tuple[str, str]] = []
-        with open(csv_path, newline="") as fh:
-            for lineno, row in enumerate(csv.reader(fh), 1):
-                if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < 2:
-                    raise DataFileError(f"{csv_path}:{lineno}: expected 'rgb_path,depth_path', got {row!r}")
-                self.rows.append((_resolve(row[0], self.root), _resolve(row[1], self.root)))
+        for lineno, row in enumerate(csv.reader(io.StringIO(_read_list(csv_path), newline="")), 1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 2:
+                raise DataFileError(f"{csv_path}:{lineno}: expected 'rgb_path,depth_path', got {row!r}")
+            self.rows.append((_resolve(row[0], self.root), _resolve(row[1], self.root)))
         if not self.rows:
             raise DataFileError(f"NYUv2 CSV list {csv_path} has no rows")
         if check_files:
@@ -218,22 +229,21 @@ class BTSSplit(Dataset):
         self.rows: list[tuple[str, str]] = []
         self.focals: list[float] = []
         self.skipped = 0
-        with open(split_file) as fh:
-            for lineno, line in enumerate(fh, 1):
-                parts = line.split()
-                if not parts or parts[0].startswith("#"):
-                    continue
-                if len(parts) < 2:
-                    raise DataFileError(f"{split_file}:{lineno}: expected 'rgb_path depth_path focal', got {line.strip()!r}")
-                if parts[1] == "None":
-                    self.skipped += 1
-                    continue
-                try:
-                    focal = float(parts[2]) if len(parts) > 2 else float("nan")
-                except ValueError:
-                    raise DataFileError(f"{split_file}:{lineno}: focal {parts[2]!r} is not a number") from None
-                self.rows.append((_resolve(parts[0], data_root), _resolve(parts[1], gt_root)))
-                self.focals.append(focal)
+        for lineno, line in enumerate(_read_list(split_file).splitlines(), 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) < 2:
+                raise DataFileError(f"{split_file}:{lineno}: expected 'rgb_path depth_path focal', got {line.strip()!r}")
+            if parts[1] == "None":
+                self.skipped += 1
+                continue
+            try:
+                focal = float(parts[2]) if len(parts) > 2 else float("nan")
+            except ValueError:
+                raise DataFileError(f"{split_file}:{lineno}: focal {parts[2]!r} is not a number") from None
+            self.rows.append((_resolve(parts[0], data_root), _resolve(parts[1], gt_root)))
+            self.focals.append(focal)
         if not self.rows:
             raise DataFileError(f"split file {split_file} lists no samples with ground truth")
         if check_files:

@@ -13,12 +13,16 @@ the contributions w_i * L_i^(t)) and writes to RUN_DIR/report/:
 - correlation.png    (Fig. S-2) correlation coefficients between the trajectories, losses
   grouped by type, boxes around same-type blocks.
 - difficulty.csv / difficulty.md  (Table S-1) the reduction of each loss,
-  -w_i^(0) (L_i^(T) - L_i^(0)) (Eq. S-1 with the sign of a reduction), scaled so that the
-  easiest loss D@0 is 1 (the largest reduction if D@0 was not trained); higher = easier.
+  -w_i^(0) (L_i^(T) - L_i^(0)) (Eq. S-1 with the sign of a reduction), divided by the
+  magnitude of D@0's reduction (D@0 = 1 as in the supplement, or -1 if D@0 grew, so signs
+  keep their meaning; the largest |reduction| if D@0 was not logged or did not change);
+  higher = easier.
   w^(0) are the weights of the initialization, L^(0) the first period's losses and L^(T)
   the last period's. The supplement measures it with lambda = 0 (no rebalancing).
 
 The tables need only numpy; the figures need matplotlib (``pip install mlrb[report]``).
+A run too short for a part (Table S-1 needs 2 periods, Figs. 2 and S-2 need 3) gets the
+other parts, and the skipped ones are listed with the reason.
 """
 from __future__ import annotations
 
@@ -30,11 +34,12 @@ import sys
 import numpy as np
 
 from mlrb.names import LOSS_TYPES, NUM_SCALES
+from mlrb.errors import UserError
 
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """The run folder lacks what a report needs."""
 
 
@@ -45,19 +50,29 @@ def load_run(run_dir: str) -> dict:
         raise ReportError(f"{path} not found: is {run_dir} a run folder written by mlrb train?")
     records = []
     with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ReportError(f"{path}:{lineno}: not JSON ({exc})") from None
+        lines = fh.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines) and not line.endswith("\n"):
+                continue  # the line being written (a running or killed run): not a period yet
+            raise ReportError(f"{path}:{lineno}: not JSON ({exc})") from None
+        _check_record(rec, records[0] if records else None, f"{path}:{lineno}")
+        records.append(rec)
     if not records:
         raise ReportError(f"{path} has no periods yet")
     names = None
     info_path = os.path.join(run_dir, "run.json")
     if os.path.isfile(info_path):
         with open(info_path) as fh:
-            names = json.load(fh).get("names")
+            try:
+                info = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"{info_path}: not JSON ({exc})") from None
+        names = info.get("names") if isinstance(info, dict) else None
     n = len(records[0]["losses"])
     if names is None or len(names) != n:
         names = [f"loss{i}" for i in range(n)]
@@ -67,6 +82,20 @@ def load_run(run_dir: str) -> dict:
     run["epoch"] = np.asarray([r["epoch"] for r in records])
     run["lambda"] = [r.get("lambda") for r in records]
     return run
+
+
+def _check_record(rec, first: dict | None, where: str) -> None:
+    keys = ("losses", "weights_used", "weights", "contributions")
+    if not isinstance(rec, dict) or "epoch" not in rec or any(not isinstance(rec.get(k), list) for k in keys):
+        raise ReportError(f"{where}: not a period record of mlrb train (needs epoch, {', '.join(keys)})")
+    n = len(first["losses"]) if first else len(rec["losses"])
+    if any(len(rec[k]) != n for k in keys) or n == 0:
+        raise ReportError(f"{where}: expected {n} values per list, got "
+                          + ", ".join(f"{k} {len(rec[k])}" for k in keys))
+    try:
+        [float(v) for k in keys for v in rec[k]]
+    except (TypeError, ValueError):
+        raise ReportError(f"{where}: the lists must hold numbers") from None
 
 
 def shares(contrib: np.ndarray) -> np.ndarray:
@@ -108,17 +137,36 @@ def correlation(losses: np.ndarray) -> np.ndarray:
 
 
 def difficulty(run: dict) -> dict[str, float]:
-    """Table S-1: scaled reduction -w_i^(0) (L_i^(T) - L_i^(0)); D@0 (or the largest) = 1."""
+    """Table S-1: reduction -w_i^(0) (L_i^(T) - L_i^(0)) divided by |reduction of D@0|."""
+    return difficulty_scaled(run)[0]
+
+
+def difficulty_scaled(run: dict) -> tuple[dict[str, float], str, float]:
+    """Table S-1 and how it is scaled: (table, reference loss, its unscaled reduction).
+
+    The reductions are divided by the *magnitude* of the reference's reduction, so the sign
+    keeps its meaning (positive: the loss went down) even if the reference went up: then
+    its own entry is -1 rather than every sign flipping. The reference is D@0, the easiest
+    loss in the supplement; if D@0 is not logged or did not change, the loss whose reduction
+    is largest in magnitude. ReportError if no loss changed (nothing to scale by).
+    """
     L = run["losses"]
     if L.shape[0] < 2:
-        raise ReportError("the difficulty table needs at least 2 periods of logs")
+        raise ReportError(f"the difficulty table needs at least 2 periods of logs, the run has {L.shape[0]}")
     w0 = run["weights"][0]  # weights set by the initialization at the end of period 0
     red = -w0 * (L[-1] - L[0])
     names = run["names"]
-    ref = red[names.index("D@0")] if "D@0" in names else red.max()
-    if not np.isfinite(ref) or ref == 0:
-        raise ReportError("the reference loss did not change; cannot scale the difficulty table")
-    return {n: float(v / ref) for n, v in zip(names, red)}
+    finite = np.isfinite(red)
+    if not finite.any():
+        raise ReportError("the difficulty table cannot be scaled: no loss has a finite reduction")
+    i = names.index("D@0") if "D@0" in names else -1
+    if i < 0 or not finite[i] or red[i] == 0:
+        i = int(np.argmax(np.where(finite, np.abs(red), -1.0)))
+    if red[i] == 0:
+        raise ReportError("the difficulty table cannot be scaled: no loss changed between the first and "
+                          "the last period")
+    scale = abs(float(red[i]))
+    return {n: float(v / scale) for n, v in zip(names, red)}, names[i], float(red[i])
 
 
 def _split(name: str) -> tuple[str, int | None]:
@@ -126,7 +174,7 @@ def _split(name: str) -> tuple[str, int | None]:
     return t, (int(k) if k.isdigit() else None)
 
 
-def difficulty_markdown(table: dict[str, float]) -> str:
+def difficulty_markdown(table: dict[str, float], reference: str = "D@0", reference_grew: bool = False) -> str:
     """Table S-1 layout: one row per loss type, one column per scale; easiest/hardest 10 marked."""
     order = sorted(table, key=table.get)
     hard, easy = set(order[:10]), set(order[-10:])
@@ -147,8 +195,11 @@ def difficulty_markdown(table: dict[str, float]) -> str:
     for n in other:
         rows.append(f"| {n} | {table[n]:.3f} |" + " |" * (NUM_SCALES - 1))
     rows.append("")
-    rows.append("Scaled reduction of each loss (Eq. S-1), D@0 = 1; higher = easier. "
-                "**bold**: the 10 easiest, _italic_: the 10 most difficult.")
+    rows.append(f"Reduction of each loss (Eq. S-1) divided by |reduction of {reference}|; higher = easier, "
+                f"negative = the loss grew. **bold**: the 10 easiest, _italic_: the 10 most difficult.")
+    if reference_grew:
+        rows.append(f"Note: {reference} grew over the run (its entry is -1); the table is scaled by the size "
+                    f"of its change, so the signs still mean reduced (+) / grew (-).")
     return "\n".join(rows)
 
 
@@ -260,33 +311,80 @@ def plot_correlation(run: dict, path: str) -> None:
     plt.close(fig)
 
 
-def make_report(run_dir: str, out_dir: str | None = None) -> dict[str, str]:
-    """Write the tables and figures; returns {what: path}. Raises ReportError (after
-    writing the tables) if matplotlib is missing."""
+class ReportFiles(dict):
+    """{what: path} of the files written, and ``skipped``: {what: why} of those that were not."""
+
+    def __init__(self):
+        super().__init__()
+        self.skipped: dict[str, str] = {}
+
+
+def skipped_parts(run: dict) -> dict[str, str]:
+    """The parts of the report a run is too short (or too narrow) for, with the reason."""
+    T, n = run["losses"].shape
+    out = {}
+    if T < 2:
+        out["difficulty.csv/.md (Table S-1)"] = f"needs the first and a later period, the run has {T} period"
+    why = (f"need at least 3 periods of logs, the run has {T}" if T < 3 else
+           f"need at least 2 losses, the run logs {n}" if n < 2 else None)
+    if why:
+        out["pca.png (Fig. 2), correlation.png (Fig. S-2)"] = why
+        out["the per-epoch circles of contributions.png (Fig. 3)"] = "they are drawn on the Fig. 2 plane"
+    return out
+
+
+def make_report(run_dir: str, out_dir: str | None = None) -> ReportFiles:
+    """Write the tables and figures; returns {what: path} with ``.skipped`` {what: why} for
+    the parts the run is too short for. Raises ReportError (after writing the tables) if
+    matplotlib is missing."""
     run = load_run(run_dir)
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
-    written: dict[str, str] = {}
-    table = difficulty(run)
-    csv_path = os.path.join(out_dir, "difficulty.csv")
-    with open(csv_path, "w") as fh:
-        fh.write("loss,scaled_reduction\n")
-        fh.writelines(f"{n},{v:.6f}\n" for n, v in table.items())
-    md_path = os.path.join(out_dir, "difficulty.md")
-    with open(md_path, "w") as fh:
-        fh.write(difficulty_markdown(table) + "\n")
-    written.update(difficulty_csv=csv_path, difficulty_md=md_path)
+    written = ReportFiles()
+    written.skipped.update(skipped_parts(run))
+    if run["losses"].shape[0] >= 2:
+        try:
+            table, reference, ref_red = difficulty_scaled(run)
+        except ReportError as exc:
+            written.skipped["difficulty.csv/.md (Table S-1)"] = str(exc)
+        else:
+            csv_path = os.path.join(out_dir, "difficulty.csv")
+            with open(csv_path, "w") as fh:
+                fh.write(f"loss,scaled_reduction (reduction / |reduction of {reference}|)\n")
+                fh.writelines(f"{n},{v:.6f}\n" for n, v in table.items())
+            md_path = os.path.join(out_dir, "difficulty.md")
+            with open(md_path, "w") as fh:
+                fh.write(difficulty_markdown(table, reference, ref_red < 0) + "\n")
+            written.update(difficulty_csv=csv_path, difficulty_md=md_path)
     _require_matplotlib()
     coords = frac = None
-    if run["losses"].shape[0] >= 3 and len(run["names"]) >= 2:
-        coords, frac = pca_2d(run["losses"])
+    # A loss that was NaN/inf in some period (a diverged run) has no trajectory to compare:
+    # Figs. 2 and S-2 leave it out (and say so) rather than draw NaN.
+    finite = np.isfinite(run["losses"]).all(0)
+    traj = run if finite.all() else _columns(run, finite)
+    if not finite.all():
+        bad = [n for n, ok in zip(run["names"], finite) if not ok]
+        written.skipped[f"{len(bad)} loss(es) in pca.png and correlation.png"] = (
+            "not finite in some period: " + ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else ""))
+        written.skipped.setdefault("the per-epoch circles of contributions.png (Fig. 3)",
+                                   "some losses are not finite")
+    if traj["losses"].shape[0] >= 3 and len(traj["names"]) >= 2:
+        coords, frac = pca_2d(traj["losses"])
         written["pca"] = os.path.join(out_dir, "pca.png")
-        plot_pca(run, coords, frac, written["pca"])
+        plot_pca(traj, coords, frac, written["pca"])
         written["correlation"] = os.path.join(out_dir, "correlation.png")
-        plot_correlation(run, written["correlation"])
+        plot_correlation(traj, written["correlation"])
     written["contributions"] = os.path.join(out_dir, "contributions.png")
-    plot_contributions(run, coords, written["contributions"])
+    plot_contributions(run, coords if finite.all() else None, written["contributions"])
     return written
+
+
+def _columns(run: dict, keep: np.ndarray) -> dict:
+    """``run`` restricted to the losses ``keep`` (a boolean mask over the names)."""
+    sub = dict(run, names=[n for n, k in zip(run["names"], keep) if k])
+    for key in ("losses", "weights_used", "weights", "contributions"):
+        sub[key] = run[key][:, keep]
+    return sub
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"mlrb report: error: {exc}", file=sys.stderr)
         return 2
-    with open(written["difficulty_md"]) as fh:
-        print("Table S-1 (loss reduction, D@0 = 1):\n" + fh.read())
+    if "difficulty_md" in written:
+        with open(written["difficulty_md"]) as fh:
+            print("Table S-1 (loss reduction, scaled):\n" + fh.read())
     for what, path in written.items():
         print(f"{what:<15} {path}")
+    for what, why in written.skipped.items():
+        print(f"skipped: {what}: {why}")
     return 0

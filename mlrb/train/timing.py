@@ -137,18 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Errors found before minutes of timing (ValueError naming the option)."""
+    import os
+
+    from mlrb.train.trainer import _check_backend, _pick_device
+
+    for opt, value, low in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1),
+                            ("--n-d", args.n_d, 1), ("--size", min(args.size), 8)):
+        if value < low:
+            raise ValueError(f"{opt} must be >= {low}, got {value}")
+    _check_backend(args.backend, _pick_device(args.device, 0))
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"--json {args.json}: folder {folder} does not exist or is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         sets = {s: TABLE5_SETS.get(s, s) for s in args.sets}
         for sel in sets.values():
             resolve_select(sel)
+        _check_args(args)
     except ValueError as exc:
         print(f"mlrb time: error: {exc}", file=sys.stderr)
         return 2
-    times = measure(sets, model_name=args.model, n_d=args.n_d, size=tuple(args.size), batch_size=args.batch_size,
-                    iters=args.iters, warmup=args.warmup, device=args.device, backend=args.backend,
-                    amp=not args.no_amp, progress=not args.no_progress)
+    try:
+        times = measure(sets, model_name=args.model, n_d=args.n_d, size=tuple(args.size), batch_size=args.batch_size,
+                        iters=args.iters, warmup=args.warmup, device=args.device, backend=args.backend,
+                        amp=not args.no_amp, progress=not args.no_progress)
+    except ValueError as exc:  # the model's own checks (unknown encoder, n_d, input too small)
+        print(f"mlrb time: error: {exc}", file=sys.stderr)
+        return 2
     from mlrb.loss_space import _pick_backend
 
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)

@@ -33,6 +33,9 @@ from torch import nn
 from mlrb.names import AMLR_NAMES, names_of, resolve_select
 from mlrb.models import DEFAULT_MODEL, build_model
 from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
+from mlrb.train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, read_checkpoint
+from mlrb.train.interrupt import InterruptGuard, TrainingInterrupted
+from mlrb.train.runfolder import check_run_folder
 
 SYNTHETIC_SIZE = (64, 96)
 PAPER_SIZE = (288, 384)
@@ -148,6 +151,11 @@ class Trainer:
             lr_at(cfg.lr_schedule, 0, 1, cfg.lr, cfg.lr_min)  # validates the name
         if cfg.tta not in ("none", "flip", "flip+sw"):
             raise ValueError(f"tta must be 'none', 'flip' or 'flip+sw', got {cfg.tta!r}")
+        # Before anything is built: never start over an existing run, fail early on a bad --out.
+        self.run_dir = cfg.out_dir
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        resume_path = check_run_folder(self.run_dir, cfg.resume)
+        self.interrupted = False
         if cfg.threads is not None:
             if cfg.threads < 1:
                 raise ValueError(f"threads must be >= 1, got {cfg.threads}")
@@ -155,6 +163,7 @@ class Trainer:
         self._owns_pg = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
         self.rank, self.world, self.local_rank = _init_distributed(cfg.dist_timeout_s, cfg.device)
         self.device = _pick_device(cfg.device, self.local_rank)
+        _check_backend(cfg.backend, self.device)  # before the run folder is written to
         self.main = _is_main(self.rank)
         self.size = cfg.resolved_size()
 
@@ -201,22 +210,10 @@ class Trainer:
         self.metrics_history: list[dict] = []
         self.train_seconds = 0.0
 
-        self.run_dir = cfg.out_dir
-        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
-        has_logs = any(os.path.exists(os.path.join(self.run_dir, f)) for f in ("periods.jsonl", "metrics.jsonl"))
-        has_ckpt = os.path.isfile(os.path.join(self.ckpt_dir, "last.pt"))
-        if has_logs and not cfg.resume:
-            raise ValueError(f"run folder {self.run_dir} already holds a run; resume it (--resume auto) "
-                             f"or choose another --out")
-        if has_logs and cfg.resume == "auto" and not has_ckpt:
-            raise ValueError(f"run folder {self.run_dir} holds logs but no checkpoints/last.pt to resume from; "
-                             f"choose another --out")
         if self.main:
             os.makedirs(self.ckpt_dir, exist_ok=True)
-        if cfg.resume:
-            path = os.path.join(self.ckpt_dir, "last.pt") if cfg.resume == "auto" else cfg.resume
-            if cfg.resume != "auto" or os.path.isfile(path):
-                self.load_checkpoint(path)
+        if resume_path:
+            self.load_checkpoint(resume_path)
 
     # ------------------------------------------------------------------ data order
     def epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -407,7 +404,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
-        """Train to ``epochs`` (or ``max_steps``); returns the summary (also saved as summary.json)."""
+        """Train to ``epochs`` (or ``max_steps``); returns the summary (also saved as summary.json).
+
+        Ctrl-C stops between two steps after saving checkpoints/last.pt and raises
+        TrainingInterrupted (a KeyboardInterrupt); ``resume="auto"`` continues from there.
+        """
+        with InterruptGuard() as self._interrupt:
+            self._in_step = False
+            try:
+                return self._fit()
+            except TrainingInterrupted:
+                raise
+            except Exception as exc:
+                # An error between two steps (a broken image in the next batch, a failed
+                # evaluation): the state is consistent, so keep the work done since the last
+                # checkpoint. Inside a step it may not be; then the last checkpoint stands.
+                if not self._in_step and self.global_step > 0:
+                    try:
+                        path = self.save_checkpoint()
+                    except Exception:
+                        path = None
+                    if path and self._interrupt.requested:  # e.g. DataLoader workers stopped by the same Ctrl-C
+                        raise TrainingInterrupted(self.global_step, path) from exc
+                    if path:
+                        exc.checkpoint = path
+                        exc.add_note(f"the run up to step {self.global_step} is saved in {path}; "
+                                     f"resume it with --resume auto")
+                raise
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         if self.main:
             self._write_run_info()
@@ -428,11 +453,19 @@ class Trainer:
         done = self.global_step >= total_steps
         while not done and self.epoch < cfg.epochs:
             for batch in self._loader(self.epoch, self.step_in_epoch):
+                if self._interrupt.requested:  # Ctrl-C: stop here, between two steps, resumable
+                    self.train_seconds += time.perf_counter() - t0
+                    if bar is not None:
+                        bar.close()
+                    self.interrupted = True
+                    raise TrainingInterrupted(self.global_step, self.save_checkpoint())
+                self._in_step = True
                 total = self.train_step(batch)
                 self.global_step += 1
                 if self.step_in_epoch in self.period_ends:
                     self.end_period()
                 self.step_in_epoch += 1
+                self._in_step = False
                 if bar is not None:
                     bar.update(1)
                     if self.global_step % 10 == 1:  # reading the loss syncs with the GPU
@@ -476,7 +509,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            "format": "mlrb-train-1",
+            "format": CHECKPOINT_FORMAT,
             "config": dataclasses.asdict(self.cfg),
             "world_size": self.world,
             "model": self.model.state_dict(),
@@ -506,33 +539,31 @@ class Trainer:
         if not self.main:
             return None
         path = os.path.join(self.ckpt_dir, "last.pt")
-        tmp = path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)
         if tag:
-            tagged = os.path.join(self.ckpt_dir, f"{tag}.pt")
-            torch.save(state, tagged + ".tmp")
-            os.replace(tagged + ".tmp", tagged)
+            atomic_save(state, os.path.join(self.ckpt_dir, f"{tag}.pt"))
+        atomic_save(state, path)  # last: last.pt is never older than the newest tagged one
         return path
 
     def load_checkpoint(self, path: str) -> None:
         """Restore everything saved by save_checkpoint; the run continues with the next step."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("format") != "mlrb-train-1":
-            raise ValueError(f"{path} is not an mlrb training checkpoint")
+        state = read_checkpoint(path)  # CheckpointError: names the file and the other checkpoints
         old = state["config"]
         mine = dataclasses.asdict(self.cfg)
         diff = [k for k in _RESUME_KEYS if _norm(old.get(k)) != _norm(mine.get(k))]
         if state.get("world_size", 1) != self.world:
             diff.append(f"world_size ({state.get('world_size')} -> {self.world})")
         if diff:
-            raise ValueError(f"cannot resume from {path}: settings differ: {', '.join(map(str, diff))}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.weighter.load_state_dict(state["weighter"])
+            raise CheckpointError(f"cannot resume from {path}: settings differ: {', '.join(map(str, diff))} "
+                                  f"(resume with the run's settings, see {os.path.join(self.run_dir, 'run.json')})")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.weighter.load_state_dict(state["weighter"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"cannot resume from {path}: it does not fit this run's model, optimizer or "
+                                  f"weighting ({reason})") from None
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.period = state["global_step"], state["period"]
         ps = state["period_stats"]
@@ -558,10 +589,18 @@ class Trainer:
         # Drop period lines written after the checkpoint (a crash between save and log).
         if not self.main:
             return
+        # A line cut short by a kill during writing is dropped too.
         path = os.path.join(self.run_dir, "periods.jsonl")
         if os.path.exists(path):
             with open(path) as fh:
-                lines = [ln for ln in fh if ln.strip() and json.loads(ln)["period"] < self.period]
+                lines = [ln.rstrip("\n") + "\n" for ln in fh if _period_of_json(ln) < self.period]
+            with open(path, "w") as fh:
+                fh.writelines(lines)
+        # Evaluations after the checkpoint (resuming from an older epochNNN.pt) are redone.
+        path = os.path.join(self.run_dir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as fh:
+                lines = [ln.rstrip("\n") + "\n" for ln in fh if _step_of_json(ln) <= self.global_step]
             with open(path, "w") as fh:
                 fh.writelines(lines)
         for key in ("losses", "weights", "contributions"):
@@ -569,7 +608,9 @@ class Trainer:
             if os.path.exists(p):
                 with open(p) as fh:
                     rows = fh.readlines()
-                keep = rows[:1] + [r for r in rows[1:] if int(r.split(",", 1)[0]) < self.period]
+                width = rows[0].count(",") if rows else 0
+                keep = rows[:1] + [r for r in rows[1:] if r.endswith("\n") and r.count(",") == width
+                                   and _period_of_csv(r) < self.period]
                 with open(p, "w") as fh:
                     fh.writelines(keep)
 
@@ -640,6 +681,27 @@ def mean_depth(dataset, n: int = 32) -> float:
     return total / count
 
 
+def _period_of_json(line: str) -> float:
+    try:
+        return json.loads(line)["period"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # empty or cut short: not a complete period record
+
+
+def _step_of_json(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _period_of_csv(row: str) -> float:
+    try:
+        return int(row.split(",", 1)[0])
+    except ValueError:
+        return float("inf")
+
+
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 
@@ -662,14 +724,28 @@ def _init_distributed(timeout_s: float, device: str) -> tuple[int, int, int]:
 def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but CUDA is not available")
+            raise ValueError(f"--device {device} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
         torch.cuda.set_device(dev)
     return dev
+
+
+def _check_backend(backend: str, device: torch.device) -> None:
+    from mlrb.loss_space import _pick_backend
+
+    try:
+        _pick_backend(backend, device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--backend {backend}: {exc}") from None
 
 
 def _build_datasets(cfg: TrainConfig, size: tuple[int, int]):

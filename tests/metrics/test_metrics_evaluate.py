@@ -104,3 +104,38 @@ def test_eval_errors(tmp_path, capsys):
     assert "16-bit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--dataset", "mars"])
+
+
+def test_broken_files_and_bad_options_are_one_line_errors(tmp_path, capsys):
+    g, p = tmp_path / "g", tmp_path / "p"
+    g.mkdir()
+    p.mkdir()
+    _write_png(g / "a.png", np.full((12, 16), 2.0), 1000.0)
+    np.save(p / "a.npy", np.full((12, 16), 2.5))
+    ok = cli_main(["eval", str(p), str(g), "--dataset", "nyu", "--no-progress"])
+    assert ok == 0
+    capsys.readouterr()
+
+    def fails(*extra, file, what):
+        assert cli_main(["eval", str(p), str(g), "--dataset", "nyu", "--no-progress", *extra]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"mlrb eval: error: {file}: ") and what in err, err
+
+    png = (g / "a.png").read_bytes()
+    (g / "a.png").write_bytes(png[: len(png) // 2])
+    fails(file=g / "a.png", what="not a readable PNG")
+    (g / "a.png").write_bytes(png)
+    npy = (p / "a.npy").read_bytes()
+    (p / "a.npy").write_bytes(npy[:100])
+    fails(file=p / "a.npy", what="not a readable .npy")
+    np.save(p / "a.npy", np.array(["a", "b"]))
+    fails(file=p / "a.npy", what="real numbers")
+    np.save(p / "a.npy", np.zeros((0, 0)))
+    fails("--resize", file=p / "a.npy", what="empty depth map")
+    np.save(p / "a.npy", np.full((12, 16), 2.5))
+    fails("--json", str(tmp_path / "missing" / "r.json"), file=tmp_path / "missing" / "r.json",
+          what="does not exist")
+    assert cli_main(["eval", str(p), str(g), "--dataset", "nyu", "--min-depth", "20", "--n-pairs", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "--min-depth" in err and "--n-pairs" in err and "Traceback" not in err

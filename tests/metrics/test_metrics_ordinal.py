@@ -1,4 +1,6 @@
 """WHDR and the WKDR family on sampled pairs: hand-worked labels and a naive loop."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,7 @@ def test_perfect_and_reversed_predictions():
     gt = torch.rand(1, 20, 20) * 9 + 1
     assert whdr(gt * 3.0, gt) == 0.0  # ratio tests are scale invariant
     r = wkdr(1.0 / gt, gt, threshold=0.0)
-    assert r["wkdr"] == 1.0 and "wkdr_eq" not in r  # continuous gt: no equivalent pairs
+    assert r["wkdr"] == 1.0 and math.isnan(r["wkdr_eq"])  # continuous gt: no equivalent pairs
     # seeded: same result twice, different seed differs
     noisy = gt * (1 + 0.1 * torch.rand(1, 20, 20))
     assert whdr(noisy, gt, seed=3) == whdr(noisy, gt, seed=3) != whdr(noisy, gt, seed=4)
@@ -95,3 +97,11 @@ def test_empty_and_pred_threshold():
     assert wkdr(pred, gt, n_pairs=500, pred_threshold=0.1)["wkdr"] == 0.0
     with pytest.raises(ValueError, match="at least 2"):
         whdr(pred[1:], gt[1:])
+
+
+def test_wkdr_on_a_constant_ground_truth_returns_all_three_keys():
+    gt = torch.full((1, 6, 8), 3.0)  # every pair is equivalent: WKDR!= has no pairs
+    pred = gt * (1 + 0.1 * torch.rand(1, 6, 8))
+    r = wkdr(pred, gt, n_pairs=200)
+    assert set(r) == {"wkdr", "wkdr_eq", "wkdr_neq"}
+    assert r["wkdr"] == r["wkdr_eq"] > 0 and math.isnan(r["wkdr_neq"])

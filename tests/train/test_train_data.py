@@ -93,6 +93,13 @@ def test_nyu_csv_errors(tmp_path):
     (tmp_path / "short.csv").write_text("rgb.png\n")
     with pytest.raises(DataFileError, match="short.csv:1"):
         NYUv2CSV(str(tmp_path / "short.csv"))
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)))  # e.g. an image given as the list
+    with pytest.raises(DataFileError, match="binary.csv: not a text list"):
+        NYUv2CSV(str(tmp_path / "binary.csv"))
+    with pytest.raises(DataFileError, match="binary.csv: not a text list"):
+        BTSSplit(str(tmp_path / "binary.csv"), str(tmp_path))
+    (tmp_path / "bom.csv").write_bytes("\ufeffrgb.png,d8.png\n".encode("utf-8"))  # spreadsheet export
+    assert NYUv2CSV(str(tmp_path / "bom.csv"), size=None).rows[0][0] == str(tmp_path / "rgb.png")
 
 
 def test_bts_nyu_split(tmp_path):

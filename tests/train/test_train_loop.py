@@ -112,7 +112,7 @@ def test_resume_refuses_other_settings_and_reused_folders(tmp_path):
         Trainer(tiny(tmp_path))
     with pytest.raises(ValueError, match="settings differ.*select"):
         Trainer(tiny(tmp_path, select="L^0", resume="auto"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="nope.pt: checkpoint not found"):
         Trainer(tiny(tmp_path, "other", resume=str(tmp_path / "nope.pt")))
 
 

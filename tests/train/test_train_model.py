@@ -91,3 +91,15 @@ def test_corrupt_pretrained_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(PretrainedWeightsError, match="could not load"):
         build_model("resnet18", n_d=32, pretrained=str(path))
+
+
+def test_pretrained_file_of_another_model_is_refused(tmp_path):
+    # timm loads features_only weights with strict=False: a foreign file loaded nothing, silently
+    torch.save({"conv.weight": torch.zeros(3, 3, 3, 3), "fc.weight": torch.zeros(4, 4)}, tmp_path / "other.pth")
+    with pytest.raises(PretrainedWeightsError, match="only 0 of the .* conv/linear weights"):
+        build_model("resnet18", n_d=32, pretrained=str(tmp_path / "other.pth"))
+    # a DDP-style wrapped state dict is unwrapped by timm, and accepted
+    full = timm.create_model("resnet18", pretrained=False)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in full.state_dict().items()}}, tmp_path / "ddp.pth")
+    model = build_model("resnet18", n_d=32, pretrained=str(tmp_path / "ddp.pth"))
+    assert torch.equal(model.encoder.conv1.weight, full.conv1.weight)

@@ -84,3 +84,75 @@ def test_report_errors(tmp_path, capsys, monkeypatch):
         make_report(str(tmp_path / "run"))
     # the tables do not need matplotlib and are written first
     assert (tmp_path / "run" / "report" / "difficulty.csv").exists()
+
+
+def test_difficulty_keeps_its_signs_when_d0_grew(tmp_path, monkeypatch):
+    _write_run(tmp_path / "run", T=4, n=13)
+    lines = (tmp_path / "run" / "periods.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    last = recs[-1]
+    last["losses"][0] = 2 * recs[0]["losses"][0] + 1.0  # D@0 grew over the run; the others fell
+    (tmp_path / "run" / "periods.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    run = load_run(str(tmp_path / "run"))
+    L, w0 = run["losses"], run["weights"][0]
+    red = -w0 * (L[-1] - L[0])
+    table = difficulty(run)
+    assert table["D@0"] == pytest.approx(-1.0)
+    for i, name in enumerate(run["names"]):
+        assert np.sign(table[name]) == np.sign(red[i])  # reduced stays positive, grew negative
+        assert table[name] == pytest.approx(red[i] / abs(red[0]))
+    def no_figures():  # the tables are written before the figures: skip drawing them here
+        raise ReportError("no figures in this test")
+
+    monkeypatch.setattr(report, "_require_matplotlib", no_figures)
+    with pytest.raises(ReportError, match="no figures"):
+        make_report(str(tmp_path / "run"))
+    assert "D@0 grew" in (tmp_path / "run" / "report" / "difficulty.md").read_text()
+    # D@0 unchanged: scaled by the largest change instead of failing
+    last["losses"][0] = recs[0]["losses"][0]
+    run["losses"][-1, 0] = run["losses"][0, 0]
+    table = difficulty(run)
+    assert max(abs(v) for v in table.values()) == pytest.approx(1.0) and table["D@0"] == 0
+
+
+def test_too_short_runs_say_what_was_skipped(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for T, written, skipped in ((1, [], ["Table S-1", "Fig. 2", "Fig. S-2"]), (2, ["difficulty.md"], ["Fig. 2"])):
+        _write_run(tmp_path / f"run{T}", T=T, n=13)
+        assert report.main([str(tmp_path / f"run{T}")]) == 0
+        out = capsys.readouterr().out
+        assert (tmp_path / f"run{T}" / "report" / "contributions.png").exists()
+        assert not (tmp_path / f"run{T}" / "report" / "pca.png").exists()
+        for w in written:
+            assert (tmp_path / f"run{T}" / "report" / w).exists()
+        lines = [ln for ln in out.splitlines() if ln.startswith("skipped:")]
+        for what in skipped:
+            assert any(what in ln and f"the run has {T}" in ln for ln in lines), out
+
+
+def test_broken_logs_are_named(tmp_path):
+    _write_run(tmp_path / "run", T=3, n=13)
+    path = tmp_path / "run" / "periods.jsonl"
+    good = path.read_text()
+    path.write_text(good + '{"period": 3, "losses": [0.1')  # a line cut short by a kill: ignored
+    assert load_run(str(tmp_path / "run"))["losses"].shape == (3, 13)
+    path.write_text(good + '{"period": 3, "epoch": 0, "losses": [1], "weights_used": [1], "weights": [1], '
+                           '"contributions": [1]}\n')
+    with pytest.raises(ReportError, match=r"periods.jsonl:4: expected 13 values"):
+        load_run(str(tmp_path / "run"))
+    path.write_text(good)
+    (tmp_path / "run" / "run.json").write_text("{")
+    with pytest.raises(ReportError, match="run.json: not JSON"):
+        load_run(str(tmp_path / "run"))
+
+
+def test_diverged_losses_are_left_out_of_the_trajectory_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "run", T=4, n=13)
+    path = tmp_path / "run" / "periods.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[2]["losses"][5] = float("nan")  # json writes NaN, as mlrb train does for a NaN mean
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    written = make_report(str(tmp_path / "run"))
+    assert "pca" in written and "correlation" in written
+    assert any(LOSS_NAMES[5] in why and "not finite" in why for why in written.skipped.values())
