@@ -36,6 +36,12 @@ from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
 from mlrb.train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, read_checkpoint
 from mlrb.train.interrupt import InterruptGuard, TrainingInterrupted
 from mlrb.train.runfolder import check_run_folder
+from mlrb.errors import UserError, one_line
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """A training step produced a NaN/inf loss (divergence, or broken data in that batch)."""
+
 
 SYNTHETIC_SIZE = (64, 96)
 PAPER_SIZE = (288, 384)
@@ -288,7 +294,18 @@ class Trainer:
         if self.cfg.lr_schedule != "constant":
             self._set_lr()
         losses = self.compute_losses(batch)
-        total = self.weighter(losses)
+        try:
+            total = self.weighter(losses)
+        except FloatingPointError as exc:
+            # The weighter checks before it accumulates, and nothing was updated yet: the run is
+            # as it was before this step, so the error is reported like one between two steps.
+            self._in_step = False
+            bad = ~torch.isfinite(losses.detach()).reshape(-1, losses.shape[-1]).all(0)
+            names = [n for n, b in zip(self.names, bad.tolist()) if b] or one_line(exc)
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch}): {names}; the model and "
+                f"weighter are as before this step. A resumed run meets the same batch again: lower --lr, "
+                f"or check this batch's data") from None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.world > 1:

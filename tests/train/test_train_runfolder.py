@@ -209,3 +209,34 @@ def test_an_error_between_steps_keeps_the_work_done(tmp_path, capsys, monkeypatc
     assert read_checkpoint(str(out / "checkpoints" / "last.pt"))["global_step"] == 3
     monkeypatch.setattr(Trainer, "_loader", real_loader)
     assert Trainer(tiny(out, resume="auto")).global_step == 3
+
+
+# ---------------------------------------------------------------------------- non-finite loss
+def test_a_nan_loss_stops_at_its_step_keeps_the_run_and_is_one_line(tmp_path, capsys, monkeypatch):
+    """The weighter refuses the NaN step before anything is updated, so the trainer keeps the
+    work of the steps before it in last.pt and `mlrb train` says what happened in one line."""
+    from mlrb.train.trainer import NonFiniteLossError
+
+    real = Trainer.compute_losses
+    calls = {"n": 0}
+
+    def nan_on_second_step(self, batch):
+        losses = real(self, batch)
+        calls["n"] += 1
+        return losses * float("nan") if calls["n"] == 2 else losses
+
+    monkeypatch.setattr(Trainer, "compute_losses", nan_on_second_step)
+    run = tmp_path / "run"
+    trainer = Trainer(tiny(run))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 2 .*D@0"):
+        trainer.fit()
+    trainer.close()
+    state = read_checkpoint(str(run / "checkpoints" / "last.pt"))
+    assert state["global_step"] == 1
+
+    calls["n"] = 0
+    assert cli_main(["train", *TINY_ARGS, "--out", str(tmp_path / "cli")]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("mlrb train: error: non-finite loss at step 2 (epoch 0): ['D@0', 'M@0']"), err
+    assert "lower --lr" in err and "saved in" in err and "--resume auto" in err
