@@ -79,7 +79,7 @@ def _cached_weights_file(timm_name: str) -> str | None:
 
 
 def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, random_if_missing: bool = False,
-                   out_indices: tuple[int, ...] = (-1,)) -> tuple[nn.Module, EncoderInfo]:
+                   out_indices: tuple[int, ...] = (-1,), with_head: bool = False) -> tuple[nn.Module, EncoderInfo]:
     """A timm ``features_only`` encoder for ``name`` (a preset or any timm model name).
 
     pretrained:
@@ -90,6 +90,9 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     If the weights are not available locally a PretrainedWeightsError explains how to get
     them, unless ``random_if_missing`` (then a warning and random initialisation).
     The encoder returns a list with one feature map per entry of ``out_indices``.
+    ``with_head``: one more map at the end, the backbone's final features before pooling
+    (EfficientNet: its conv_head + BN + SiLU, 2048 channels for B5), which timm's
+    ``features_only`` leaves out; see :class:`HeadFeatures`.
     """
     import timm
 
@@ -97,7 +100,7 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     timm_name = preset.get("timm_name", name)
     if not timm.is_model(timm_name):
         raise ValueError(f"unknown encoder {name!r}: not a preset ({', '.join(PRESETS)}) nor a timm model name")
-    kwargs: dict = {"features_only": True, "out_indices": tuple(out_indices)}
+    kwargs: dict = {"num_classes": 0} if with_head else {"features_only": True, "out_indices": tuple(out_indices)}
     source = "random"
     if pretrained is not None:
         path = _cached_weights_file(timm_name) if pretrained == "cache" else os.path.expanduser(pretrained)
@@ -121,9 +124,46 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
         if source == "random":
             raise
         raise PretrainedWeightsError(f"could not load pretrained weights {source!r} into {timm_name!r}: {exc}") from exc
+    if with_head:
+        encoder = HeadFeatures(encoder, out_indices)
     fi = encoder.feature_info
     cfg = getattr(encoder, "pretrained_cfg", None) or {}
     info = EncoderInfo(name=name, timm_name=timm_name, channels=tuple(fi.channels()), reductions=tuple(fi.reduction()),
                        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
                        pretrained=source)
     return encoder, info
+
+
+class _FeatureList:
+    """channels() / reduction() of HeadFeatures, like timm's FeatureInfo."""
+
+    def __init__(self, channels: list[int], reductions: list[int]):
+        self._c, self._r = channels, reductions
+
+    def channels(self) -> list[int]:
+        return list(self._c)
+
+    def reduction(self) -> list[int]:
+        return list(self._r)
+
+
+class HeadFeatures(nn.Module):
+    """A full timm model (classifier removed) returning its ``out_indices`` feature maps
+    and, last, its final pre-pooling features (``forward_intermediates``)."""
+
+    def __init__(self, model: nn.Module, out_indices: tuple[int, ...]):
+        super().__init__()
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"{type(model).__name__} has no forward_intermediates; with_head needs it")
+        self.model = model
+        info = model.feature_info
+        n = len(info)
+        idx = [int(i) % n for i in out_indices]
+        self.out_indices = idx
+        self.feature_info = _FeatureList([info[i]["num_chs"] for i in idx] + [int(model.num_features)],
+                                         [info[i]["reduction"] for i in idx] + [info[-1]["reduction"]])
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        final, maps = self.model.forward_intermediates(x, indices=self.out_indices)
+        return list(maps) + [final]
