@@ -138,6 +138,9 @@ class LossWeighting(nn.Module):
         self.n_enabled = int(mask.sum())
         # Running sums of the current period (detached per-step batch means).
         self.register_buffer("period_sum", torch.zeros(n, dtype=STATE_DTYPE))
+        # Steps of the current period in which each loss had a sample (loss_mask); without
+        # masks every entry equals the period's step count.
+        self.register_buffer("period_steps", torch.zeros(n, dtype=STATE_DTYPE))
         # Mean losses of the last period ended (Lprev of Eq. 11); valid once period > 0.
         self.register_buffer("last_mean", torch.zeros(n, dtype=STATE_DTYPE))
         for attr, buf in _COUNTERS.items():
@@ -145,17 +148,25 @@ class LossWeighting(nn.Module):
             self.register_buffer(buf, torch.zeros((), dtype=torch.int64))
 
     # ------------------------------------------------------------------ interface
-    def forward(self, losses: Tensor) -> Tensor:
+    def forward(self, losses: Tensor, loss_mask: Tensor | None = None) -> Tensor:
         """Overall loss of one step; accumulates the detached batch means while training.
 
         ``losses`` is (B, n) per-sample losses or (n,) already-reduced ones. Returns a
         0-d tensor in ``losses.dtype``, differentiable with respect to ``losses``.
+
+        ``loss_mask`` (optional, with (B, n) losses): a bool (B, n) of the losses each sample
+        has (e.g. relative-depth samples without the metric losses). Each loss is then the
+        mean over the samples that have it, and its period mean the mean over the steps in
+        which some sample had it; a loss no sample of the step has counts 0 in this step's
+        total and is left out of the period statistics. Masked-out entries are ignored
+        (they may hold anything, inf/NaN included).
         """
-        mean = self._step_means(losses)
+        mean, present = self._step_means(losses, loss_mask)
         total = self._total(mean)
         if self.training:
             with torch.no_grad():
                 self.period_sum.add_(mean.detach().to(STATE_DTYPE))
+                self.period_steps.add_(present.to(STATE_DTYPE))
             self._count += 1
             self._steps += 1
             self._auto_end_period()
@@ -169,14 +180,17 @@ class LossWeighting(nn.Module):
         epoch (``steps_per_epoch`` mode) or ``periods_ended // periods_per_epoch``.
         Returns False (and changes nothing) when no rank saw a step in this period.
         """
-        stats = torch.cat([self.period_sum, self.period_sum.new_tensor([float(self._count)])])
+        n = self.n
+        stats = torch.cat([self.period_sum, self.period_steps, self.period_sum.new_tensor([float(self._count)])])
         if self.sync_distributed and _dist_ready():
             torch.distributed.all_reduce(stats, group=self.process_group)
         count = float(stats[-1])
         if count == 0:
             warnings.warn("end_period() called on an empty period; nothing changed", stacklevel=2)
             return False
-        mean = torch.where(self.enabled, stats[:-1] / count, torch.zeros_like(stats[:-1]))
+        steps = stats[n:2 * n]  # == count for every loss unless loss masks left some out
+        had = self.enabled & (steps > 0)
+        mean = torch.where(had, stats[:n] / torch.where(had, steps, torch.ones_like(steps)), torch.zeros_like(steps))
         bad = self.enabled & ~torch.isfinite(mean)
         if bad.any():
             which = [self.names[i] for i in bad.nonzero().flatten().tolist()]
@@ -187,6 +201,7 @@ class LossWeighting(nn.Module):
         self._update(mean, self._epoch)
         self.last_mean.copy_(mean)
         self.period_sum.zero_()
+        self.period_steps.zero_()
         self._count = 0
         self._period += 1
         return True
@@ -204,7 +219,7 @@ class LossWeighting(nn.Module):
         """Lbar: the last ended period's mean losses, or the running mean before that."""
         if self._period > 0:
             return self.last_mean.clone()
-        return self.period_sum / max(self._count, 1)
+        return self.period_sum / self.period_steps.clamp_min(1.0)
 
     def log_dict(self, prefix: str = "") -> dict[str, float]:
         """{prefix + "weight/<name>": w_i, prefix + "contribution/<name>": w_i * Lbar_i}."""
@@ -239,7 +254,8 @@ class LossWeighting(nn.Module):
             which = [self.names[i] for i in neg.nonzero().flatten().tolist()]
             raise ValueError(f"negative period mean for losses {which}; rebalancing needs losses >= 0")
 
-    def _step_means(self, losses: Tensor) -> Tensor:
+    def _step_means(self, losses: Tensor, loss_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the step's mean per loss, (n,) bool: whether any sample had that loss)."""
         if not isinstance(losses, Tensor):
             raise TypeError(f"losses must be a tensor, got {type(losses).__name__}")
         if losses.ndim not in (1, 2) or losses.shape[-1] != self.n:
@@ -257,11 +273,26 @@ class LossWeighting(nn.Module):
                 )
             # The state follows the losses, so a weighter built on CPU just works on GPU.
             self.to(losses.device)
-        mean = losses.mean(0) if losses.ndim == 2 else losses
+        if loss_mask is None:
+            mean = losses.mean(0) if losses.ndim == 2 else losses
+            present = torch.ones(self.n, dtype=torch.bool, device=losses.device)
+        else:
+            if not isinstance(loss_mask, Tensor) or loss_mask.dtype != torch.bool:
+                raise TypeError(f"loss_mask must be a bool tensor, got "
+                                f"{getattr(loss_mask, 'dtype', type(loss_mask).__name__)}")
+            if losses.ndim != 2 or loss_mask.shape != losses.shape:
+                raise ValueError(f"loss_mask must have the shape of (B, n) losses {tuple(losses.shape)}, "
+                                 f"got {tuple(loss_mask.shape)}")
+            loss_mask = loss_mask.to(losses.device)
+            count = loss_mask.sum(0)
+            present = count > 0
+            # where (not L*mask): a masked-out entry may hold inf/NaN.
+            summed = torch.where(loss_mask, losses, torch.zeros_like(losses)).sum(0)
+            mean = summed / count.clamp_min(1).to(losses.dtype)
         if self.n_enabled < self.n:
             # where (not w*L with w = 0): a disabled column may hold inf/NaN.
             mean = torch.where(self.enabled, mean, torch.zeros_like(mean))
-        return mean
+        return mean, present
 
     def _auto_end_period(self) -> None:
         if self.steps_per_period is not None:
@@ -281,6 +312,10 @@ class LossWeighting(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "period_steps" not in state_dict and prefix + "period_count" in state_dict:
+            # A state from before loss masks: every loss was present in every step.
+            count = state_dict[prefix + "period_count"]
+            state_dict[prefix + "period_steps"] = torch.full((self.n,), float(count), dtype=STATE_DTYPE)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         for attr, buf in _COUNTERS.items():
             setattr(self, attr, int(getattr(self, buf)))
