@@ -177,8 +177,8 @@ class DMDNet(nn.Module):
 
     @torch.no_grad()
     def init_output_depth(self, depth: float) -> None:
-        """Start M-Net near ``depth`` metres: mu_M's last bias (or M-Net's output bias without
-        the mean branch) is set to 1/(depth+1)."""
+        """Start M-Net near ``depth`` metres: mu_M's last layer (small weights, bias) or, without
+        the mean branch, M-Net's output bias starts at 1/(depth+1)."""
         if not depth > 0:
             raise ValueError(f"depth must be > 0, got {depth}")
         if "m" not in self.nets:
@@ -187,6 +187,7 @@ class DMDNet(nn.Module):
         net = self.nets["m"]
         if net.mdr is not None and net.mdr.regressor is not None:
             net.mdr.regressor[-1].bias.fill_(m0)
+            nn.init.normal_(net.mdr.regressor[-1].weight, std=1e-3)  # mu_M starts at m0, not m0 + noise
             net.conv_out.bias.zero_()
         else:
             net.conv_out.bias.fill_(m0)

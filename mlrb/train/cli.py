@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-eval-before", action="store_true", help="skip evaluating the untrained model")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--list-sets", action="store_true", help="print the loss sets and exit")
+    from mlrb.train.dmd import add_arguments as add_dmd_arguments
+    add_dmd_arguments(p)
     return p
 
 
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key:<16} {sel:<22} ({len(resolve_select(sel))} losses)")
         print("named sets: " + ", ".join(SETS))
         return 0
+    if args.arch == "dmd":
+        from mlrb.train.dmd import main as dmd_main
+        return dmd_main(args, argv, parser)
     try:
         cfg = config_from_args(args)
     except ValueError as exc:

@@ -150,8 +150,7 @@ class Trainer:
             self.model.init_output_depth(float(init_depth))
         self.model.to(self.device)
         self.weighter = _build_weighter(cfg, self.names).to(self.device)
-        params = list(self.model.parameters()) + list(self.weighter.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.optimizer = self.build_optimizer()
         self.amp_dtype = None
         if cfg.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -224,12 +223,18 @@ class Trainer:
         return build_model(cfg.model, n_d=cfg.n_d, pretrained=cfg.pretrained,
                            random_if_missing=cfg.random_if_missing, head=head)
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the model's and the weighter's parameters (Adam, lr, no decay)."""
+        params = list(self.model.parameters()) + list(self.weighter.parameters())
+        return torch.optim.Adam(params, lr=self.cfg.lr)
+
     def autocast(self):
         """The autocast context of forward passes (AMP on CUDA, a no-op otherwise)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The (B, n) per-sample losses of one training batch, in ``self.names`` order."""
+        """The (B, n) per-sample losses of one training batch, in ``self.names`` order; or
+        (losses, loss_mask) with a (B, n) bool of the losses each sample has."""
         from mlrb.loss_space import fused_loss_space
 
         image = batch["image"].to(self.device, non_blocking=True)
@@ -251,7 +256,10 @@ class Trainer:
         self.net.train()
         self.weighter.train()
         losses = self.compute_losses(batch)
-        total = self.weighter(losses)
+        loss_mask = None
+        if isinstance(losses, tuple):
+            losses, loss_mask = losses
+        total = self.weighter(losses, loss_mask=loss_mask) if loss_mask is not None else self.weighter(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.world > 1:
@@ -263,7 +271,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            self._p_sum += losses.detach().double().mean(0)
+            if loss_mask is None:
+                self._p_sum += losses.detach().double().mean(0)
+                self._p_steps += 1
+            else:  # each loss over the samples (and steps) that have it, as the weighter does
+                count = loss_mask.sum(0)
+                self._p_sum += torch.where(loss_mask, losses.detach().double(), 0.0).sum(0) / count.clamp_min(1)
+                self._p_steps += (count > 0).double()
             self._p_total += total.detach().double()
             self._p_count += 1
         return total.detach()
@@ -272,17 +286,19 @@ class Trainer:
         n = len(self.names)
         dev = getattr(self, "device", torch.device("cpu"))
         self._p_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        self._p_steps = torch.zeros(n, dtype=torch.float64, device=dev)  # steps with each loss
         self._p_total = torch.zeros((), dtype=torch.float64, device=dev)
         self._p_count = 0
 
     # ------------------------------------------------------------------ periods
     def end_period(self) -> dict:
         """End a period: the weighter initializes/rebalances; log losses, weights, contributions."""
-        stats = torch.cat([self._p_sum, self._p_total.view(1), self._p_sum.new_tensor([self._p_count])])
+        n = len(self.names)
+        stats = torch.cat([self._p_sum, self._p_steps, self._p_total.view(1), self._p_sum.new_tensor([self._p_count])])
         if self.world > 1:
             dist.all_reduce(stats)
         count = max(float(stats[-1]), 1.0)
-        mean = (stats[:-2] / count).cpu()
+        mean = (stats[:n] / stats[n:2 * n].clamp_min(1.0)).cpu()
         w_used = self.weighter.weights.detach().double().cpu().clone()
         self.weighter.end_period(epoch=self.epoch)
         w_new = self.weighter.weights.detach().double().cpu()
@@ -419,7 +435,8 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "period": self.period,
-            "period_stats": {"sum": self._p_sum.cpu(), "total": self._p_total.cpu(), "count": self._p_count},
+            "period_stats": {"sum": self._p_sum.cpu(), "total": self._p_total.cpu(), "count": self._p_count,
+                             "steps": self._p_steps.cpu()},
             "metrics_before": self.metrics_before,
             "metrics_history": self.metrics_history,
             "train_seconds": self.train_seconds,
@@ -470,6 +487,9 @@ class Trainer:
         self._p_sum = ps["sum"].to(self.device)
         self._p_total = ps["total"].to(self.device)
         self._p_count = ps["count"]
+        steps = ps.get("steps")  # absent in checkpoints from before loss masks
+        self._p_steps = (steps.to(self.device) if steps is not None
+                         else torch.full_like(self._p_sum, float(self._p_count)))
         self.metrics_before = state["metrics_before"]
         self.metrics_history = state["metrics_history"]
         self.train_seconds = state["train_seconds"]

@@ -34,10 +34,10 @@ def _hook_shapes(net):
 
 
 def test_shapes_at_the_paper_size():
-    # resnet18 has the strides of EfficientNet-B5 (4..32) and builds/runs fast; n_d 64
+    # timm's tiny test_efficientnet has the strides (4..32) and the head conv of B5; n_d 64
     # instead of 1024 (widths n_d >> k); the B5 numbers are in the README.
     torch.manual_seed(0)
-    net = build_dmd("resnet18", n_d=64, size=(384, 512)).eval()
+    net = build_dmd("test_efficientnet", n_d=64, size=(384, 512)).eval()
     mdr = net.nets["m"].mdr
     assert mdr.num_queries == 191 and mdr.num_patches(96, 128) == 192
     shapes = _hook_shapes(net)
@@ -59,29 +59,29 @@ def test_shapes_at_the_paper_size():
 def test_variants_and_small_size_backward():
     torch.manual_seed(0)
     img = torch.rand(2, 3, 32, 48)
-    net = build_dmd("resnet18", n_d=64, size=(32, 48), mdr_patch=2)
+    net = build_dmd("test_efficientnet", n_d=64, size=(32, 48), mdr_patch=2)
     assert net.nets["m"].mdr.num_queries == 23  # 8x12 at stride 4 -> 4x6 patches of 2x2, one for mu
     out = net(img)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "G": (2, 2, 32, 48), "N": (2, 1, 32, 48), "m": (2, 1, 32, 48), "mu": (2,)}
     sum(v.sum() for v in out.values()).backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
-    assert set(build_dmd("resnet18", n_d=32, decoders="gn", size=(32, 48))(img)) == {"G", "N"}
-    base = build_dmd("resnet18", n_d=32, decoders="m", mdr="none", size=(32, 48))
+    assert set(build_dmd("test_efficientnet", n_d=32, decoders="gn", size=(32, 48))(img)) == {"G", "N"}
+    base = build_dmd("test_efficientnet", n_d=32, decoders="m", mdr="none", size=(32, 48))
     assert set(base(img)) == {"m"} and base.nets["m"].mdr is None  # 'Baseline'
-    star = build_dmd("resnet18", n_d=32, mdr="no-mu", size=(32, 48), mdr_patch=2)
+    star = build_dmd("test_efficientnet", n_d=32, mdr="no-mu", size=(32, 48), mdr_patch=2)
     assert set(star(img)) == {"G", "N", "m"} and star.nets["m"].mdr.regressor is None  # MDR*
     counts = net.param_counts()
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
     with pytest.raises(ValueError, match="MDR needs at least 2"):
         mdr_queries_for((32, 48), patch=8)
     with pytest.raises(ValueError, match="subset of 'gnm'"):
-        build_dmd("resnet18", n_d=32, decoders="xyz", size=(32, 48))
+        build_dmd("test_efficientnet", n_d=32, decoders="xyz", size=(32, 48))
 
 
 def test_feature_transfer_eq6():
     torch.manual_seed(0)
-    net = build_dmd("resnet18", n_d=32, size=(32, 48), mdr="none").eval()
+    net = build_dmd("test_efficientnet", n_d=32, size=(32, 48), mdr="none").eval()
     seen = {}
 
     def out_hook(name):
@@ -110,7 +110,7 @@ def test_feature_transfer_eq6():
 
 def test_mdr_mean_path():
     torch.manual_seed(0)
-    net = build_dmd("resnet18", n_d=32, size=(32, 48), mdr_patch=2).eval()
+    net = build_dmd("test_efficientnet", n_d=32, size=(32, 48), mdr_patch=2).eval()
     img = torch.rand(2, 3, 32, 48)
     net.init_output_depth(3.0)
     m_net = net.nets["m"]
