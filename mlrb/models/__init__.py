@@ -3,11 +3,15 @@ weighting, the metrics and the trainer.
 
 - ``ode``: the ordinary depth estimator of Lee & Kim (ECCV 2020), timm encoder + Fig. S-8 decoder.
 - ``encoder``: the timm feature encoder and its pretrained-weight rules, shared by all.
+- ``dmd`` (with ``mdr`` and ``dmd_losses``): the depth map decomposition network of Jun et al.
+  (ECCV 2022), its MDR block, targets and losses.
 """
 from mlrb.models.encoder import DEFAULT_MODEL, PRESETS, EncoderInfo, PretrainedWeightsError, create_encoder
 from mlrb.models.ode import Decoder, DepthNet, ModelInfo, UpBlock, build_model
+from mlrb.models.dmd import DMDNet, build_dmd
 
 __all__ = [
     "DEFAULT_MODEL", "PRESETS", "EncoderInfo", "PretrainedWeightsError", "create_encoder",
     "Decoder", "DepthNet", "ModelInfo", "UpBlock", "build_model",
+    "DMDNet", "build_dmd",
 ]

@@ -35,7 +35,6 @@ Variants (Tables 3, 4): ``decoders`` is a subset of "gnm" ("gn": phase 1 without
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mlrb.models.dmd import MDR_MODES, build_dmd
-from mlrb.models.dmd_losses import dmd_loss_names, dmd_losses, dmd_targets
+from mlrb.models.dmd_losses import dmd_loss_names, dmd_losses, dmd_targets, metric_depth
 from mlrb.train.trainer import TrainConfig, Trainer
 
 STAGES = ("1", "2", "single")
@@ -174,7 +174,6 @@ class DMDTrainer(Trainer):
     def predict_depth(self, image: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             m = self.model(image)["m"]
-        from mlrb.models.dmd_losses import metric_depth
         return metric_depth(m.float(), self.min_depth, self.max_depth)
 
     @torch.no_grad()
@@ -236,6 +235,8 @@ def plan(cfg: DMDConfig, phase: str = "both", variant: str = "proposed", *,
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if variant != "proposed" and phase != "both":
+        raise ValueError(f"--phase {phase} is for the two-phase training; the {variant} variant is one run")
     if variant == "baseline":
         return [dataclasses.replace(cfg, stage="single", decoders="m", mdr="none", log_m=False)]
     if variant == "single-phase":

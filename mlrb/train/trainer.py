@@ -583,7 +583,7 @@ def _norm(v):
 
 
 def _fmt_metrics(m: dict) -> str:
-    keys = ("d1", "abs_rel", "rmse", "rmse_log")
+    keys = ("d1", "abs_rel", "rmse", "rmse_log", "kendall_tau", "n_l1")  # the last two: DMD phase 1
     return "  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m)
 
 
