@@ -356,6 +356,8 @@ def main(args, argv, parser) -> int:
         print(f"mlrb train: error: {exc}", file=sys.stderr)
         return 2
     from mlrb.train.cli import format_comparison
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
+        return 0
     for cfg, s in zip(runs, summaries):
         print(f"\n{cfg.out_dir}: {s['steps']} steps ({s['epochs']:.2f} epochs) in {s['train_seconds']:.1f} s")
         if cfg.stage == "1":
