@@ -66,6 +66,10 @@ def test_relative_samples_leave_m_losses_out(tmp_path):
     assert mask.tolist() == [rel] * 4
     total = tr.train_step(batch)
     assert torch.isfinite(total)
+    rec = tr.end_period()  # no sample had an M-side loss: logged and kept at 0, weights untouched
+    m_cols = [i for i, r in enumerate(rel) if not r]
+    assert all(rec["losses"][i] == 0.0 for i in m_cols) and all(rec["losses"][i] > 0 for i in range(2))
+    assert all(tr.weighter.last_mean[i] == 0.0 for i in m_cols)
 
 
 def test_baseline_and_single_phase_variants(tmp_path):
