@@ -147,6 +147,8 @@ def dmd_targets(depth: Tensor, mask: Tensor | None = None, metric: Tensor | None
     finite = torch.isfinite(depth)
     valid = finite & (~is_metric | (depth > 0))
     if mask is not None:
+        if mask.numel() != depth.numel():
+            raise ValueError(f"mask must have the shape of depth {tuple(depth.shape)}, got {tuple(mask.shape)}")
         valid = valid & mask.to(depth.device).bool().view_as(depth)
     safe = torch.where(valid, depth, torch.zeros_like(depth))
     m = torch.where(is_metric, inverse_depth(safe.clamp_min(0.0)), safe)
@@ -209,6 +211,12 @@ def dmd_losses(pred: dict[str, Tensor], targets: dict[str, Tensor], names: Itera
     for key, group in (("G", G_NAMES), ("N", N_NAMES), ("m", M_NAMES + (LOGM_NAME,)), ("mu", (MU_NAME,))):
         if need & set(group) and key not in pred:
             raise ValueError(f"losses {sorted(need & set(group))} need the prediction {key!r}")
+    b, _, h, w = valid.shape
+    for key, ch in (("G", 2), ("N", 1), ("m", 1)):
+        if key in pred and tuple(pred[key].shape) != (b, ch, h, w):
+            raise ValueError(f"prediction {key!r} must have shape {(b, ch, h, w)}, got {tuple(pred[key].shape)}")
+    if "mu" in pred and pred["mu"].numel() != b:
+        raise ValueError(f"prediction 'mu' must have {b} entries (one per sample), got shape {tuple(pred['mu'].shape)}")
     values: dict[str, Tensor] = {}
     if "G" in need:
         g = pred["G"].float()

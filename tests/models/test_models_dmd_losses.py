@@ -130,6 +130,10 @@ def test_selection_order_and_variants():
         dmd_losses(pred, dmd_targets(depth, mask), ["Q"])
     with pytest.raises(ValueError, match="need the prediction 'mu'"):
         dmd_losses({"m": pred["m"]}, dmd_targets(depth, mask), ["mu"])
+    with pytest.raises(ValueError, match="'G' must have shape"):
+        dmd_losses({**pred, "G": pred["N"]}, dmd_targets(depth, mask))
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        dmd_targets(depth, mask[:, :, :4])
 
 
 def test_relative_samples_get_only_g_and_n_and_empty_samples_nothing():
