@@ -9,6 +9,11 @@ tau-b normalisation is used:
 n0 = N(N-1)/2, n1 / n2 = pairs tied in pred / in gt, n3 = pairs tied in both,
 n_c - n_d = n0 - n1 - n2 + n3 - 2 n_d. Without ties it equals Eq. 14.
 
+``variant="a"`` gives tau-a = (n_c - n_d) / n0, Eq. 14 as printed (ties count as neither
+concordant nor discordant but stay in the denominator). The paper's tables come from its
+public evaluation code, which calls scipy.stats.kendalltau (tau-b) on the valid metric
+depths of each image and averages over images: tau-b, the default here.
+
 The discordant count n_d is the number of inversions of the gt ranks once pixels are sorted
 by (pred, gt). Inversions are counted level by level over the bits of the ranks (a wavelet
 tree): at each bit, inside groups sharing the higher bits, every 0 preceded by a 1 is one
@@ -82,8 +87,17 @@ def count_inversions(r: Tensor) -> int:
     return int(total)
 
 
-def kendall_tau_1d(x: Tensor, y: Tensor) -> float:
-    """Kendall's tau-b of two 1-D samples (N >= 2). 0.0 if either sample is constant."""
+VARIANTS = ("a", "b")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be 'a' (Eq. 14) or 'b' (tie-corrected), got {variant!r}")
+
+
+def kendall_tau_1d(x: Tensor, y: Tensor, variant: str = "b") -> float:
+    """Kendall's tau-b (or tau-a) of two 1-D samples (N >= 2). 0.0 if either is constant."""
+    _check_variant(variant)
     if x.shape != y.shape or x.dim() != 1:
         raise ValueError(f"need two 1-D tensors of equal length, got {tuple(x.shape)}, "
                          f"{tuple(y.shape)}")
@@ -103,16 +117,19 @@ def kendall_tau_1d(x: Tensor, y: Tensor) -> float:
     n3 = _pairs_from_counts(torch.unique_consecutive(keys, return_counts=True)[1])
     n_d = count_inversions(keys % ky)  # discordant pairs = inversions of y ranks
     num = n0 - n1 - n2 + n3 - 2 * n_d
+    if variant == "a":
+        return num / n0  # Eq. 14
     tau = num / math.sqrt((n0 - n1) * (n0 - n2))  # exact integers until the sqrt
     return min(1.0, max(-1.0, tau))
 
 
-def kendall_tau_per_image(pred, gt, mask=None) -> tuple[Tensor, Tensor]:
-    """Per-image tau-b and valid counts, both of shape (B,).
+def kendall_tau_per_image(pred, gt, mask=None, variant: str = "b") -> tuple[Tensor, Tensor]:
+    """Per-image tau-b (``variant="a"``: tau-a) and valid counts, both of shape (B,).
 
     Valid pixels: ``mask`` (if given) and finite pred and gt. Images with fewer than 2 valid
     pixels get tau 0 and count < 2; callers skip them.
     """
+    _check_variant(variant)
     pred, gt = as_bhw(pred, "pred"), as_bhw(gt, "gt")
     check_pair(pred, gt)
     valid = as_mask(mask, gt) & torch.isfinite(pred) & torch.isfinite(gt)
@@ -120,11 +137,11 @@ def kendall_tau_per_image(pred, gt, mask=None) -> tuple[Tensor, Tensor]:
     counts = valid.sum(dim=(1, 2)).cpu()
     for i in range(pred.shape[0]):
         if counts[i] >= 2:
-            taus[i] = kendall_tau_1d(pred[i][valid[i]], gt[i][valid[i]])
+            taus[i] = kendall_tau_1d(pred[i][valid[i]], gt[i][valid[i]], variant)
     return taus, counts
 
 
-def kendall_tau(pred, gt, mask=None) -> float:
+def kendall_tau(pred, gt, mask=None, variant: str = "b") -> float:
     """Kendall's tau-b over all valid pixel pairs, averaged over images.
 
     Args:
@@ -132,11 +149,13 @@ def kendall_tau(pred, gt, mask=None) -> float:
             monotone relative depth: only the orderings matter).
         mask: optional validity mask; pass :func:`mlrb.metrics.valid_mask` to apply the
             dataset caps and crop. Non-finite values are always excluded.
+        variant: "b" (default; tie-corrected, what the DMD paper's tables report) or "a"
+            (Eq. 14 of Jun et al. as printed: (concordant - discordant) / all pairs).
 
-    Returns tau-b in [-1, 1] (1 = same ordering). A constant map gives 0. Images with fewer
+    Returns tau in [-1, 1] (1 = same ordering). A constant map gives 0. Images with fewer
     than 2 valid pixels are skipped; ``ValueError`` if no image has 2.
     """
-    taus, counts = kendall_tau_per_image(pred, gt, mask)
+    taus, counts = kendall_tau_per_image(pred, gt, mask, variant)
     keep = counts >= 2
     if not bool(keep.any()):
         raise ValueError("Kendall's tau needs at least 2 valid pixels in some image")

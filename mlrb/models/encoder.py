@@ -175,7 +175,7 @@ def _cached_weights_file(timm_name: str) -> str | None:
 
 def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, random_if_missing: bool = False,
                    out_indices: tuple[int, ...] = (-1,), input_size: tuple[int, int] | None = None,
-                   model_kwargs: dict | None = None) -> tuple[FeatureEncoder, EncoderInfo]:
+                   model_kwargs: dict | None = None, with_head: bool = False) -> tuple[FeatureEncoder, EncoderInfo]:
     """A timm ``features_only`` encoder for ``name`` (a preset or any timm model name).
 
     pretrained:
@@ -189,6 +189,9 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     input_size: the (H, W) the encoder will see; encoders that need a fixed input size
       (Swin, ViT) are built for it (timm's ``img_size``). Ignored by CNNs.
     model_kwargs: extra keyword arguments of the timm model (e.g. a smaller ``embed_dim``).
+    ``with_head``: one more map at the end, the backbone's final features before pooling
+    (EfficientNet: its conv_head + BN + SiLU, 2048 channels for B5), which timm's
+    ``features_only`` leaves out; see :class:`HeadFeatures`.
     """
     import timm
 
@@ -196,7 +199,7 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     timm_name = preset.get("timm_name", name)
     if not timm.is_model(timm_name):
         raise ValueError(f"unknown encoder {name!r}: not a preset ({', '.join(PRESETS)}) nor a timm model name")
-    kwargs: dict = {"features_only": True, "out_indices": tuple(out_indices)}
+    kwargs: dict = {"num_classes": 0} if with_head else {"features_only": True, "out_indices": tuple(out_indices)}
     source = "random"
     if pretrained is not None:
         path = _cached_weights_file(timm_name) if pretrained == "cache" else os.path.expanduser(pretrained)
@@ -236,6 +239,8 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
         fixed = _fixed_input_size(encoder)
     if source != "random":
         _check_weights_landed(encoder, source, timm_name)
+    if with_head:
+        encoder = HeadFeatures(encoder, out_indices)
     fi = encoder.feature_info
     cfg = getattr(encoder, "pretrained_cfg", None) or {}
     info = EncoderInfo(name=name, timm_name=timm_name, channels=tuple(fi.channels()), reductions=tuple(fi.reduction()),
@@ -278,3 +283,38 @@ def _check_weights_landed(encoder: nn.Module, path: str, timm_name: str) -> None
             f"pretrained weights {path!r}: only {found} of the {len(mine)} conv/linear weights of {timm_name!r} "
             f"are in the file; is it the state dict of a {timm_name} classifier? (timm would have started "
             f"from random weights without a word)")
+
+
+class _FeatureList:
+    """channels() / reduction() of HeadFeatures, like timm's FeatureInfo."""
+
+    def __init__(self, channels: list[int], reductions: list[int]):
+        self._c, self._r = channels, reductions
+
+    def channels(self) -> list[int]:
+        return list(self._c)
+
+    def reduction(self) -> list[int]:
+        return list(self._r)
+
+
+class HeadFeatures(nn.Module):
+    """A full timm model (classifier removed) returning its ``out_indices`` feature maps
+    and, last, its final pre-pooling features (``forward_intermediates``)."""
+
+    def __init__(self, model: nn.Module, out_indices: tuple[int, ...]):
+        super().__init__()
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"{type(model).__name__} has no forward_intermediates; with_head needs it")
+        self.model = model
+        info = model.feature_info
+        n = len(info)
+        idx = [int(i) % n for i in out_indices]
+        self.out_indices = idx
+        self.feature_info = _FeatureList([info[i]["num_chs"] for i in idx] + [int(model.num_features)],
+                                         [info[i]["reduction"] for i in idx] + [info[-1]["reduction"]])
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        final, maps = self.model.forward_intermediates(x, indices=self.out_indices)
+        return list(maps) + [final]

@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only evaluate this checkpoint with the evaluation protocol of these options, then exit")
     r.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to <out>/tensorboard")
     r.add_argument("--list-sets", action="store_true", help="print the loss sets and exit")
+    from mlrb.train.dmd import add_arguments as add_dmd_arguments
+    add_dmd_arguments(p)
     return p
 
 
@@ -325,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {key:<16} {sel:<22} ({len(resolve_select(sel))} losses)")
         print("named sets: " + ", ".join(SETS))
         return 0
+    if args.arch == "dmd":
+        from mlrb.train.dmd import main as dmd_main
+        return dmd_main(args, argv, parser)
     try:
         cfg, applied = recipe_config(args, argv)
     except ValueError as exc:

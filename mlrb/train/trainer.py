@@ -195,8 +195,7 @@ class Trainer:
             self.model.init_output_depth(float(init_depth))
         self.model.to(self.device)
         self.weighter = _build_weighter(cfg, self.names).to(self.device)
-        params = list(self.model.parameters()) + list(self.weighter.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.optimizer = self.build_optimizer()
         self.amp_dtype = None
         if cfg.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -265,12 +264,18 @@ class Trainer:
                            random_if_missing=cfg.random_if_missing, head=head, input_size=self.size,
                            model_kwargs=cfg.model_kwargs)
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the model's and the weighter's parameters (Adam, lr, no decay)."""
+        params = list(self.model.parameters()) + list(self.weighter.parameters())
+        return torch.optim.Adam(params, lr=self.cfg.lr)
+
     def autocast(self):
         """The autocast context of forward passes (AMP on CUDA, a no-op otherwise)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The (B, n) per-sample losses of one training batch, in ``self.names`` order."""
+        """The (B, n) per-sample losses of one training batch, in ``self.names`` order; or
+        (losses, loss_mask) with a (B, n) bool of the losses each sample has."""
         from mlrb.loss_space import fused_loss_space
 
         image = batch["image"].to(self.device, non_blocking=True)
@@ -294,13 +299,19 @@ class Trainer:
         if self.cfg.lr_schedule != "constant":
             self._set_lr()
         losses = self.compute_losses(batch)
+        loss_mask = None
+        if isinstance(losses, tuple):  # (losses, (B, n) bool of the losses each sample has)
+            losses, loss_mask = losses
         try:
-            total = self.weighter(losses)
+            total = self.weighter(losses, loss_mask=loss_mask) if loss_mask is not None else self.weighter(losses)
         except FloatingPointError as exc:
             # The weighter checks before it accumulates, and nothing was updated yet: the run is
             # as it was before this step, so the error is reported like one between two steps.
             self._in_step = False
-            bad = ~torch.isfinite(losses.detach()).reshape(-1, losses.shape[-1]).all(0)
+            ok = torch.isfinite(losses.detach())
+            if loss_mask is not None:
+                ok |= ~loss_mask
+            bad = ~ok.reshape(-1, losses.shape[-1]).all(0)
             names = [n for n, b in zip(self.names, bad.tolist()) if b] or one_line(exc)
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.global_step + 1} (epoch {self.epoch}): {names}; the model and "
@@ -317,11 +328,17 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            # Sums over samples, so that a period's logged means are means over its samples
-            # whatever the batch sizes (as the weighter's statistics).
-            samples = losses.shape[0] if losses.ndim == 2 else 1
+            # Sums over samples (each loss over the samples that have it), so that a period's
+            # logged means are means over its samples whatever the batch sizes, as the weighter's.
             x = losses.detach().double()
-            self._p_sum += x.sum(0) if x.ndim == 2 else x
+            x = x.unsqueeze(0) if x.ndim == 1 else x
+            samples = x.shape[0]
+            if loss_mask is not None:
+                x = torch.where(loss_mask, x, torch.zeros_like(x))
+                self._p_samples += loss_mask.sum(0).double()
+            else:
+                self._p_samples += samples
+            self._p_sum += x.sum(0)
             self._p_total += total.detach().double() * samples
             self._p_count += samples
         return total.detach()
@@ -339,17 +356,19 @@ class Trainer:
         n = len(self.names)
         dev = getattr(self, "device", torch.device("cpu"))
         self._p_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        self._p_samples = torch.zeros(n, dtype=torch.float64, device=dev)  # samples with each loss
         self._p_total = torch.zeros((), dtype=torch.float64, device=dev)
         self._p_count = 0
 
     # ------------------------------------------------------------------ periods
     def end_period(self) -> dict:
         """End a period: the weighter initializes/rebalances; log losses, weights, contributions."""
-        stats = torch.cat([self._p_sum, self._p_total.view(1), self._p_sum.new_tensor([self._p_count])])
+        n = len(self.names)
+        stats = torch.cat([self._p_sum, self._p_samples, self._p_total.view(1), self._p_sum.new_tensor([self._p_count])])
         if self.world > 1:
             dist.all_reduce(stats)
         count = max(float(stats[-1]), 1.0)
-        mean = (stats[:-2] / count).cpu()
+        mean = (stats[:n] / stats[n:2 * n].clamp_min(1.0)).cpu()
         w_used = self.weighter.weights.detach().double().cpu().clone()
         self.weighter.end_period(epoch=self.epoch)
         w_new = self.weighter.weights.detach().double().cpu()
@@ -538,7 +557,7 @@ class Trainer:
             "global_step": self.global_step,
             "period": self.period,
             "period_stats": {"sum": self._p_sum.cpu(), "total": self._p_total.cpu(), "count": self._p_count,
-                             "per": "sample"},
+                             "per": "sample", "samples": self._p_samples.cpu()},
             "metrics_before": self.metrics_before,
             "metrics_history": self.metrics_history,
             "train_seconds": self.train_seconds,
@@ -591,6 +610,9 @@ class Trainer:
             # Older checkpoints summed one batch mean per step (full batches of batch_size).
             b = self.cfg.batch_size
             self._p_sum, self._p_total, self._p_count = self._p_sum * b, self._p_total * b, self._p_count * b
+        samples = ps.get("samples")  # absent in checkpoints from before loss masks
+        self._p_samples = (samples.to(self.device) if samples is not None
+                           else torch.full_like(self._p_sum, float(self._p_count)))
         self.metrics_before = state["metrics_before"]
         self.metrics_history = state["metrics_history"]
         self.train_seconds = state["train_seconds"]
@@ -724,7 +746,7 @@ def _norm(v):
 
 
 def _fmt_metrics(m: dict) -> str:
-    keys = ("d1", "abs_rel", "rmse", "rmse_log", "rel_l1", "wkdr")
+    keys = ("d1", "abs_rel", "rmse", "rmse_log", "rel_l1", "wkdr", "kendall_tau", "n_l1")  # RDE; DMD phase 1
     return "  ".join(f"{k}={m[k]:.4f}" for k in keys if k in m)
 
 

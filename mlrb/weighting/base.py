@@ -189,19 +189,25 @@ class LossWeighting(nn.Module):
             self.register_buffer(buf, torch.zeros((), dtype=torch.int64))
 
     # ------------------------------------------------------------------ interface
-    def forward(self, losses: Tensor) -> Tensor:
+    def forward(self, losses: Tensor, loss_mask: Tensor | None = None) -> Tensor:
         """Overall loss of one step; accumulates the detached statistics while training.
 
-        ``losses`` is (B, n) per-sample losses or (n,) already-reduced ones (one sample).
-        Returns a 0-d tensor in ``losses.dtype``, differentiable with respect to ``losses``.
+        ``losses`` is (B, n) per-sample losses or (n,) already-reduced ones (one sample). Returns a
+        0-d tensor in ``losses.dtype``, differentiable with respect to ``losses``.
+
+        ``loss_mask`` (optional, with (B, n) losses): a bool (B, n) of the losses each sample
+        has (e.g. relative-depth samples without the metric losses). Each loss is then the
+        mean over the samples that have it, and its period mean the mean over the period's
+        samples that had it; a loss no sample of the step has counts 0 in this step's total. Masked-out entries are ignored
+        (they may hold anything, inf/NaN included).
         While training, raises (with ``finite_check="step"``) on a non-finite loss value,
         leaving the weighter unchanged.
         """
-        mean = self._step_means(losses)
+        mean, _ = self._step_means(losses, loss_mask)
         total = self._total(mean)
         if self.training:
             with torch.no_grad():
-                step_sum, samples = self._step_sums(losses)
+                step_sum, samples = self._step_sums(losses, loss_mask)
                 if self.finite_check == "step" and not torch.compiler.is_compiling():
                     self._check_step(step_sum)  # before any state changes
                 self.period_sum.add_(step_sum)
@@ -330,20 +336,28 @@ class LossWeighting(nn.Module):
             raise type(exc)(f"{exc}; this step was not counted, the weighter is unchanged "
                             "(skip the batch to go on)") from None
 
-    def _step_sums(self, losses: Tensor) -> tuple[Tensor, int]:
-        """The step's float64 sums over its samples (0 for disabled losses) and its sample count."""
+    def _step_sums(self, losses: Tensor, loss_mask: Tensor | None = None) -> tuple[Tensor, Tensor | int]:
+        """The step's float64 sums over its samples (0 for disabled losses) and its sample
+        count: an int, or with ``loss_mask`` the (n,) count of the samples that have each loss
+        (masked-out entries are never read, so they may hold anything)."""
         x = losses.detach().to(STATE_DTYPE)
+        count: Tensor | int = x.shape[0] if x.ndim == 2 else 1
+        if loss_mask is not None:
+            loss_mask = loss_mask.to(x.device)
+            x = torch.where(loss_mask, x, torch.zeros_like(x))
+            count = loss_mask.sum(0).to(STATE_DTYPE)
         step_sum = x.sum(0) if x.ndim == 2 else x
         if self.n_enabled < self.n:
             step_sum = torch.where(self.enabled, step_sum, torch.zeros_like(step_sum))
-        return step_sum, (x.shape[0] if x.ndim == 2 else 1)
+        return step_sum, count
 
     def _reset_period(self) -> None:
         self.period_sum.zero_()
         self.period_samples.zero_()
         self._count = 0
 
-    def _step_means(self, losses: Tensor) -> Tensor:
+    def _step_means(self, losses: Tensor, loss_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the step's mean per loss, (n,) bool: whether any sample had that loss)."""
         if not isinstance(losses, Tensor):
             raise TypeError(f"losses must be a tensor, got {type(losses).__name__}")
         if losses.ndim not in (1, 2) or losses.shape[-1] != self.n:
@@ -361,11 +375,26 @@ class LossWeighting(nn.Module):
                 )
             # The state follows the losses, so a weighter built on CPU just works on GPU.
             self.to(losses.device)
-        mean = losses.mean(0) if losses.ndim == 2 else losses
+        if loss_mask is None:
+            mean = losses.mean(0) if losses.ndim == 2 else losses
+            present = torch.ones(self.n, dtype=torch.bool, device=losses.device)
+        else:
+            if not isinstance(loss_mask, Tensor) or loss_mask.dtype != torch.bool:
+                raise TypeError(f"loss_mask must be a bool tensor, got "
+                                f"{getattr(loss_mask, 'dtype', type(loss_mask).__name__)}")
+            if losses.ndim != 2 or loss_mask.shape != losses.shape:
+                raise ValueError(f"loss_mask must have the shape of (B, n) losses {tuple(losses.shape)}, "
+                                 f"got {tuple(loss_mask.shape)}")
+            loss_mask = loss_mask.to(losses.device)
+            count = loss_mask.sum(0)
+            present = count > 0
+            # where (not L*mask): a masked-out entry may hold inf/NaN.
+            summed = torch.where(loss_mask, losses, torch.zeros_like(losses)).sum(0)
+            mean = summed / count.clamp_min(1).to(losses.dtype)
         if self.n_enabled < self.n:
             # where (not w*L with w = 0): a disabled column may hold inf/NaN.
             mean = torch.where(self.enabled, mean, torch.zeros_like(mean))
-        return mean
+        return mean, present
 
     def _auto_end_period(self) -> None:
         if self.steps_per_period is not None:

@@ -85,3 +85,26 @@ def test_too_few_valid_pixels():
         kendall_tau(gt[1:], gt[1:], mask[1:])
     with pytest.raises(ValueError, match="at least 2"):
         kendall_tau_1d(torch.ones(1), torch.ones(1))
+
+
+def naive_tau_a(x, y) -> float:
+    """Eq. 14 of Jun et al. (2022): (concordant - discordant) / all pairs."""
+    n = len(x)
+    s = sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i in range(n) for j in range(i + 1, n))
+    return s / (n * (n - 1) / 2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tau_a_against_naive_and_equal_to_tau_b_without_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 5, (40,), generator=g).double()  # ties in both
+    y = torch.randint(0, 7, (40,), generator=g).double()
+    assert kendall_tau_1d(x, y, variant="a") == pytest.approx(naive_tau_a(x.numpy(), y.numpy()), abs=1e-12)
+    assert abs(kendall_tau_1d(x, y, "a")) < abs(kendall_tau_1d(x, y, "b"))  # ties shrink tau-a
+    u, v = torch.randn(30, generator=g), torch.randn(30, generator=g)
+    assert kendall_tau_1d(u, v, "a") == pytest.approx(kendall_tau_1d(u, v, "b"), abs=1e-12)
+    pred, gt = torch.randn(2, 1, 4, 5, generator=g), torch.randint(0, 3, (2, 1, 4, 5), generator=g).float()
+    per = [naive_tau_a(pred[i].flatten().numpy(), gt[i].flatten().numpy()) for i in range(2)]
+    assert kendall_tau(pred, gt, variant="a") == pytest.approx(sum(per) / 2, abs=1e-12)
+    with pytest.raises(ValueError, match="variant"):
+        kendall_tau(pred, gt, variant="c")
