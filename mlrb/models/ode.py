@@ -24,28 +24,38 @@ NUM_UP_BLOCKS = 5
 
 
 class UpBlock(nn.Module):
-    """Fig. S-8 (b): bilinear x2, then 3x3 conv + ReLU to n_i/2, then 3x3 conv + ReLU."""
+    """Fig. S-8 (b): bilinear x2, then 3x3 conv + ReLU to n_i/2, then 3x3 conv + ReLU.
 
-    def __init__(self, n_in: int, n_out: int):
+    ``upsample=False``: the same block without the bilinear x2 (the relative-map decoders, S-4).
+    """
+
+    def __init__(self, n_in: int, n_out: int, upsample: bool = True):
         super().__init__()
+        self.upsample = upsample
         self.conv_a = nn.Conv2d(n_in, n_out, kernel_size=3, padding=1)
         self.conv_b = nn.Conv2d(n_out, n_out, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # align_corners=True as in the paper's public decoder.
-        x = F.interpolate(x, size=(x.shape[-2] * 2, x.shape[-1] * 2), mode="bilinear", align_corners=True)
+        if self.upsample:
+            # align_corners=True as in the paper's public decoder.
+            x = F.interpolate(x, size=(x.shape[-2] * 2, x.shape[-1] * 2), mode="bilinear", align_corners=True)
         return F.relu(self.conv_b(F.relu(self.conv_a(x))))
 
 
 class Decoder(nn.Module):
     """Fig. S-8 (a): 1x1 conv n_e -> n_d, 5 up-sample blocks halving channels, 3x3 conv -> 1."""
 
-    def __init__(self, n_e: int, n_d: int = 1024, num_blocks: int = NUM_UP_BLOCKS):
+    def __init__(self, n_e: int, n_d: int = 1024, num_blocks: int = NUM_UP_BLOCKS, plain_last: int = 0):
+        """``plain_last``: how many of the last blocks skip the bilinear x2 (S-4: k for the
+        decoder of a relative map at scale k); 0 for the depth map D^0."""
         super().__init__()
         if n_d < 2 ** num_blocks or n_d % 2 ** num_blocks:
             raise ValueError(f"n_d must be a positive multiple of {2 ** num_blocks} (it is halved {num_blocks} times); got {n_d}")
+        if not 0 <= plain_last <= num_blocks:
+            raise ValueError(f"plain_last must be in 0..{num_blocks}, got {plain_last}")
         self.conv_in = nn.Conv2d(n_e, n_d, kernel_size=1)
-        self.blocks = nn.Sequential(*[UpBlock(n_d >> i, n_d >> (i + 1)) for i in range(num_blocks)])
+        self.blocks = nn.Sequential(*[UpBlock(n_d >> i, n_d >> (i + 1), upsample=i < num_blocks - plain_last)
+                                      for i in range(num_blocks)])
         self.conv_out = nn.Conv2d(n_d >> num_blocks, 1, kernel_size=3, padding=1)
         # He initialisation keeps the activations' scale through the ten ReLU convs (PyTorch's
         # default shrinks it ~3x per layer, leaving a random decoder's output ~1e-3 and

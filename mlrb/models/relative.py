@@ -4,7 +4,7 @@ One shared timm encoder (the paper: PNASNet-5 Large; any timm name or preset, th
 pretrained-weight rules as the ODE model, mlrb.models.encoder) and 16 decoders, one per
 relative map (mlrb.relative.RELATIVE_NAMES). Each decoder is Fig. S-8 (a) with n_d = 256
 (the paper's choice, so that 16 decoders have about the parameters of one n_d = 1024 ODE
-decoder): a 1x1 conv n_e -> n_d, 5 up-sample blocks (Fig. S-8 (b), mlrb.models.ode.UpBlock)
+decoder): a 1x1 conv n_e -> n_d, 5 up-sample blocks (Fig. S-8 (b), mlrb.models.ode)
 halving the channels, a 3x3 conv to one channel. "For the decoders for maps at scale k, we
 eliminate the bilinear interpolation U from the last k up-sample blocks": the decoder of
 scale k up-samples 5 - k times (a 9x12 encoder map becomes 72x96 at k = 2, stays 9x12 at
@@ -20,44 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlrb.models.encoder import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, create_encoder
-from mlrb.models.ode import NUM_UP_BLOCKS, ModelInfo, UpBlock
+from mlrb.models.ode import Decoder, ModelInfo
 from mlrb.reference import level_shape
 from mlrb.relative.maps import RELATIVE_NAMES
 
 RDE_N_D = 256  # supplement S-4
-
-
-class ConvBlock(UpBlock):
-    """An up-sample block of Fig. S-8 (b) with its bilinear x2 removed (S-4)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv_b(F.relu(self.conv_a(x))))
-
-
-class RelativeDecoder(nn.Module):
-    """Fig. S-8 (a) for a map at scale k: the first 5 - k blocks up-sample, the last k do not."""
-
-    def __init__(self, n_e: int, n_d: int, scale: int, num_blocks: int = NUM_UP_BLOCKS):
-        super().__init__()
-        if n_d < 2 ** num_blocks or n_d % 2 ** num_blocks:
-            raise ValueError(f"n_d must be a positive multiple of {2 ** num_blocks} (it is halved {num_blocks} times); got {n_d}")
-        if not 0 <= scale <= num_blocks:
-            raise ValueError(f"scale must be in 0..{num_blocks}, got {scale}")
-        self.scale = scale
-        self.conv_in = nn.Conv2d(n_e, n_d, kernel_size=1)
-        blocks = [(UpBlock if i < num_blocks - scale else ConvBlock)(n_d >> i, n_d >> (i + 1)) for i in range(num_blocks)]
-        self.blocks = nn.Sequential(*blocks)
-        self.conv_out = nn.Conv2d(n_d >> num_blocks, 1, kernel_size=3, padding=1)
-        # He initialisation as the ODE decoder (mlrb.models.ode.Decoder); the output starts
-        # near 0, the mean of every relative map.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        nn.init.normal_(self.conv_out.weight, std=1e-3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(self.blocks(self.conv_in(x)))
 
 
 class RelativeDepthNet(nn.Module):
@@ -77,7 +44,10 @@ class RelativeDepthNet(nn.Module):
         self.names = names
         self.encoder = encoder
         # ModuleDict keys cannot contain '.'; '@' is fine.
-        self.decoders = nn.ModuleDict({n: RelativeDecoder(n_e, n_d, int(n.split("@")[1])) for n in names})
+        self.scales = {n: int(n.split("@")[1]) for n in names}
+        # Fig. S-8 (a) for a map at scale k: the last k blocks do not up-sample (S-4). Its output
+        # starts near 0, the mean of every relative map.
+        self.decoders = nn.ModuleDict({n: Decoder(n_e, n_d, plain_last=k) for n, k in self.scales.items()})
         self.info = info
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -91,7 +61,7 @@ class RelativeDepthNet(nn.Module):
         out = {}
         for name, dec in self.decoders.items():
             r = dec(feat)
-            size = level_shape(H, W, dec.scale)
+            size = level_shape(H, W, self.scales[name])
             if tuple(r.shape[-2:]) != size:
                 r = F.interpolate(r, size=size, mode="bilinear", align_corners=False)
             out[name] = r

@@ -7,12 +7,7 @@ from mlrb.models.encoder import create_encoder
 from mlrb.models.mdr import MDR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hook_shapes(net):

@@ -20,7 +20,7 @@ def test_output_shapes_per_scale(net):
         assert out[name].shape == (2, 1, h, w), name
     # the decoder of scale k up-samples 5 - k times: 2x3 features -> 16x24 at k = 2, 2x3 at k = 5
     assert out["M17@2"].shape[-2:] == (16, 24) and out["c@5"].shape[-2:] == (2, 3)
-    ups = {k: sum(type(b).__name__ == "UpBlock" for b in net.decoders[f"r@{k}"].blocks) for k in (2, 3, 4, 5)}
+    ups = {k: sum(b.upsample for b in net.decoders[f"r@{k}"].blocks) for k in (2, 3, 4, 5)}
     assert ups == {2: 3, 3: 2, 4: 1, 5: 0}
 
 

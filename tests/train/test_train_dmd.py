@@ -10,12 +10,7 @@ from mlrb.train.cli import main as train_main
 from mlrb.train.dmd import DMDConfig, DMDTrainer, plan, run_plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, **kw) -> DMDConfig:

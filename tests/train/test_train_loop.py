@@ -22,14 +22,7 @@ def periods(path):
         return [json.loads(line) for line in fh if line.strip()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one thread is faster, and on a busy shared machine it avoids OpenMP
-    # threads spinning against other processes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
