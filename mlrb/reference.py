@@ -208,7 +208,11 @@ def amlr_losses(pred, gt, mask, *, si_lambda=1.0, si_sqrt=False, si_scale=1.0):
     d = torch.where(valid, torch.log(torch.where(valid, pred.clamp(min=LOG_EPS), 1.0)), 0.0) \
         - torch.where(valid, torch.log(torch.where(valid, gt, 1.0)), 0.0)
     mean_d = masked_mean(d, valid)
-    si = masked_mean(d * d, valid) - si_lambda * mean_d * mean_d
+    # mean(d^2) - lambda mean(d)^2 written as var(d) + (1 - lambda) mean(d)^2: the same
+    # number, but no cancellation when pred is off by a large factor (|mean d| >> std d,
+    # exactly where a scale-invariant loss matters), which costs float32 digits.
+    dev = d - mean_d[:, None, None, None]
+    si = masked_mean(dev * dev, valid) + (1 - si_lambda) * mean_d * mean_d
     if si_sqrt:
         # sqrt(0) has an infinite slope; an exactly-zero loss contributes no gradient.
         si = torch.where(si > 0, si.clamp(min=1e-30).sqrt(), 0.0)

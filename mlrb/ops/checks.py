@@ -54,6 +54,7 @@ def check_inputs(op: str, pred: Tensor, gt: Tensor, mask: Optional[Tensor], indi
 
 def check_indices(op: str, indices: Sequence[int]) -> None:
     """indices: a non-empty list of distinct ints in [0, len(ALL_NAMES))."""
+    indices = [int(i) for i in indices]  # under torch.compile(dynamic=True): specialise SymInts
     if len(indices) == 0:
         raise ValueError(f"{op}: indices is empty (select at least one loss)")
     for i in indices:

@@ -255,6 +255,17 @@ def test_float32_over_the_depth_range(scale):
     assert_close_at_depth_scale("cpu", scale, "all | AMLR")
 
 
+@pytest.mark.parametrize("factor", [1e3, 1e6])
+def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
+    # mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d; the kernels merge
+    # per-row variances instead (Chan et al.).
+    pred, gt, m = make_inputs(2, 30, 41, dtype=torch.float64, mask="holes")
+    for lam, sq in ((1.0, False), (0.85, True)):
+        ref = reference_value_and_grad(pred * factor, gt, m, "Si", si_lambda=lam, si_sqrt=sq)[0]
+        got = _losses((pred * factor).float(), gt.float(), m, "Si", si_lambda=lam, si_sqrt=sq)
+        torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=0)
+
+
 def test_float64_normal_losses_at_huge_depths():
     # float64 squares overflow from gradients ~1e154 on; the scaled formula does not. At
     # depths 1e100 and beyond the "+1" of the normals is negligible: the losses are the

@@ -198,3 +198,23 @@ def test_normal_loss_scaling_is_exact_at_ordinary_depths():
     plain = 1 - (a1 * b1 + a2 * b2 + 1) / (torch.sqrt(a1 * a1 + a2 * a2 + 1) * torch.sqrt(b1 * b1 + b2 * b2 + 1)
                                            + reference.NORMAL_EPS)
     assert torch.equal(reference.normal_loss(a1, a2, b1, b2), plain)
+
+
+@pytest.mark.parametrize("factor", [1e3, 1e6])
+def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
+    # Si = mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d (pred in millimetres
+    # against gt in metres, say), exactly where a scale-invariant loss is meant to work; it
+    # is computed as var(d) + (1 - lambda) mean(d)^2.
+    pred, gt = rand_pair(1, 12, 16)
+    pred = pred * factor
+    idx = [ALL_NAMES.index("Si")]
+    for lam in (1.0, 0.85):
+        out = {}
+        for dtype in (torch.float32, torch.float64):
+            p = pred.to(dtype).requires_grad_(True)
+            L = reference.loss_space(p, gt.to(dtype), None, idx, si_lambda=lam)
+            (g,) = torch.autograd.grad(L.sum(), p)
+            out[dtype] = L.double(), g.double()
+        torch.testing.assert_close(out[torch.float32][0], out[torch.float64][0], rtol=2e-5, atol=0)
+        gmax = out[torch.float64][1].abs().max()
+        torch.testing.assert_close(out[torch.float32][1] / gmax, out[torch.float64][1] / gmax, rtol=1e-4, atol=1e-5)

@@ -817,8 +817,11 @@ inline void log_ratio_row(const T* p, const T* g, const uint8_t* m, int w, T* d,
   }
 }
 
+// sd, n: sum and count of d; m2: sum of (d - mean d)^2, merged row by row (Chan et al.'s
+// pairwise update) so that the variance does not come from mean(d^2) - mean(d)^2, which
+// cancels when pred is off by a large factor (|mean d| >> std d).
 struct AmlrSums {
-  double sd = 0, sdd = 0, n = 0, sx = 0, nx = 0, sy = 0, ny = 0;
+  double sd = 0, m2 = 0, n = 0, sx = 0, nx = 0, sy = 0, ny = 0;
 };
 
 template <typename T, bool HasMask>
@@ -829,20 +832,25 @@ AmlrSums amlr_sums(const T* p, const T* g, const uint8_t* m, int H, int W, T* bu
     const int64_t o = int64_t(i) * W;
     log_ratio_row<T, HasMask>(p + o, g + o, HasMask ? m + o : nullptr, W, d, v);
     T a = 0, aa = 0, c = 0, ax = 0, cx = 0;
-#pragma omp simd reduction(+ : a, aa, c)
+#pragma omp simd reduction(+ : a, c)
     for (int j = 0; j < W; ++j) {
       a += d[j];
-      aa += d[j] * d[j];
       c += v[j];
     }
+    const T mu = c > 0 ? a / c : T(0);  // the row's mean: its squared deviations are small
+#pragma omp simd reduction(+ : aa)
+    for (int j = 0; j < W; ++j) aa += (d[j] - mu) * (d[j] - mu) * v[j];
     for (int j = 0; j + 1 < W; ++j) {
       const T pv = v[j] * v[j + 1], df = d[j + 1] - d[j];
       ax += pv * df * df;
       cx += pv;
     }
-    s.sd += a;
-    s.sdd += aa;
-    s.n += c;
+    if (c > 0) {  // merge the row (c, a, aa) into (n, sd, m2)
+      const double n1 = s.n + double(c), delta = double(a) / double(c) - (s.n > 0 ? s.sd / s.n : 0.0);
+      s.m2 += double(aa) + delta * delta * s.n * double(c) / n1;
+      s.sd += a;
+      s.n = n1;
+    }
     s.sx += ax;
     s.nx += cx;
     if (i > 0) {
@@ -869,8 +877,8 @@ struct AmlrValues {
 inline AmlrValues amlr_values(const AmlrSums& s, const LossSpaceArgs& a) {
   AmlrValues r;
   r.mean_d = s.n > 0 ? s.sd / s.n : 0.0;
-  const double mean_dd = s.n > 0 ? s.sdd / s.n : 0.0;
-  r.si_raw = mean_dd - a.si_lambda * r.mean_d * r.mean_d;
+  // Eq. 1, mean(d^2) - lambda mean(d)^2, as var(d) + (1 - lambda) mean(d)^2.
+  r.si_raw = (s.n > 0 ? s.m2 / s.n : 0.0) + (1.0 - a.si_lambda) * r.mean_d * r.mean_d;
   double si = r.si_raw;
   if (a.si_sqrt) si = si > 0 ? std::sqrt(std::max(si, 1e-30)) : 0.0;
   r.si = a.si_scale * si;
