@@ -91,15 +91,23 @@ MLRB_HOST_DEVICE T inv_pow2_scale(T x, T y) {
   return r;
 }
 
+// Largest |depth| for which the plain normal formula cannot overflow in float32: its
+// arguments (sums of up to four depths with signs) stay below 2^30, their squares and the
+// products of the formula below 2^124.
+constexpr double kNormalPlainMax = double(1 << 28);
+
 // Normal loss of the normals (-a1, -a2, 1) and (-b1, -b2, 1) (spec, Eq. 8):
 //   1 - (a1 b1 + a2 b2 + 1) / (|(a1, a2, 1)| |(b1, b2, 1)| + eps).
 // Computed on (a1, a2, 1) / sa and (b1, b2, 1) / sb with the powers of two sa, sb of
 // inv_pow2_scale (numerator and denominator both scale by 1 / (sa sb), eps too), so no
 // square overflows for any finite float input. |a| |b| is computed as sqrt(|a|^2 |b|^2):
 // one square root instead of two (the scaled squares are in [1, 9)).
-template <typename T>
+//
+// Scaled = false skips the scaling (ia = ib = 1: the plain formula, same bits), for callers
+// that know the arguments are below kNormalPlainMax (the CPU kernels check once per row).
+template <bool Scaled = true, typename T>
 MLRB_HOST_DEVICE T normal_loss(T a1, T a2, T b1, T b2) {
-  const T ia = inv_pow2_scale(a1, a2), ib = inv_pow2_scale(b1, b2), iab = ia * ib;
+  const T ia = Scaled ? inv_pow2_scale(a1, a2) : T(1), ib = Scaled ? inv_pow2_scale(b1, b2) : T(1), iab = ia * ib;
   a1 *= ia, a2 *= ia, b1 *= ib, b2 *= ib;
   const T num = a1 * b1 + a2 * b2 + iab;
   const T AB = std::sqrt((a1 * a1 + a2 * a2 + ia * ia) * (b1 * b1 + b2 * b2 + ib * ib));
@@ -111,9 +119,9 @@ MLRB_HOST_DEVICE T normal_loss(T a1, T a2, T b1, T b2) {
 // and the same with (a2, b2); one square root and one division. On the scaled vectors
 // (see normal_loss) c a1 - b1 scales by 1 / sb and 1 / den by 1 / (sa sb): the result is
 // the scaled formula's times 1 / sa.
-template <typename T>
+template <bool Scaled = true, typename T>
 MLRB_HOST_DEVICE void normal_loss_grad(T a1, T a2, T b1, T b2, T w, T& g1, T& g2) {
-  const T ia = inv_pow2_scale(a1, a2), ib = inv_pow2_scale(b1, b2), iab = ia * ib;
+  const T ia = Scaled ? inv_pow2_scale(a1, a2) : T(1), ib = Scaled ? inv_pow2_scale(b1, b2) : T(1), iab = ia * ib;
   a1 *= ia, a2 *= ia, b1 *= ib, b2 *= ib;
   const T num = a1 * b1 + a2 * b2 + iab;
   const T A2 = a1 * a1 + a2 * a2 + ia * ia;

@@ -255,6 +255,22 @@ def test_float32_over_the_depth_range(scale):
     assert_close_at_depth_scale("cpu", scale, "all | AMLR")
 
 
+def test_float32_normal_losses_with_a_far_region():
+    # Rows that read a depth beyond 2^28 take the scaled formula, the others the plain one
+    # (the same bits where both apply): a far region (sky at 1e9) next to ordinary depths.
+    pred, gt, m = make_inputs(1, 40, 30, dtype=torch.float64, mask="holes")
+    pred[:, :, 10:14, 5:20] *= 1e9
+    gt[:, :, 12:16, 8:25] *= 1e9
+    idx = "L_N"
+    L_ref, g_ref = reference_value_and_grad(pred.float(), gt.float(), m, idx)
+    p = pred.float().requires_grad_(True)
+    L = _losses(p, gt.float(), m, idx)
+    L.sum().backward()
+    torch.testing.assert_close(L.double(), L_ref, rtol=0, atol=2e-6)
+    gmax = g_ref.abs().max()
+    torch.testing.assert_close(p.grad.double() / gmax, g_ref / gmax, rtol=2e-4, atol=2e-6)
+
+
 @pytest.mark.parametrize("factor", [1e3, 1e6])
 def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
     # mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d; the kernels merge

@@ -375,6 +375,25 @@ inline void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& 
   }
 }
 
+// Whether the normal types of this row need the scaled formula (loss_math.h): some depth of
+// the rows they read reaches kNormalPlainMax (or is NaN / inf). Checked once per row, so
+// ordinary depths keep the plain formula's speed; both give the same bits below the bound.
+constexpr uint32_t kNormalBits = bit(kN) | bit(kNr) | bit(kNc);
+
+template <typename T>
+inline bool rows_need_scaling(int w, const T* P0, const T* P1, const T* P2, const T* G0, const T* G1,
+                              const T* G2) {
+  T mx = 0;
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < w; ++j) {
+    const T a = std::max(std::max(std::abs(P0[j]), std::abs(P1[j])), std::abs(P2[j]));
+    const T b = std::max(std::max(std::abs(G0[j]), std::abs(G1[j])), std::abs(G2[j]));
+    // NaN compares false: count it as large.
+    mx = std::max(mx, (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax));
+  }
+  return !(mx < T(kNormalPlainMax));
+}
+
 // ------------------------------------------------------------------------ forward, one scale
 // Global mean of e over the valid pixels of a scale (M and the box shift need it first).
 template <typename T, bool HasMask>
@@ -464,18 +483,24 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
       sum[t] += acc;
       cnt[t] += c;
     });
+    const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
     for_types<kN, kNr, kNc>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
       T acc = 0, c = 0;
+      auto sweep = [&](auto sc) {
+        constexpr bool Scaled = decltype(sc)::value;
 #pragma omp simd reduction(+ : acc, c)
-      for (int j = 0; j < w; ++j) {
-        T a1, a2, b1, b2;
-        normal_args<t>(P0, P1, P2, j, a1, a2);
-        normal_args<t>(G0, G1, G2, j, b1, b2);
-        const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
-        acc += normal_loss(a1, a2, b1, b2) * v;
-        c += v;
-      }
+        for (int j = 0; j < w; ++j) {
+          T a1, a2, b1, b2;
+          normal_args<t>(P0, P1, P2, j, a1, a2);
+          normal_args<t>(G0, G1, G2, j, b1, b2);
+          const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
+          acc += normal_loss<Scaled>(a1, a2, b1, b2) * v;
+          c += v;
+        }
+      };
+      if (scaled) sweep(std::true_type{});
+      else sweep(std::false_type{});
       sum[t] += acc;
       cnt[t] += c;
     });
@@ -736,20 +761,26 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
       for (int j = 0; j < w; ++j)
         field[j] += wg * sgn(grad_term<t>(E0, E1, E2, j)) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
     });
+    const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
     for_types<kN, kNr, kNc>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
       T* __restrict f1 = t == kN ? tx : t == kNr ? txx : txy;
       T* __restrict f2 = t == kN ? ty : t == kNr ? txy : tyy;
       const T wn = wt[t];
+      auto sweep = [&](auto sc) {
+        constexpr bool Scaled = decltype(sc)::value;
 #pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        T a1, a2, b1, b2, g1, g2;
-        normal_args<t>(P0, P1, P2, j, a1, a2);
-        normal_args<t>(G0, G1, G2, j, b1, b2);
-        normal_loss_grad(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
-        f1[j] += g1;
-        f2[j] += g2;
-      }
+        for (int j = 0; j < w; ++j) {
+          T a1, a2, b1, b2, g1, g2;
+          normal_args<t>(P0, P1, P2, j, a1, a2);
+          normal_args<t>(G0, G1, G2, j, b1, b2);
+          normal_loss_grad<Scaled>(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
+          f1[j] += g1;
+          f2[j] += g2;
+        }
+      };
+      if (scaled) sweep(std::true_type{});
+      else sweep(std::false_type{});
     });
     }  // src
 
