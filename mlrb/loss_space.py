@@ -13,6 +13,7 @@ A backend module exposes ``unavailable_reason(device) -> str | None`` and
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 
 import torch
@@ -159,6 +160,9 @@ def fused_loss_space(
     """
     indices = _resolve(select)
     pred4, gt4, mask4 = _check_inputs(pred, gt, mask)
+    for what, v in (("si_lambda", si_lambda), ("si_scale", si_scale)):
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite, got {v}")
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(pred4, gt4, mask4)
     name = _pick_backend(backend, pred4.device)

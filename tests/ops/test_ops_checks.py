@@ -16,6 +16,7 @@ import textwrap
 import pytest
 import torch
 
+import mlrb
 from ops_cases import make_inputs
 
 cpu = pytest.importorskip("mlrb.ops.cpu")
@@ -209,3 +210,19 @@ def test_cpu_op_never_asks_for_more_threads_than_the_extension_allows(monkeypatc
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 10 * _C.MAX_THREADS)
     assert cpu._threads() == _C.MAX_THREADS
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_every_layer_refuses_the_same_input(backend):
+    """An empty batch and non-finite AMLR options: the same ValueError from
+    fused_loss_space on every backend as from the ops and mlrb._C above."""
+    from mlrb import loss_space as ls
+
+    if backend != "reference" and ls._unavailable_reason(backend, torch.device("cpu")) is not None:
+        pytest.skip(ls._unavailable_reason(backend, torch.device("cpu")))
+    pred, gt, m = make_inputs(1, 8, 9)
+    with pytest.raises(ValueError, match="empty"):
+        mlrb.fused_loss_space(pred[:0], gt[:0], m, backend=backend)
+    for bad in (dict(si_lambda=float("nan")), dict(si_scale=float("inf"))):
+        with pytest.raises(ValueError, match="must be finite"):
+            mlrb.fused_loss_space(pred, gt, select="Si", backend=backend, **bad)
