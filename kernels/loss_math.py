@@ -120,20 +120,22 @@ def normal_loss(a1, a2, b1, b2):
 @triton.jit
 def normal_loss_grad(a1, a2, b1, b2):
     """d normal_loss / d (a1, a2): only pred's side gets a gradient. On the scaled vectors
-    (see normal_loss) the derivative is the scaled formula's times 1 / sa."""
+    x = (a1, a2, 1) / sa, y = (b1, b2, 1) / sb (see normal_loss) it is
+    (q x - y / den) / sa with q = num |y| / (|x| den^2); written with one square root and
+    few live values (the backward kernel is at the register limit)."""
     ia = inv_pow2_scale(a1, a2)
     ib = inv_pow2_scale(b1, b2)
+    x1 = a1 * ia
+    x2 = a2 * ia
+    y1 = b1 * ib
+    y2 = b2 * ib
+    xx = x1 * x1 + x2 * x2 + ia * ia
+    ab = tl.sqrt(xx * (y1 * y1 + y2 * y2 + ib * ib))
     iab = ia * ib
-    a1 = a1 * ia
-    a2 = a2 * ia
-    b1 = b1 * ib
-    b2 = b2 * ib
-    num = a1 * b1 + a2 * b2 + iab
-    sa = tl.sqrt(a1 * a1 + a2 * a2 + ia * ia)
-    sb = tl.sqrt(b1 * b1 + b2 * b2 + ib * ib)
-    den = sa * sb + NORMAL_EPS * iab
-    q = num * sb / (sa * den * den)
-    return (q * a1 - b1 / den) * ia, (q * a2 - b2 / den) * ia
+    den = ab + NORMAL_EPS * iab
+    r = ia / den
+    q = (x1 * y1 + x2 * y2 + iab) * ab * r / (xx * den)
+    return q * x1 - y1 * r, q * x2 - y2 * r
 
 
 @triton.jit
