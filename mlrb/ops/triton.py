@@ -238,7 +238,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                   num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
-                  CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
+                  DO_AMLR=f["DO_AMLR"], CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
     return out, stats, ws
 
 

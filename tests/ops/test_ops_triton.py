@@ -265,6 +265,20 @@ def test_normal_losses_over_the_depth_range(scale):
     assert_close_at_depth_scale("triton", scale, "N@0, Nr@0, Nc@1", H=12, W=16, device=DEVICE)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_scale_invariant_loss_with_pred_off_by_a_factor(tiled, request):
+    # Si = mean(d^2) - lambda mean(d)^2 cancels in float32 when |mean d| >> std d (pred in
+    # millimetres against gt in metres, say): it was 4e-3 off at a factor 1e6. The kernels
+    # merge squared deviations per column, per program and between programs (tiled: many
+    # programs per scale).
+    if tiled:
+        request.getfixturevalue("small_tiles")
+    pred, gt, m = make_inputs(1, 19, 28, mask="holes", device=DEVICE)
+    for factor in (1e3, 1e6):
+        assert_close_to_reference("triton", pred * factor, gt, m, "Si", rtol=2e-5, atol=1e-7,
+                                  si_lambda=0.85, si_sqrt=True, si_scale=10.0)
+
+
 def test_workspace_beyond_int32_is_refused():
     with pytest.raises(ValueError, match="split the batch"):
         triton_backend.make_plan(64, 1024, 2048, tuple(range(80)), triton_backend.GPU_BLOCKS)
