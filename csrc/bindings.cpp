@@ -26,25 +26,56 @@ using Mask = std::optional<py::array_t<bool, py::array::c_style>>;
 template <typename T>
 using Arr = py::array_t<T, py::array::c_style>;
 
+// Every input that reaches the kernels is checked here (the Python ops check too, but
+// mlrb._C is importable on its own): a bad shape, size, index or thread count raises
+// ValueError instead of crashing the process. dtypes and C-contiguity of pred/gt are
+// enforced by the signatures (noconvert: anything else is a TypeError).
+constexpr int64_t kMaxDim = int64_t(1) << 28;  // B, H, W: the kernels index rows, bands and tasks with int
+constexpr int kMaxThreads = 1024;
+
+std::string shape_str(const std::vector<py::ssize_t>& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
 mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g, const Mask& mask,
                               const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale,
                               int num_threads) {
-  if (p.ndim != 3) throw std::invalid_argument("pred must be a (B, H, W) array");
-  if (g.shape != p.shape) throw std::invalid_argument("pred and gt shapes differ");
-  if (mask && mask->request().shape != p.shape) throw std::invalid_argument("mask shape differs from pred");
+  if (p.ndim != 3) throw std::invalid_argument("pred must be a (B, H, W) array; got shape " + shape_str(p.shape));
+  if (g.shape != p.shape)
+    throw std::invalid_argument("pred and gt shapes differ: " + shape_str(p.shape) + " vs " + shape_str(g.shape));
+  if (mask) {
+    const py::buffer_info mi = mask->request();
+    if (mi.shape != p.shape)
+      throw std::invalid_argument("mask shape differs from pred: " + shape_str(mi.shape) + " vs " +
+                                  shape_str(p.shape));
+  }
+  for (py::ssize_t d : p.shape) {
+    if (d == 0)
+      throw std::invalid_argument("pred/gt are empty: shape " + shape_str(p.shape) +
+                                  " (an empty batch or map has no losses)");
+    if (d > kMaxDim)
+      throw std::invalid_argument("pred is too large: shape " + shape_str(p.shape) + ", each of B, H, W must be <= " +
+                                  std::to_string(kMaxDim));
+  }
   if (indices.empty()) throw std::invalid_argument("indices is empty");
   for (int i : indices)
-    if (i < 0 || i >= mlrb::kNumAll) throw std::invalid_argument("loss index out of range: " + std::to_string(i));
+    if (i < 0 || i >= mlrb::kNumAll)
+      throw std::invalid_argument("loss index out of range: " + std::to_string(i) + " (valid: 0.." +
+                                  std::to_string(mlrb::kNumAll - 1) + ")");
+  if (num_threads < 1 || num_threads > kMaxThreads)
+    throw std::invalid_argument("num_threads must be in 1.." + std::to_string(kMaxThreads) + ", got " +
+                                std::to_string(num_threads));
   mlrb::LossSpaceArgs a;
   a.B = static_cast<int>(p.shape[0]);
   a.H = static_cast<int>(p.shape[1]);
   a.W = static_cast<int>(p.shape[2]);
-  if (a.H == 0 || a.W == 0) throw std::invalid_argument("pred is empty");
   a.n = static_cast<int>(indices.size());
   a.si_lambda = si_lambda;
   a.si_sqrt = si_sqrt;
   a.si_scale = si_scale;
-  a.num_threads = num_threads < 1 ? 1 : num_threads;
+  a.num_threads = num_threads;
   return a;
 }
 
@@ -77,7 +108,8 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
   a.indices = indices.data();
   const py::buffer_info gi = grad_out.request();
   if (gi.ndim != 2 || gi.shape[0] != a.B || gi.shape[1] != a.n)
-    throw std::invalid_argument("grad_out must be (B, len(indices))");
+    throw std::invalid_argument("grad_out must be (B, len(indices)) = (" + std::to_string(a.B) + ", " +
+                                std::to_string(a.n) + "); got shape " + shape_str(gi.shape));
   Arr<T> grad({a.B, a.H, a.W});
   const double* G = grad_out.data();
   const T* p = pred.data();
@@ -100,13 +132,15 @@ PYBIND11_MODULE(_C, mod) {
   mod.doc() = "mlrb fused CPU kernels of the multi-scale loss space (C++/OpenMP)";
   const char* fdoc =
       "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> (B, n) float64\n"
-      "pred, gt: C-contiguous (B, H, W) float32/float64 arrays; mask: bool array or None.";
+      "pred, gt: C-contiguous (B, H, W) float32/float64 arrays of the same dtype, B, H, W >= 1; mask: bool array\n"
+      "or None; indices: loss columns 0..79; num_threads: 1..MAX_THREADS. Bad input raises ValueError/TypeError.";
   const char* bdoc =
       "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> "
       "grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64.";
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
   mod.def("last_workspace_bytes", [] { return g_last_workspace_bytes; },
           "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
+  mod.attr("MAX_THREADS") = kMaxThreads;
   mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),

@@ -44,4 +44,6 @@ Q_NUM = 0  # 0..12: sum of the per-pixel loss of type t over its valid set
 Q_CNT = 13  # 13..21: valid counts: m, r, c, rr, rc, cc, N, Nr, Nc
 Q_SIGN = 22  # sum of m * sign(e - mean(e)) (backward of M)
 Q_SEM, Q_SM = 23, 24  # sum of e * m and of m (the mean of M), from the pyramid kernel
-Q_AN, Q_AS1, Q_AS2, Q_AGX, Q_ANX, Q_AGY, Q_ANY = range(25, 32)  # the AMLR pair, scale 0
+# The AMLR pair, scale 0: valid count, sum of d, sum of squared deviations of d from the
+# program's mean (in the reduced stats: from the sample's mean), the Gr sums and counts.
+Q_AN, Q_AS1, Q_AS2, Q_AGX, Q_ANX, Q_AGY, Q_ANY = range(25, 32)

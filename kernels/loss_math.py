@@ -89,22 +89,53 @@ def ops(x00, x01, x02, x10, x11, x20, pc, pc2, pr, pr2):
 
 
 @triton.jit
+def inv_pow2_scale(x, y):
+    """1 / 2^e for the power of two 2^e <= max(|x|, |y|, 1), e clamped to 126 so that the
+    result stays a normal float32 (NaN / inf stay NaN / inf after scaling). Scaling by a
+    power of two is exact: the normal loss scales its vectors before squaring, so depths
+    up to the float32 range do not overflow, and gives the unscaled result bit for bit
+    wherever that one does not overflow."""
+    s = tl.maximum(tl.maximum(tl.abs(x), tl.abs(y)), 1.0)
+    e = tl.minimum(s.to(tl.int32, bitcast=True) & 0x7F800000, 253 << 23)
+    return ((254 << 23) - e).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def normal_loss(a1, a2, b1, b2):
-    """1 - cos of the normals (-a1, -a2, 1) and (-b1, -b2, 1) (Eq. 8)."""
-    num = a1 * b1 + a2 * b2 + 1.0
-    den = tl.sqrt(a1 * a1 + a2 * a2 + 1.0) * tl.sqrt(b1 * b1 + b2 * b2 + 1.0) + NORMAL_EPS
+    """1 - cos of the normals (-a1, -a2, 1) and (-b1, -b2, 1) (Eq. 8), computed on the
+    vectors (a1, a2, 1) / sa and (b1, b2, 1) / sb (powers of two of inv_pow2_scale): the
+    numerator, the denominator and eps all scale by 1 / (sa sb)."""
+    ia = inv_pow2_scale(a1, a2)
+    ib = inv_pow2_scale(b1, b2)
+    iab = ia * ib
+    a1 = a1 * ia
+    a2 = a2 * ia
+    b1 = b1 * ib
+    b2 = b2 * ib
+    num = a1 * b1 + a2 * b2 + iab
+    den = tl.sqrt(a1 * a1 + a2 * a2 + ia * ia) * tl.sqrt(b1 * b1 + b2 * b2 + ib * ib) + NORMAL_EPS * iab
     return 1.0 - num / den
 
 
 @triton.jit
 def normal_loss_grad(a1, a2, b1, b2):
-    """d normal_loss / d (a1, a2): only pred's side gets a gradient."""
-    num = a1 * b1 + a2 * b2 + 1.0
-    sa = tl.sqrt(a1 * a1 + a2 * a2 + 1.0)
-    sb = tl.sqrt(b1 * b1 + b2 * b2 + 1.0)
-    den = sa * sb + NORMAL_EPS
-    q = num * sb / (sa * den * den)
-    return q * a1 - b1 / den, q * a2 - b2 / den
+    """d normal_loss / d (a1, a2): only pred's side gets a gradient. On the scaled vectors
+    x = (a1, a2, 1) / sa, y = (b1, b2, 1) / sb (see normal_loss) it is
+    (q x - y / den) / sa with q = num |y| / (|x| den^2); written with one square root and
+    few live values (the backward kernel is at the register limit)."""
+    ia = inv_pow2_scale(a1, a2)
+    ib = inv_pow2_scale(b1, b2)
+    x1 = a1 * ia
+    x2 = a2 * ia
+    y1 = b1 * ib
+    y2 = b2 * ib
+    xx = x1 * x1 + x2 * x2 + ia * ia
+    ab = tl.sqrt(xx * (y1 * y1 + y2 * y2 + ib * ib))
+    iab = ia * ib
+    den = ab + NORMAL_EPS * iab
+    r = ia / den
+    q = (x1 * y1 + x2 * y2 + iab) * ab * r / (xx * den)
+    return q * x1 - y1 * r, q * x2 - y2 * r
 
 
 @triton.jit

@@ -142,7 +142,7 @@ def loss_space_bwd_kernel(
         c_gr = tl.load(cols + 79)
         g_si = si_scale * tl.load(Gb + c_si, mask=c_si >= 0, other=0.0)
         if SI_SQRT:
-            raw = tl.load(s0 + L.Q_AS2) / n - si_lambda * s1 * s1
+            raw = tl.load(s0 + L.Q_AS2) / n + (1.0 - si_lambda) * s1 * s1  # Q_AS2: n var(d) (reduce.py)
             g_si = tl.where(raw > 0, g_si * 0.5 / tl.sqrt(tl.maximum(raw, 1e-30)), 0.0)
         g_gr = tl.load(Gb + c_gr, mask=c_gr >= 0, other=0.0)
         gxn = g_gr / tl.maximum(tl.load(s0 + L.Q_ANX), 1.0)

@@ -83,7 +83,10 @@ def loss_space_fwd_kernel(
     aD, aM, a5, a17, a65, ar, ac, arr, arc, acc_, aN, aNr, aNc = \
         zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
     nm, nr, nc, nrr, nrc, ncc, nN, nNr, nNc, sS = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
-    xn, xs1, xs2, xgx, xnx, xgy, xny = zero, zero, zero, zero, zero, zero, zero
+    # AMLR: per column the count, mean and sum of squared deviations of d (merged chunk by
+    # chunk, Chan et al.): Si from mean(d^2) - mean(d)^2 would cancel in float32 when pred
+    # is off by a large factor (|mean d| >> std d).
+    xn, xmu, xm2, xgx, xnx, xgy, xny = zero, zero, zero, zero, zero, zero, zero
 
     for i0 in range(i_start, i_end, RH):
         i = i0 + tl.arange(0, RH)[:, None]
@@ -170,9 +173,15 @@ def loss_space_fwd_kernel(
             d00 = log_depth(q00, t00, V00)
             d01 = log_depth(q01, t01, V01)
             d10 = log_depth(q10, t10, V10)
-            xn += _csum(V00.to(tl.float32))
-            xs1 += _csum(d00)
-            xs2 += _csum(d00 * d00)
+            cn = _csum(V00.to(tl.float32))
+            cmu = _csum(d00) / tl.maximum(cn, 1.0)
+            cm2 = _csum(tl.where(V00, (d00 - cmu[None, :]) * (d00 - cmu[None, :]), 0.0))
+            nn = xn + cn
+            delta = cmu - xmu
+            frac = cn / tl.maximum(nn, 1.0)
+            xmu += delta * frac
+            xm2 += cm2 + delta * delta * xn * frac
+            xn = nn
             vx = V00 & V01
             vy = V00 & V10
             xgx += _csum(tl.where(vx, (d01 - d00) * (d01 - d00), 0.0))
@@ -206,9 +215,13 @@ def loss_space_fwd_kernel(
     tl.store(o + L.Q_SIGN, tl.sum(sS))
     tl.store(o + L.Q_SEM, 0.0)
     tl.store(o + L.Q_SM, 0.0)
-    tl.store(o + L.Q_AN, tl.sum(xn))
-    tl.store(o + L.Q_AS1, tl.sum(xs1))
-    tl.store(o + L.Q_AS2, tl.sum(xs2))
+    # This program's count, sum of d and squared deviations from its own mean.
+    n_p = tl.sum(xn)
+    s_p = tl.sum(xn * xmu)
+    mu_p = s_p / tl.maximum(n_p, 1.0)
+    tl.store(o + L.Q_AN, n_p)
+    tl.store(o + L.Q_AS1, s_p)
+    tl.store(o + L.Q_AS2, tl.sum(xm2 + xn * (xmu - mu_p) * (xmu - mu_p)))
     tl.store(o + L.Q_AGX, tl.sum(xgx))
     tl.store(o + L.Q_ANX, tl.sum(xnx))
     tl.store(o + L.Q_AGY, tl.sum(xgy))

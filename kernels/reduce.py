@@ -37,7 +37,7 @@ def _sums_per_level(part, b, geom, n, START: tl.constexpr, NQP: tl.constexpr, CH
 @triton.jit
 def reduce_kernel(
     part_pyr, part, geom, cols, out, stats, NTP, NTL, n_out, si_lambda, si_scale,
-    SI_SQRT: tl.constexpr, CH: tl.constexpr,
+    SI_SQRT: tl.constexpr, DO_AMLR: tl.constexpr, CH: tl.constexpr,
 ):
     b = tl.program_id(0)
     q = tl.arange(0, NQ)
@@ -50,26 +50,38 @@ def reduce_kernel(
         p = p0 + tl.arange(0, CH)
         Sp += tl.sum(tl.load(part_pyr + (b * NTP + p[:, None]) * L.PYR_PARTS + u[None, :],
                              mask=(p < NTP)[:, None] & (u < L.PYR_PARTS)[None, :], other=0.0), axis=0)
+    # The AMLR pair (Yu & Heo 2023, Eqs. 1-3) from the scale-0 sums. Si = mean(d^2) -
+    # lambda mean(d)^2 as var(d) + (1 - lambda) mean(d)^2: the programs' squared deviations
+    # (Q_AS2) plus n_p (mean_p - mean)^2 between programs, in program order.
+    S0 = tl.sum(tl.where(kk[:, None] == 0, Sl, 0.0), axis=0)
+    n = tl.maximum(tl.sum(tl.where(q == L.Q_AN, S0, 0.0)), 1.0)
+    s1 = tl.sum(tl.where(q == L.Q_AS1, S0, 0.0)) / n
+    m2 = tl.sum(tl.where(q == L.Q_AS2, S0, 0.0))
+    if DO_AMLR:
+        between = tl.zeros((CH,), tl.float32)
+        for p0 in range(0, NTL, CH):
+            p = p0 + tl.arange(0, CH)
+            on = (p < NTL) & (level_of(p, geom, L.COL) == 0)
+            n_p = tl.load(part + (b * NTL + p) * NQ + L.Q_AN, mask=on, other=0.0)
+            s_p = tl.load(part + (b * NTL + p) * NQ + L.Q_AS1, mask=on, other=0.0)
+            dev = s_p / tl.maximum(n_p, 1.0) - s1
+            between += tl.where(n_p > 0, n_p * dev * dev, 0.0)
+        m2 += tl.sum(between)
     t = tl.arange(0, 16)
     cnt_idx = tl.where(t < 5, L.Q_CNT, t + (L.Q_CNT + 1 - 5))  # D, M, M5..M65 count m
-    S0 = tl.zeros((NQ,), tl.float32)
     for k in tl.static_range(6):
         S = tl.sum(tl.where(kk[:, None] == k, Sl, 0.0), axis=0)
         S = tl.where(q == L.Q_SEM, tl.sum(tl.where(u == 2 * k, Sp, 0.0)), S)
         S = tl.where(q == L.Q_SM, tl.sum(tl.where(u == 2 * k + 1, Sp, 0.0)), S)
+        if k == 0:
+            S = tl.where(q == L.Q_AS2, m2, S)  # backward reads n var(d) from here
         tl.store(stats + (b * 6 + k) * NQ + q, S)
         num = _pick(S, q, t)
         cnt = _pick(S, q, cnt_idx)
         val = tl.where(cnt > 0, num / tl.maximum(cnt, 1.0), 0.0)  # an empty set gives 0
         col = tl.load(cols + k * 13 + t, mask=t < 13, other=-1)
         tl.store(out + b * n_out + col, val, mask=(t < 13) & (col >= 0))
-        if k == 0:
-            S0 = S
-    # The AMLR pair (Yu & Heo 2023, Eqs. 1-3) from the scale-0 sums.
-    n = tl.maximum(tl.sum(tl.where(q == L.Q_AN, S0, 0.0)), 1.0)
-    s1 = tl.sum(tl.where(q == L.Q_AS1, S0, 0.0)) / n
-    s2 = tl.sum(tl.where(q == L.Q_AS2, S0, 0.0)) / n
-    si = s2 - si_lambda * s1 * s1
+    si = m2 / n + (1.0 - si_lambda) * s1 * s1
     if SI_SQRT:
         si = tl.where(si > 0, tl.sqrt(tl.maximum(si, 1e-30)), 0.0)
     si = si_scale * si

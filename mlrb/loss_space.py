@@ -13,6 +13,7 @@ A backend module exposes ``unavailable_reason(device) -> str | None`` and
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 
 import torch
@@ -159,9 +160,18 @@ def fused_loss_space(
     """
     indices = _resolve(select)
     pred4, gt4, mask4 = _check_inputs(pred, gt, mask)
+    for what, v in (("si_lambda", si_lambda), ("si_scale", si_scale)):
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite, got {v}")
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(pred4, gt4, mask4)
     name = _pick_backend(backend, pred4.device)
+    # Gradients flow to pred only (spec), the same on every backend: gt and mask leave the
+    # graph here, and inference tensors among them (which autograd cannot save) are copied
+    # when a graph will be recorded.
+    gt4 = gt4.detach()
+    if torch.is_grad_enabled() and pred4.requires_grad and not torch.compiler.is_compiling():
+        gt4, mask4 = (None if t is None else t.clone() if t.is_inference() else t for t in (gt4, mask4))
     params = dict(si_lambda=float(si_lambda), si_sqrt=bool(si_sqrt), si_scale=float(si_scale))
     return _loaded[name].loss_space(pred4, gt4, mask4, indices, **params)
 

@@ -134,10 +134,34 @@ def masked_mean(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (v * valid).sum(dim=(1, 2, 3)) / count.clamp(min=1)
 
 
+_EXP_BITS = {  # dtype: (same-size int dtype, exponent mask, mantissa bits, biased exponent of 2^(bias+1))
+    torch.float32: (torch.int32, 0x7F800000, 23, 254),
+    torch.float64: (torch.int64, 0x7FF0000000000000, 52, 2046),
+}
+
+
+def inv_pow2_scale(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 / 2^e for the power of two 2^e <= max(|x|, |y|, 1) (exponent clamped so that the
+    result stays a normal number). Multiplying by it is exact; no gradient flows through it."""
+    s = torch.maximum(torch.maximum(x.detach().abs(), y.detach().abs()), torch.ones_like(x))
+    ity, mask, shift, two = _EXP_BITS[s.dtype]
+    e = (s.contiguous().view(ity) & mask).clamp(max=(two - 1) << shift)
+    return ((two << shift) - e).view(s.dtype)
+
+
 def normal_loss(a1, a2, b1, b2) -> torch.Tensor:
-    """1 - cos angle of the normals (-a1, -a2, 1) and (-b1, -b2, 1), per pixel (Eq. 8)."""
-    num = a1 * b1 + a2 * b2 + 1
-    den = torch.sqrt(a1 * a1 + a2 * a2 + 1) * torch.sqrt(b1 * b1 + b2 * b2 + 1) + NORMAL_EPS
+    """1 - cos angle of the normals (-a1, -a2, 1) and (-b1, -b2, 1), per pixel (Eq. 8).
+
+    Computed on (a1, a2, 1) / sa and (b1, b2, 1) / sb, with sa, sb the powers of two of
+    inv_pow2_scale: numerator, denominator and eps all scale by 1 / (sa sb), so no square
+    overflows (float32 depths up to the float range) and where the plain formula does not
+    overflow the result is bit for bit the same. The scales are constants for autograd
+    (the function of a1, a2 is unchanged), so the gradient is the formula's own."""
+    ia, ib = inv_pow2_scale(a1, a2), inv_pow2_scale(b1, b2)
+    iab = ia * ib
+    a1, a2, b1, b2 = a1 * ia, a2 * ia, b1 * ib, b2 * ib
+    num = a1 * b1 + a2 * b2 + iab
+    den = torch.sqrt(a1 * a1 + a2 * a2 + ia * ia) * torch.sqrt(b1 * b1 + b2 * b2 + ib * ib) + NORMAL_EPS * iab
     return 1 - num / den
 
 
@@ -184,7 +208,11 @@ def amlr_losses(pred, gt, mask, *, si_lambda=1.0, si_sqrt=False, si_scale=1.0):
     d = torch.where(valid, torch.log(torch.where(valid, pred.clamp(min=LOG_EPS), 1.0)), 0.0) \
         - torch.where(valid, torch.log(torch.where(valid, gt, 1.0)), 0.0)
     mean_d = masked_mean(d, valid)
-    si = masked_mean(d * d, valid) - si_lambda * mean_d * mean_d
+    # mean(d^2) - lambda mean(d)^2 written as var(d) + (1 - lambda) mean(d)^2: the same
+    # number, but no cancellation when pred is off by a large factor (|mean d| >> std d,
+    # exactly where a scale-invariant loss matters), which costs float32 digits.
+    dev = d - mean_d[:, None, None, None]
+    si = masked_mean(dev * dev, valid) + (1 - si_lambda) * mean_d * mean_d
     if si_sqrt:
         # sqrt(0) has an infinite slope; an exactly-zero loss contributes no gradient.
         si = torch.where(si > 0, si.clamp(min=1e-30).sqrt(), 0.0)

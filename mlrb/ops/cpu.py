@@ -9,6 +9,11 @@ The kernels (csrc/, extension ``mlrb._C``) take raw buffers: contiguous float32/
 (B, H, W) maps and an optional bool mask (None: no mask is allocated). They run on
 ``torch.get_num_threads()`` threads with a fixed work partition, so results are bitwise
 identical for any thread count. half/bfloat16 inputs are computed in float32.
+
+The ops check their inputs (mlrb/ops/checks.py) and so does the extension itself: bad
+input raises ValueError / TypeError, never reaches the kernels. Gradients flow to pred
+only; gt and mask may be inference tensors. There is no second derivative (use the
+reference backend).
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
 
 try:
     from mlrb import _C
@@ -35,9 +42,23 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _check(op: str, pred, gt, mask, indices, si_lambda, si_scale) -> None:
+    check_inputs(op, pred, gt, mask, indices, si_lambda, si_scale, _DTYPES)
+    if gt.dtype != pred.dtype:
+        raise TypeError(f"{op}: pred and gt dtypes differ: {pred.dtype} vs {gt.dtype}")
+
+
 def _maps(x: Tensor):
-    """numpy (B, H, W) view of a contiguous (B, 1, H, W) CPU tensor."""
-    return x.detach().reshape(x.shape[0], x.shape[-2], x.shape[-1]).numpy()
+    """numpy (B, H, W) C-contiguous view (a copy if need be) of a (B, 1, H, W) CPU tensor."""
+    return x.detach().reshape(x.shape[0], x.shape[-2], x.shape[-1]).contiguous().numpy()
+
+
+def _threads() -> int:
+    # Results do not depend on the count; the extension refuses more than MAX_THREADS.
+    return min(torch.get_num_threads(), _C.MAX_THREADS)
 
 
 @torch.library.custom_op("mlrb::loss_space_cpu_fwd", mutates_args=(), device_types="cpu")
@@ -50,16 +71,18 @@ def loss_space_cpu_fwd(
     si_sqrt: bool,
     si_scale: float,
 ) -> Tensor:
-    """Selected losses (B, n) of contiguous (B, 1, H, W) float32/float64 pred, gt."""
+    """Selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64)."""
+    _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
     out = _C.loss_space_forward(
         _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
-        si_lambda, si_sqrt, si_scale, torch.get_num_threads(),
+        si_lambda, si_sqrt, si_scale, _threads(),
     )
     return torch.from_numpy(out).to(pred.dtype)
 
 
 @loss_space_cpu_fwd.register_fake
 def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+    _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
     return pred.new_empty((pred.shape[0], len(indices)))
 
 
@@ -75,23 +98,28 @@ def loss_space_cpu_bwd(
     si_scale: float,
 ) -> Tensor:
     """d(sum grad * L) / d pred, shape and dtype of pred."""
+    _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
+    check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
     g = _C.loss_space_backward(
         grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
         None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
-        torch.get_num_threads(),
+        _threads(),
     )
     return torch.from_numpy(g).view(pred.shape)
 
 
 @loss_space_cpu_bwd.register_fake
 def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+    _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
+    check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     pred, gt, mask, indices, si_lambda, si_sqrt, si_scale = inputs
-    # Only the inputs are kept: the backward recomputes everything else.
-    ctx.save_for_backward(pred, gt, mask)
+    # Only the inputs are kept: the backward recomputes everything else. Inference tensors
+    # (e.g. gt loaded under torch.inference_mode) cannot be saved: a copy of those.
+    ctx.save_for_backward(pred, saveable(gt), saveable(mask))
     ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
 
 
@@ -102,6 +130,8 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("mlrb::loss_space_cpu_bwd", no_double_backward("cpu"))
+
 
 
 def loss_space(

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from mlrb.kernels import layout as L
+from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
 from mlrb.names import BOX_SIZES, LOSS_TYPES, NUM_SCALES, NUM_TYPES
 
 _AMLR = (NUM_SCALES * NUM_TYPES, NUM_SCALES * NUM_TYPES + 1)
@@ -237,7 +238,7 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                   num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
-                  CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
+                  DO_AMLR=f["DO_AMLR"], CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
     return out, stats, ws
 
 
@@ -267,6 +268,31 @@ def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_s
     return grad
 
 
+# ----------------------------------------------------------------------------- checks
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # float64: the reference (loss_space below)
+
+
+def _check_fwd(op, pred, gt, mask, indices, si_lambda, si_scale, real: bool) -> None:
+    check_inputs(op, pred, gt, mask, indices, si_lambda, si_scale, _DTYPES)
+    if real:  # not in the fake implementations: their tensors are on the real device anyway
+        reason = unavailable_reason(pred.device)
+        if reason is not None:
+            raise ValueError(f"{op}: cannot run on {pred.device} tensors: {reason}")
+
+
+def _check_bwd(op, grad_out, pred, mask, ws, stats, indices, si_lambda, si_scale, real: bool) -> None:
+    """The backward reads the forward's workspace and sums: their sizes must be the plan's."""
+    _check_fwd(op, pred, pred, mask, indices, si_lambda, si_scale, real)
+    check_grad(op, grad_out, pred, len(indices))
+    B, _, H, W = (int(d) for d in pred.shape)
+    plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
+    for what, t, shape in (("ws", ws, (plan.ws_numel,)), ("stats", stats, (B, NUM_SCALES * L.NQ))):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape \
+                or t.device != pred.device:
+            got = (t.dtype, tuple(t.shape), str(t.device)) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{op}: {what} must be the forward's float32 {shape} tensor on {pred.device}, got {got}")
+
+
 # ----------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("mlrb_triton::loss_space_fwd", mutates_args=())
 def loss_space_fwd(
@@ -274,12 +300,14 @@ def loss_space_fwd(
     si_lambda: float, si_sqrt: bool, si_scale: float, save_for_backward: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(losses (B, n), per-scale sums (B, 6 * NQ), workspace kept for backward)."""
+    _check_fwd("mlrb_triton::loss_space_fwd", pred, gt, mask, indices, si_lambda, si_scale, real=True)
     with _device_ctx(pred):
         return _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward)
 
 
 @loss_space_fwd.register_fake
 def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
+    _check_fwd("mlrb_triton::loss_space_fwd", pred, gt, mask, indices, si_lambda, si_scale, real=False)
     # The workspace size depends on the tiling of every scale: specialise symbolic sizes.
     B, H, W = (int(d) for d in (pred.shape[0], pred.shape[-2], pred.shape[-1]))
     plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
@@ -294,19 +322,23 @@ def loss_space_bwd(
     stats: torch.Tensor, indices: list[int], si_lambda: float, si_sqrt: bool, si_scale: float,
 ) -> torch.Tensor:
     """d(sum grad_out * L) / d pred, shape and dtype of pred."""
+    _check_bwd("mlrb_triton::loss_space_bwd", grad_out, pred, mask, ws, stats, indices, si_lambda, si_scale,
+               real=True)
     with _device_ctx(pred):
         return _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale)
 
 
 @loss_space_bwd.register_fake
 def _(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale):
+    _check_bwd("mlrb_triton::loss_space_bwd", grad_out, pred, mask, ws, stats, indices, si_lambda, si_scale,
+               real=False)
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, _ = inputs
     _, stats, ws = output
-    ctx.save_for_backward(pred, mask, ws, stats)
+    ctx.save_for_backward(pred, saveable(mask), ws, stats)  # a copy of an inference-mode mask
     ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
 
 
@@ -320,6 +352,7 @@ def _autograd_backward(ctx, grad_out, _grad_stats, _grad_ws):
 
 torch.library.register_autograd("mlrb_triton::loss_space_fwd", _autograd_backward,
                                 setup_context=_setup_context)
+torch.library.register_autograd("mlrb_triton::loss_space_bwd", no_double_backward("triton"))
 
 
 def _device_ctx(t: torch.Tensor):

@@ -72,3 +72,33 @@ def assert_close_to_reference(backend, pred, gt, mask=None, select=None, *, rtol
                                    msg=lambda m, name=name: f"forward {name}: {m}")
     torch.testing.assert_close(g, g_ref.cpu().to(g.dtype), rtol=rtol, atol=atol * max(1.0, g_ref.abs().max().item()),
                                msg=lambda m: f"grad_pred: {m}")
+
+
+# Depth scales of the float32 range checks: tiny, ordinary, disparity- or millimetre-like by
+# mistake, large synthetic scenes, and close to where differences themselves would overflow.
+DEPTH_SCALES = (1e-6, 1.0, 1e6, 1e9)
+
+
+def assert_close_at_depth_scale(backend, scale, select, *, B=1, H=20, W=28, mask="holes", rtol=2e-4, atol=2e-6,
+                                device="cpu"):
+    """float32 ``backend`` on depths times ``scale`` against the float64 reference of the same
+    (rounded) inputs, forward and backward: losses relative to each column's size (the
+    normal losses N, Nr, Nc are scale-free, in [0, 2]: absolute), gradients relative to
+    the largest one."""
+    pred, gt, m = make_inputs(B, H, W, dtype=torch.float64, mask=mask)
+    pred, gt = (pred * scale).float(), (gt * scale).float()
+    names = mlrb.names.names_of(resolve_select(select))
+    G = torch.rand(B, len(names), generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    L_ref, g_ref = reference_value_and_grad(pred, gt, m, names, G)
+    L, g = backend_value_and_grad(backend, pred.to(device), gt.to(device), None if m is None else m.to(device),
+                                  names, G.to(device))
+    L, g = L.cpu().double(), g.cpu().double()
+    assert torch.isfinite(L).all() and torch.isfinite(g).all(), f"{backend} at depth scale {scale:g}: NaN/Inf"
+    norm = torch.tensor([1.0 if n.split("@")[0] in ("N", "Nr", "Nc") else L_ref[:, j].abs().max().item() or 1.0
+                         for j, n in enumerate(names)], dtype=torch.float64)
+    for j, name in enumerate(names):
+        torch.testing.assert_close(L[:, j] / norm[j], L_ref[:, j] / norm[j], rtol=rtol, atol=atol,
+                                   msg=lambda msg, name=name: f"{backend}, depth scale {scale:g}, {name}: {msg}")
+    gmax = g_ref.abs().max()
+    torch.testing.assert_close(g / gmax, g_ref / gmax, rtol=rtol, atol=atol,
+                               msg=lambda msg: f"{backend}, depth scale {scale:g}, grad_pred: {msg}")

@@ -6,7 +6,8 @@ import torch
 
 import mlrb
 from mlrb.names import ALL_NAMES, INDEX, resolve_select
-from ops_cases import assert_close_to_reference, make_inputs, reference_value_and_grad
+from ops_cases import (DEPTH_SCALES, assert_close_at_depth_scale, assert_close_to_reference, make_inputs,
+                        reference_value_and_grad)
 
 cpu = pytest.importorskip("mlrb.ops.cpu")
 if cpu.unavailable_reason(torch.device("cpu")) is not None:
@@ -243,6 +244,57 @@ def test_fused_loss_space_under_torch_compile_fullgraph():
     q = pred.clone().requires_grad_(True)
     _losses(q, gt, m, "L^0 | AMLR").sum().backward()
     torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", DEPTH_SCALES + (1e18, 1e30))
+def test_float32_over_the_depth_range(scale):
+    # N, Nr, Nc once overflowed from depths ~1e9 on (squares of gradients): wrong values
+    # and NaN gradients. The normal losses alone (their gradients would be invisible next
+    # to the others'), then every loss.
+    assert_close_at_depth_scale("cpu", scale, "L_N")
+    assert_close_at_depth_scale("cpu", scale, "all | AMLR")
+
+
+def test_float32_normal_losses_with_a_far_region():
+    # Rows that read a depth beyond 2^28 take the scaled formula, the others the plain one
+    # (the same bits where both apply): a far region (sky at 1e9) next to ordinary depths.
+    pred, gt, m = make_inputs(1, 40, 30, dtype=torch.float64, mask="holes")
+    pred[:, :, 10:14, 5:20] *= 1e9
+    gt[:, :, 12:16, 8:25] *= 1e9
+    idx = "L_N"
+    L_ref, g_ref = reference_value_and_grad(pred.float(), gt.float(), m, idx)
+    p = pred.float().requires_grad_(True)
+    L = _losses(p, gt.float(), m, idx)
+    L.sum().backward()
+    torch.testing.assert_close(L.double(), L_ref, rtol=0, atol=2e-6)
+    gmax = g_ref.abs().max()
+    torch.testing.assert_close(p.grad.double() / gmax, g_ref / gmax, rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("factor", [1e3, 1e6])
+def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
+    # mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d; the kernels merge
+    # per-row variances instead (Chan et al.).
+    pred, gt, m = make_inputs(2, 30, 41, dtype=torch.float64, mask="holes")
+    for lam, sq in ((1.0, False), (0.85, True)):
+        ref = reference_value_and_grad(pred * factor, gt, m, "Si", si_lambda=lam, si_sqrt=sq)[0]
+        got = _losses((pred * factor).float(), gt.float(), m, "Si", si_lambda=lam, si_sqrt=sq)
+        torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=0)
+
+
+def test_float64_normal_losses_at_huge_depths():
+    # float64 squares overflow from gradients ~1e154 on; the scaled formula does not. At
+    # depths 1e100 and beyond the "+1" of the normals is negligible: the losses are the
+    # 2-d angles, the same at 1e100 and 1e200, and the gradients scale as 1 / depth.
+    pred, gt, m = make_inputs(1, 12, 16, dtype=torch.float64, mask="holes")
+    out = {}
+    for s in (1e100, 1e200):
+        p = (pred * s).requires_grad_(True)
+        L = _losses(p, gt * s, m, "L_N")
+        (g,) = torch.autograd.grad(L.sum(), p)
+        out[s] = L, g * s
+    torch.testing.assert_close(out[1e200][0], out[1e100][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out[1e200][1], out[1e100][1], rtol=1e-10, atol=1e-12)
 
 
 def test_bad_inputs_raise_clear_errors():

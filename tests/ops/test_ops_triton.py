@@ -13,7 +13,8 @@ import torch
 
 import mlrb
 from mlrb.names import INDEX, LOSS_NAMES, LOSS_TYPES, names_of, resolve_select
-from ops_cases import assert_close_to_reference, backend_value_and_grad, make_inputs
+from ops_cases import (DEPTH_SCALES, assert_close_at_depth_scale, assert_close_to_reference,
+                        backend_value_and_grad, make_inputs)
 
 triton_backend = pytest.importorskip("mlrb.ops.triton")
 
@@ -206,10 +207,20 @@ def test_auto_backend_choice():
         assert _pick_backend("auto", torch.device("cpu")) in ("cpu", "reference")
 
 
-def test_every_type_has_a_column():
-    # Guards the kernels' column table against a change of LOSS_TYPES order.
-    assert [INDEX[f"{t}@0"] for t in LOSS_TYPES] == list(range(13))
-    assert names_of(resolve_select(ALL)) == ALL
+def test_kernel_column_layout_follows_loss_names():
+    """The kernels number the loss types themselves (their per-level sums at Q_NUM + t,
+    layout.py; output column of 13 k + t through make_plan's table), in the order of
+    mlrb.LOSS_TYPES. The reference computes each loss by its name: a kernel type in
+    another's slot, a change of LOSS_TYPES order or a column table that is off puts the
+    wrong loss under a name. One call, the 13 types of a scale in reverse order."""
+    from mlrb.kernels import layout
+    from mlrb.names import NUM_TYPES
+
+    assert layout.Q_CNT - layout.Q_NUM == NUM_TYPES and layout.NUM_SCALES * NUM_TYPES == len(LOSS_NAMES)
+    names = [f"{t}@2" for t in reversed(LOSS_TYPES)] + ["Gr", "D@0"]
+    plan = triton_backend.make_plan(1, 20, 28, tuple(INDEX[n] for n in names), triton_backend.INTERPRETER_BLOCKS)
+    assert [plan.cols[INDEX[n]] for n in names] == list(range(len(names)))
+    check(1, 20, 28, "holes", select=names)
 
 
 @pytest.fixture
@@ -246,6 +257,26 @@ def test_kernels_compile_for_h100_without_spills():
     assert len(rows) == 8, done.stdout
     for name, regs, stack in rows:
         assert int(stack) == 0, f"{name} spills: {regs} registers, {stack} bytes of stack"
+
+
+@pytest.mark.parametrize("scale", DEPTH_SCALES)
+def test_normal_losses_over_the_depth_range(scale):
+    # The gradient of N, Nr, Nc once overflowed (den^2) from depths ~1e9 on.
+    assert_close_at_depth_scale("triton", scale, "N@0, Nr@0, Nc@1", H=12, W=16, device=DEVICE)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_scale_invariant_loss_with_pred_off_by_a_factor(tiled, request):
+    # Si = mean(d^2) - lambda mean(d)^2 cancels in float32 when |mean d| >> std d (pred in
+    # millimetres against gt in metres, say): it was 4e-3 off at a factor 1e6. The kernels
+    # merge squared deviations per column, per program and between programs (tiled: many
+    # programs per scale).
+    if tiled:
+        request.getfixturevalue("small_tiles")
+    pred, gt, m = make_inputs(1, 19, 28, mask="holes", device=DEVICE)
+    for factor in (1e3, 1e6):
+        assert_close_to_reference("triton", pred * factor, gt, m, "Si", rtol=2e-5, atol=1e-7,
+                                  si_lambda=0.85, si_sqrt=True, si_scale=10.0)
 
 
 def test_workspace_beyond_int32_is_refused():

@@ -34,7 +34,7 @@ CASES = [
      dict(HAS_MASK=True, **ALL, SAVE_Y=True, RH=BL.col[0], CW=BL.col[1], SEG=BL.seg, PCH=BL.reduce_chunk * 4), BL.col[2]),
     (reduce.reduce_kernel, dict(part_pyr=P, part=P, geom="*i32", cols="*i32", out=P, stats=P,
                                 si_lambda="fp32", si_scale="fp32"),
-     dict(SI_SQRT=True, CH=BL.reduce_chunk), BL.reduce_warps),
+     dict(SI_SQRT=True, DO_AMLR=True, CH=BL.reduce_chunk), BL.reduce_warps),
     (box.box_rows_bwd_kernel, dict(ws=P, bws=P, geom="*i32"),
      dict(DO5=True, DO17=True, DO65=True, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
     (loss_space_bwd.loss_space_bwd_kernel, dict(ws=P, bws=P, stats=P, G=P, geom="*i32", cols="*i32",

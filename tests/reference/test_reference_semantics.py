@@ -170,3 +170,51 @@ def test_loss_order_is_paper_order():
         single = reference.losses_by_name(pred, gt, None, [LOSS_NAMES[j]])[LOSS_NAMES[j]]
         assert torch.equal(full[:, j], single)
     assert LOSS_NAMES[13 * 2 + LOSS_TYPES.index("M17")] == "M17@2"
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6, 1e9, 1e18, 1e30])
+def test_float32_normal_losses_over_the_depth_range(scale):
+    # The normal loss scales its vectors by powers of two before squaring: float32 depths
+    # up to the float range neither overflow nor lose precision (gradients too).
+    pred, gt = rand_pair(1, 12, 16)
+    pred, gt = (pred * scale).float(), (gt * scale).float()
+    idx = [LOSS_NAMES.index(n) for n in LOSS_NAMES if n.split("@")[0] in ("N", "Nr", "Nc")]
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        p = pred.to(dtype).requires_grad_(True)
+        L = reference.loss_space(p, gt.to(dtype), None, idx)
+        (g,) = torch.autograd.grad(L.sum(), p)
+        out[dtype] = L.double(), g.double()
+    (L32, g32), (L64, g64) = out[torch.float32], out[torch.float64]
+    torch.testing.assert_close(L32, L64, rtol=0, atol=2e-6)
+    gmax = g64.abs().max()
+    torch.testing.assert_close(g32 / gmax, g64 / gmax, rtol=2e-4, atol=2e-6)
+
+
+def test_normal_loss_scaling_is_exact_at_ordinary_depths():
+    # Powers of two scale exactly: the float64 result is the plain formula's, bit for bit.
+    a1, a2, b1, b2 = (torch.randn(1000, dtype=torch.float64, generator=torch.Generator().manual_seed(s)) * 30
+                      for s in range(4))
+    plain = 1 - (a1 * b1 + a2 * b2 + 1) / (torch.sqrt(a1 * a1 + a2 * a2 + 1) * torch.sqrt(b1 * b1 + b2 * b2 + 1)
+                                           + reference.NORMAL_EPS)
+    assert torch.equal(reference.normal_loss(a1, a2, b1, b2), plain)
+
+
+@pytest.mark.parametrize("factor", [1e3, 1e6])
+def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
+    # Si = mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d (pred in millimetres
+    # against gt in metres, say), exactly where a scale-invariant loss is meant to work; it
+    # is computed as var(d) + (1 - lambda) mean(d)^2.
+    pred, gt = rand_pair(1, 12, 16)
+    pred = pred * factor
+    idx = [ALL_NAMES.index("Si")]
+    for lam in (1.0, 0.85):
+        out = {}
+        for dtype in (torch.float32, torch.float64):
+            p = pred.to(dtype).requires_grad_(True)
+            L = reference.loss_space(p, gt.to(dtype), None, idx, si_lambda=lam)
+            (g,) = torch.autograd.grad(L.sum(), p)
+            out[dtype] = L.double(), g.double()
+        torch.testing.assert_close(out[torch.float32][0], out[torch.float64][0], rtol=2e-5, atol=0)
+        gmax = out[torch.float64][1].abs().max()
+        torch.testing.assert_close(out[torch.float32][1] / gmax, out[torch.float64][1] / gmax, rtol=1e-4, atol=1e-5)

@@ -375,6 +375,25 @@ inline void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& 
   }
 }
 
+// Whether the normal types of this row need the scaled formula (loss_math.h): some depth of
+// the rows they read reaches kNormalPlainMax (or is NaN / inf). Checked once per row, so
+// ordinary depths keep the plain formula's speed; both give the same bits below the bound.
+constexpr uint32_t kNormalBits = bit(kN) | bit(kNr) | bit(kNc);
+
+template <typename T>
+inline bool rows_need_scaling(int w, const T* P0, const T* P1, const T* P2, const T* G0, const T* G1,
+                              const T* G2) {
+  T mx = 0;
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < w; ++j) {
+    const T a = std::max(std::max(std::abs(P0[j]), std::abs(P1[j])), std::abs(P2[j]));
+    const T b = std::max(std::max(std::abs(G0[j]), std::abs(G1[j])), std::abs(G2[j]));
+    // NaN compares false: count it as large.
+    mx = std::max(mx, (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax));
+  }
+  return !(mx < T(kNormalPlainMax));
+}
+
 // ------------------------------------------------------------------------ forward, one scale
 // Global mean of e over the valid pixels of a scale (M and the box shift need it first).
 template <typename T, bool HasMask>
@@ -464,18 +483,24 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
       sum[t] += acc;
       cnt[t] += c;
     });
+    const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
     for_types<kN, kNr, kNc>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
       T acc = 0, c = 0;
+      auto sweep = [&](auto sc) {
+        constexpr bool Scaled = decltype(sc)::value;
 #pragma omp simd reduction(+ : acc, c)
-      for (int j = 0; j < w; ++j) {
-        T a1, a2, b1, b2;
-        normal_args<t>(P0, P1, P2, j, a1, a2);
-        normal_args<t>(G0, G1, G2, j, b1, b2);
-        const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
-        acc += normal_loss(a1, a2, b1, b2) * v;
-        c += v;
-      }
+        for (int j = 0; j < w; ++j) {
+          T a1, a2, b1, b2;
+          normal_args<t>(P0, P1, P2, j, a1, a2);
+          normal_args<t>(G0, G1, G2, j, b1, b2);
+          const T v = HasMask ? valid_of<t>(M0, M1, M2, j) : T(1);
+          acc += normal_loss<Scaled>(a1, a2, b1, b2) * v;
+          c += v;
+        }
+      };
+      if (scaled) sweep(std::true_type{});
+      else sweep(std::false_type{});
       sum[t] += acc;
       cnt[t] += c;
     });
@@ -736,20 +761,26 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
       for (int j = 0; j < w; ++j)
         field[j] += wg * sgn(grad_term<t>(E0, E1, E2, j)) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
     });
+    const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
     for_types<kN, kNr, kNc>(types, [&](auto tc) {
       constexpr int t = decltype(tc)::value;
       T* __restrict f1 = t == kN ? tx : t == kNr ? txx : txy;
       T* __restrict f2 = t == kN ? ty : t == kNr ? txy : tyy;
       const T wn = wt[t];
+      auto sweep = [&](auto sc) {
+        constexpr bool Scaled = decltype(sc)::value;
 #pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        T a1, a2, b1, b2, g1, g2;
-        normal_args<t>(P0, P1, P2, j, a1, a2);
-        normal_args<t>(G0, G1, G2, j, b1, b2);
-        normal_loss_grad(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
-        f1[j] += g1;
-        f2[j] += g2;
-      }
+        for (int j = 0; j < w; ++j) {
+          T a1, a2, b1, b2, g1, g2;
+          normal_args<t>(P0, P1, P2, j, a1, a2);
+          normal_args<t>(G0, G1, G2, j, b1, b2);
+          normal_loss_grad<Scaled>(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
+          f1[j] += g1;
+          f2[j] += g2;
+        }
+      };
+      if (scaled) sweep(std::true_type{});
+      else sweep(std::false_type{});
     });
     }  // src
 
@@ -817,8 +848,11 @@ inline void log_ratio_row(const T* p, const T* g, const uint8_t* m, int w, T* d,
   }
 }
 
+// sd, n: sum and count of d; m2: sum of (d - mean d)^2, merged row by row (Chan et al.'s
+// pairwise update) so that the variance does not come from mean(d^2) - mean(d)^2, which
+// cancels when pred is off by a large factor (|mean d| >> std d).
 struct AmlrSums {
-  double sd = 0, sdd = 0, n = 0, sx = 0, nx = 0, sy = 0, ny = 0;
+  double sd = 0, m2 = 0, n = 0, sx = 0, nx = 0, sy = 0, ny = 0;
 };
 
 template <typename T, bool HasMask>
@@ -829,20 +863,25 @@ AmlrSums amlr_sums(const T* p, const T* g, const uint8_t* m, int H, int W, T* bu
     const int64_t o = int64_t(i) * W;
     log_ratio_row<T, HasMask>(p + o, g + o, HasMask ? m + o : nullptr, W, d, v);
     T a = 0, aa = 0, c = 0, ax = 0, cx = 0;
-#pragma omp simd reduction(+ : a, aa, c)
+#pragma omp simd reduction(+ : a, c)
     for (int j = 0; j < W; ++j) {
       a += d[j];
-      aa += d[j] * d[j];
       c += v[j];
     }
+    const T mu = c > 0 ? a / c : T(0);  // the row's mean: its squared deviations are small
+#pragma omp simd reduction(+ : aa)
+    for (int j = 0; j < W; ++j) aa += (d[j] - mu) * (d[j] - mu) * v[j];
     for (int j = 0; j + 1 < W; ++j) {
       const T pv = v[j] * v[j + 1], df = d[j + 1] - d[j];
       ax += pv * df * df;
       cx += pv;
     }
-    s.sd += a;
-    s.sdd += aa;
-    s.n += c;
+    if (c > 0) {  // merge the row (c, a, aa) into (n, sd, m2)
+      const double n1 = s.n + double(c), delta = double(a) / double(c) - (s.n > 0 ? s.sd / s.n : 0.0);
+      s.m2 += double(aa) + delta * delta * s.n * double(c) / n1;
+      s.sd += a;
+      s.n = n1;
+    }
     s.sx += ax;
     s.nx += cx;
     if (i > 0) {
@@ -869,8 +908,8 @@ struct AmlrValues {
 inline AmlrValues amlr_values(const AmlrSums& s, const LossSpaceArgs& a) {
   AmlrValues r;
   r.mean_d = s.n > 0 ? s.sd / s.n : 0.0;
-  const double mean_dd = s.n > 0 ? s.sdd / s.n : 0.0;
-  r.si_raw = mean_dd - a.si_lambda * r.mean_d * r.mean_d;
+  // Eq. 1, mean(d^2) - lambda mean(d)^2, as var(d) + (1 - lambda) mean(d)^2.
+  r.si_raw = (s.n > 0 ? s.m2 / s.n : 0.0) + (1.0 - a.si_lambda) * r.mean_d * r.mean_d;
   double si = r.si_raw;
   if (a.si_sqrt) si = si > 0 ? std::sqrt(std::max(si, 1e-30)) : 0.0;
   r.si = a.si_scale * si;
