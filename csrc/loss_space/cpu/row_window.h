@@ -102,7 +102,6 @@ struct RowWindow {
 // Whether the normal types of this row need the scaled formula (loss_math.h): some depth of
 // the rows they read reaches kNormalPlainMax (or is NaN / inf). Checked once per row, so
 // ordinary depths keep the plain formula's speed; both give the same bits below the bound.
-
 template <typename T>
 inline bool rows_need_scaling(int w, const T* P0, const T* P1, const T* P2, const T* G0, const T* G1,
                               const T* G2) {

@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <vector>
 
+#ifndef MLRB_CPU_ISA
+#define MLRB_CPU_ISA generic
+#endif
+
 namespace mlrb {
 namespace cpu {
 namespace MLRB_CPU_ISA {
