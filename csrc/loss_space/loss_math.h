@@ -11,10 +11,18 @@
 #include <cstdint>
 #include <cstring>
 
+// Forced inlining: the CPU kernels call these in vectorized loops of large functions,
+// where GCC's size limits would otherwise leave some calls out of line (no vectorization).
+#if defined(__GNUC__) || defined(__clang__)
+#define MLRB_FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define MLRB_FORCE_INLINE inline
+#endif
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MLRB_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define MLRB_HOST_DEVICE inline
+#define MLRB_HOST_DEVICE MLRB_FORCE_INLINE
 #endif
 
 #ifndef MLRB_CPU_ISA

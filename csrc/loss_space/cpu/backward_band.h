@@ -149,9 +149,9 @@ struct BoxTranspose {
 // footprint: D, M and the box losses into t0, the box losses also into tb_n (for B_n^T),
 // the gradient and normal types into the fields of their stencils.
 template <typename T, bool HasMask>
-inline void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasMask>& box,
-                              std::vector<BoxTranspose<T>>& bt, const ScalePrep<T>& prep, uint32_t types, int w,
-                              int i, int i0, T* local, T* count, Fields<T>& fl) {
+MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasMask>& box,
+                                         std::vector<BoxTranspose<T>>& bt, const ScalePrep<T>& prep, uint32_t types,
+                                         int w, int i, int i0, T* local, T* count, Fields<T>& fl) {
   const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
   const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
   const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
@@ -227,8 +227,8 @@ inline void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasM
 // Z += U_in - U_out (either may be absent): the window of padded row q (rows q-r..q+r),
 // then out[clamp(q)] -= Z, times the mask.
 template <typename T, bool HasMask>
-inline void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const T* U_out, const BandOut<T>& out_rows,
-                     const uint8_t* m, int h, int w) {
+MLRB_FORCE_INLINE void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const T* U_out,
+                                const BandOut<T>& out_rows, const uint8_t* m, int h, int w) {
   const int row = std::clamp(q, 0, h - 1);
   T* __restrict out = out_rows.row(row);
   T* __restrict Z = x.Z;
@@ -261,8 +261,8 @@ inline void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const T* U_out, c
 // B_n^T of row i: its horizontal transpose enters the ring, and padded row q = i - r,
 // whose window (rows up to i) is now complete, is emitted.
 template <typename T, bool HasMask>
-inline void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, int i0, const BandOut<T>& out_rows,
-                            const uint8_t* m, int h, int w, T* tscratch) {
+MLRB_FORCE_INLINE void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, int i0,
+                                       const BandOut<T>& out_rows, const uint8_t* m, int h, int w, T* tscratch) {
   for (BoxTranspose<T>& x : bt) {
     box_row_sum_transpose(x.tb, w, x.r, x.ring_row(i, w), tscratch);
     const int leave = i - 2 * x.r - 1;
@@ -274,7 +274,7 @@ inline void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, int i0, con
 // out += t0 + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy) for row i (dy^T reads
 // the carries of row i - 1). The last row's dy terms are 0 (replicate padding): zeroed.
 template <typename T>
-inline void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
+MLRB_FORCE_INLINE void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
   T* t0 = fl.t0;
   const T *tx = fl.tx, *ty = fl.ty, *txx = fl.txx, *txy = fl.txy, *tyy = fl.tyy;
   T *A = fl.A, *Bf = fl.Bf;
