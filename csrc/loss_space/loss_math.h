@@ -163,7 +163,7 @@ MLRB_HOST_DEVICE T valid_of(const T* M0, const T* M1, const T* M2, int j) {
   else return M0[j];
 }
 
-// ---------------------------------------------------------------- D, M, M_n (Eq. 2-4)
+// ---------------------------------------------------------------- D, M, M_n (Eq. 3-5)
 // e = D^k(pred) - D^k(gt), mu the mean of e over the valid pixels of the scale,
 // local the box mean of e - mu over the n x n window (cpu/box_means.h).
 // The derivatives are d term / d e at the pixel itself; M's also moves mu, which adds
@@ -185,7 +185,7 @@ MLRB_HOST_DEVICE T loss_Mn(T e, T mu, T local) { return std::abs((e - mu) - loca
 template <typename T>
 MLRB_HOST_DEVICE T dloss_Mn(T e, T mu, T local) { return sgn((e - mu) - local); }
 
-// ---------------------------------------------------------------- gradient types (Eq. 5-6)
+// ---------------------------------------------------------------- gradient types (Eq. 6)
 // |s(e)| for the stencils s of r, c, rr, rc, cc on the rows X0, X1, X2 (i, i+1, i+2) of e;
 // d|s(e)| / d s = sgn(s(e)), distributed to the pixels of the stencil by s^T (the caller's
 // dx^T, dy^T: cpu/backward_band.h).
