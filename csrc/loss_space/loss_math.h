@@ -1,16 +1,28 @@
-// Per-pixel formulas of the loss space (../shared/spec/loss-space.md), shared by the
-// forward and backward kernels of every backend: the CPU kernels include this header, and
-// CUDA kernels can include it as is (MLRB_HOST_DEVICE marks the functions for both).
+// Per-pixel formulas of the loss space (../shared/spec/loss-space.md) and their
+// derivatives, side by side, shared by the forward and backward kernels of every backend:
+// the CPU kernels (cpu/) include this header, and CUDA kernels can include it as is
+// (MLRB_HOST_DEVICE marks the functions for both; nothing here allocates or loops over a
+// row). The forward of a type t adds term * valid over its valid set and divides by the
+// count of that set; the backward multiplies the derivative by G[t] / count * valid and
+// pushes it through the transpose of the type's stencil (cpu/backward_band.h).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
+// Forced inlining: the CPU kernels call these in vectorized loops of large functions,
+// where GCC's size limits would otherwise leave some calls out of line (no vectorization).
+#if defined(__GNUC__) || defined(__clang__)
+#define MLRB_FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define MLRB_FORCE_INLINE inline
+#endif
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MLRB_HOST_DEVICE __host__ __device__ __forceinline__
 #else
-#define MLRB_HOST_DEVICE inline
+#define MLRB_HOST_DEVICE MLRB_FORCE_INLINE
 #endif
 
 #ifndef MLRB_CPU_ISA
@@ -133,6 +145,112 @@ MLRB_HOST_DEVICE void normal_loss_grad(T a1, T a2, T b1, T b2, T w, T& g1, T& g2
   g1 = (c * a1 - b1) * s * ia;
   g2 = (c * a2 - b2) * s * ia;
 }
+
+// ---------------------------------------------------------------- footprint validity
+// A term at (i, j) is valid iff every pixel of its stencil is (spec, "Masks"). M0, M1, M2
+// are the 0/1 mask rows i, i+1, i+2, each padded by two copies of its last entry (like the
+// value rows below); D, M and the box losses read (i, j) only.
+template <int t, typename T>
+MLRB_HOST_DEVICE T valid_of(const T* M0, const T* M1, const T* M2, int j) {
+  if constexpr (t == kR) return M0[j] * M0[j + 1];
+  else if constexpr (t == kC) return M0[j] * M1[j];
+  else if constexpr (t == kRR) return M0[j] * M0[j + 1] * M0[j + 2];
+  else if constexpr (t == kRC) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1];
+  else if constexpr (t == kCC) return M0[j] * M1[j] * M2[j];
+  else if constexpr (t == kN) return M0[j] * M0[j + 1] * M1[j];
+  else if constexpr (t == kNr) return M0[j] * M0[j + 1] * M0[j + 2] * M1[j] * M1[j + 1];
+  else if constexpr (t == kNc) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1] * M2[j];
+  else return M0[j];
+}
+
+// ---------------------------------------------------------------- D, M, M_n (Eq. 3-5)
+// e = D^k(pred) - D^k(gt), mu the mean of e over the valid pixels of the scale,
+// local the box mean of e - mu over the n x n window (cpu/box_means.h).
+// The derivatives are d term / d e at the pixel itself; M's also moves mu, which adds
+// -shift (shift = mean of sgn(e - mu) over the valid pixels) at every valid pixel, and
+// M_n's moves the box means of the pixels around, which the caller applies as the
+// transposed box sum of term' / count (cpu/backward_band.h).
+template <typename T>
+MLRB_HOST_DEVICE T loss_D(T e) { return std::abs(e); }
+template <typename T>
+MLRB_HOST_DEVICE T dloss_D(T e) { return sgn(e); }
+
+template <typename T>
+MLRB_HOST_DEVICE T loss_M(T e, T mu) { return std::abs(e - mu); }
+template <typename T>
+MLRB_HOST_DEVICE T dloss_M(T e, T mu, T shift) { return sgn(e - mu) - shift; }
+
+template <typename T>
+MLRB_HOST_DEVICE T loss_Mn(T e, T mu, T local) { return std::abs((e - mu) - local); }
+template <typename T>
+MLRB_HOST_DEVICE T dloss_Mn(T e, T mu, T local) { return sgn((e - mu) - local); }
+
+// ---------------------------------------------------------------- gradient types (Eq. 6)
+// |s(e)| for the stencils s of r, c, rr, rc, cc on the rows X0, X1, X2 (i, i+1, i+2) of e;
+// d|s(e)| / d s = sgn(s(e)), distributed to the pixels of the stencil by s^T (the caller's
+// dx^T, dy^T: cpu/backward_band.h).
+template <int t, typename T>
+MLRB_HOST_DEVICE T grad_term(const T* X0, const T* X1, const T* X2, int j) {
+  if constexpr (t == kR) return diff1(X0[j], X0[j + 1]);
+  else if constexpr (t == kC) return diff1(X0[j], X1[j]);
+  else if constexpr (t == kRR) return diff2(X0[j], X0[j + 1], X0[j + 2]);
+  else if constexpr (t == kRC) return diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+  else return diff2(X0[j], X1[j], X2[j]);  // kCC
+}
+template <int t, typename T>
+MLRB_HOST_DEVICE T loss_grad_type(const T* E0, const T* E1, const T* E2, int j) {
+  return std::abs(grad_term<t>(E0, E1, E2, j));
+}
+template <int t, typename T>
+MLRB_HOST_DEVICE T dloss_grad_type(const T* E0, const T* E1, const T* E2, int j) {
+  return sgn(grad_term<t>(E0, E1, E2, j));
+}
+
+// ---------------------------------------------------------------- normal types (Eq. 7-8)
+// The two derivatives a normal type compares, of pred (X = P) or gt (X = G):
+// (dx, dy) for N, (rr, rc) for Nr, (rc, cc) for Nc. Their loss is normal_loss(a, b) and
+// its derivative normal_loss_grad (above), w.r.t. a; the caller applies the transposed
+// stencils of the two arguments.
+template <int t, typename T>
+MLRB_HOST_DEVICE void normal_args(const T* X0, const T* X1, const T* X2, int j, T& a1, T& a2) {
+  if constexpr (t == kN) {
+    a1 = diff1(X0[j], X0[j + 1]);
+    a2 = diff1(X0[j], X1[j]);
+  } else if constexpr (t == kNr) {
+    a1 = diff2(X0[j], X0[j + 1], X0[j + 2]);
+    a2 = diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+  } else {
+    a1 = diff_rc(X0[j], X0[j + 1], X1[j], X1[j + 1]);
+    a2 = diff2(X0[j], X1[j], X2[j]);
+  }
+}
+
+// ---------------------------------------------------------------- AMLR pair (AMLR Eq. 1-2)
+// d = log(max(p, kLogEps)) - log(g) where the pixel is valid for AMLR (mask and g > 0),
+// 0 elsewhere; d d / d p = 1 / p where p >= kLogEps (0 where the clamp holds p).
+template <typename T>
+MLRB_HOST_DEVICE T log_ratio(T p, T g, bool valid) {
+  const T pc = p < T(kLogEps) ? T(kLogEps) : p;  // std::max(p, kLogEps), NaN stays NaN
+  return valid ? std::log(pc) - std::log(g) : T(0);
+}
+template <typename T>
+MLRB_HOST_DEVICE T dlog_ratio_times(T upstream, T p, bool valid) {
+  return (valid && p >= T(kLogEps)) ? upstream / p : T(0);
+}
+// Si = mean(d^2) - lambda mean(d)^2; d Si / d d_j = c (d_j - lambda mean(d)) with
+// c = 2 / n (times the upstream and sqrt factors, folded into c by the caller).
+template <typename T>
+MLRB_HOST_DEVICE T dsi_term(T c, T d, T lambda_mean, T valid) { return c * (d - lambda_mean) * valid; }
+// Gr: the mean over valid neighbour pairs of (d_k - d_j)^2 (pv = both valid), and its
+// derivative w.r.t. d_j: 2 w (d_j - d_k) (w = upstream / 2 / pair count, 2 folded in;
+// va, vb: the validity of the two pixels).
+template <typename T>
+MLRB_HOST_DEVICE T gr_pair(T pv, T dj, T dk) {
+  const T df = dk - dj;
+  return pv * df * df;
+}
+template <typename T>
+MLRB_HOST_DEVICE T dgr_pair(T w, T va, T vb, T dj, T dk) { return w * va * vb * (dj - dk); }
 
 MLRB_HOST_DEVICE double cubic_near(double x) { return ((-0.75 + 2) * x - (-0.75 + 3)) * x * x + 1; }
 MLRB_HOST_DEVICE double cubic_far(double x) { return ((-0.75 * x + 5 * 0.75) * x - 8 * 0.75) * x + 4 * 0.75; }

@@ -5,8 +5,11 @@
 gradient, recomputing what it needs (autograd saves only pred, gt and mask). Both are
 opaque to torch.compile (fake implementations give the shapes), like torchvision's ops.
 
-The kernels (csrc/, extension ``mlrb._C``) take raw buffers: contiguous float32/float64
-(B, H, W) maps and an optional bool mask (None: no mask is allocated). They run on
+The file reads top to bottom: the forward op and its fake, the backward op and its fake,
+the autograd registration, and the entry point ``loss_space`` (called by
+mlrb.fused_loss_space). The kernels (csrc/loss_space/cpu/, extension ``mlrb._C``) take
+raw buffers: contiguous float32/float64 (B, H, W) maps and an optional bool mask (None:
+no mask is allocated). They run on
 ``torch.get_num_threads()`` threads with a fixed work partition, so results are bitwise
 identical for any thread count. half/bfloat16 inputs are computed in float32.
 
@@ -61,6 +64,7 @@ def _threads() -> int:
     return min(torch.get_num_threads(), _C.MAX_THREADS)
 
 
+# ---------------------------------------------------------------- forward op
 @torch.library.custom_op("mlrb::loss_space_cpu_fwd", mutates_args=(), device_types="cpu")
 def loss_space_cpu_fwd(
     pred: Tensor,
@@ -86,6 +90,7 @@ def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
     return pred.new_empty((pred.shape[0], len(indices)))
 
 
+# ---------------------------------------------------------------- backward op
 @torch.library.custom_op("mlrb::loss_space_cpu_bwd", mutates_args=(), device_types="cpu")
 def loss_space_cpu_bwd(
     grad: Tensor,
@@ -115,6 +120,7 @@ def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 
+# ---------------------------------------------------------------- autograd
 def _setup_context(ctx, inputs, output):
     pred, gt, mask, indices, si_lambda, si_sqrt, si_scale = inputs
     # Only the inputs are kept: the backward recomputes everything else. Inference tensors
@@ -133,7 +139,7 @@ torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_con
 torch.library.register_autograd("mlrb::loss_space_cpu_bwd", no_double_backward("cpu"))
 
 
-
+# ---------------------------------------------------------------- entry point
 def loss_space(
     pred: Tensor,
     gt: Tensor,

@@ -1,10 +1,10 @@
-// Fused CPU kernels of the loss space: the baseline build of loss_space_impl.h and the
+// Fused CPU kernels of the loss space: the baseline build of drivers.h and the
 // entry points, which pick the AVX2 build (loss_space_kernel_avx2.cpp) at run time when
 // the CPU supports it. Set MLRB_CPU_ISA=generic in the environment to force the baseline.
 #include <cstdlib>
 #include <cstring>
 
-#include "loss_space/cpu/loss_space_impl.h"
+#include "loss_space/cpu/drivers.h"
 
 namespace mlrb {
 namespace cpu {

@@ -16,7 +16,7 @@
 
 #define MLRB_CPU_ISA avx2
 #pragma GCC target("avx2")
-#include "loss_space/cpu/loss_space_impl.h"
+#include "loss_space/cpu/drivers.h"
 
 namespace mlrb {
 namespace cpu {

@@ -1,0 +1,389 @@
+// Backward of one scale: d(sum_t G[t] L_t) / dD^k, band by band.
+//
+// Every loss is a mean of per-pixel terms f(e) or f(p, g) of a stencil (loss_math.h); its
+// gradient is collected in coefficient fields that the transposed stencils then distribute:
+//   gp = t0 - m * sum_n B_n^T(tb_n) + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy)
+// (rc = dx dy, and dx, dy commute). The fields of row i depend on rows i..i+2 only, so
+// one pass over the rows suffices; the box transposes lag r rows behind (ring buffers).
+// Per row, accumulate_fields fills the fields and the box rows tb_n, transpose_boxes
+// applies B_n^T, apply_stencils applies dx^T, dy^T and adds the row to the output.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "loss_space/box.h"
+#include "loss_space/cpu/box_means.h"
+#include "loss_space/cpu/plan.h"
+#include "loss_space/cpu/row_window.h"
+#include "loss_space/cpu/scale_mean.h"
+#include "loss_space/cpu/selection.h"
+#include "loss_space/cpu/workspace.h"
+#include "loss_space/loss_math.h"
+
+namespace mlrb {
+namespace cpu {
+namespace MLRB_CPU_ISA {
+namespace {
+
+// Which coefficient fields a type writes (t0 takes D, M and the box losses).
+constexpr uint32_t kFieldX = bit(kR) | bit(kN);
+constexpr uint32_t kFieldY = bit(kC) | bit(kN);
+constexpr uint32_t kFieldXX = bit(kRR) | bit(kNr);
+constexpr uint32_t kFieldXY = bit(kRC) | bit(kNr) | bit(kNc);
+constexpr uint32_t kFieldYY = bit(kCC) | bit(kNc);
+
+template <typename T>
+struct ScalePrep {
+  T mu = 0;              // global mean of e
+  T wt[kNumTypes] = {};  // G[t] / count of the valid set of t
+  T m_shift = 0;         // M: mean of sign(e - mu) over the valid pixels
+};
+
+// Transpose of d/dx (x[j] - x[j+1], 0 on the last column): out[j] = t'[j] - t'[j-1] with
+// t' = t except t'[w-1] = 0.
+template <typename T>
+inline void dx_transpose(const T* t, int w, T* out) {
+  if (w == 1) {
+    out[0] = 0;
+    return;
+  }
+  out[0] = t[0];
+#pragma omp simd
+  for (int j = 1; j < w - 1; ++j) out[j] = t[j] - t[j - 1];
+  out[w - 1] = -t[w - 2];
+}
+
+// Pre-passes of one scale: the global mean, the counts of the valid sets, the M shift.
+template <typename T, bool HasMask>
+ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
+                                 const double* G, Workspace<T>& ws) {
+  ScalePrep<T> prep;
+  const int64_t n = int64_t(h) * w;
+  // Counts of the valid sets (without a mask they are h w).
+  double cnt[kNumTypes];
+  for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
+  const T mu = scale_mean<T, HasMask>(p, g, m, h, w, types);
+  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
+  if constexpr (HasMask) {
+    RowWindow<T, HasMask> win(p, g, m, h, w, ws.tbuf(wsz));
+    win.only_mask = true;
+    std::fill(cnt, cnt + kNumTypes, 0.0);
+    for (int i = 0; i < h; ++i) {
+      win.seek(i, true);
+      for_types<kD, kM, kM5, kM17, kM65, kR, kC, kRR, kRC, kCC, kN, kNr, kNc>(types, [&](auto tc) {
+        constexpr int t = decltype(tc)::value;
+        T c = 0;
+#pragma omp simd reduction(+ : c)
+        for (int j = 0; j < w; ++j) c += valid_of<t>(win.M[0], win.M[1], win.M[2], j);
+        cnt[t] += c;
+      });
+    }
+  }
+  T* wt = prep.wt;
+  for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
+  // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m;
+  // the shift sum(s) / cnt goes into dloss_M (loss_math.h).
+  if ((types & bit(kM)) && cnt[kM] > 0) {
+    double s = 0;
+    for (int i = 0; i < h; ++i) {
+      const T* pi = p + int64_t(i) * w;
+      const T* gi = g + int64_t(i) * w;
+      T acc = 0;
+      if constexpr (HasMask) {
+        const uint8_t* mi = m + int64_t(i) * w;
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += mi[j] ? sgn((pi[j] - gi[j]) - mu) : T(0);
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int j = 0; j < w; ++j) acc += sgn((pi[j] - gi[j]) - mu);
+      }
+      s += acc;
+    }
+    prep.m_shift = static_cast<T>(s / cnt[kM]);
+  }
+  prep.mu = mu;
+  return prep;
+}
+
+// The coefficient fields of one row (w entries each), the scratch of the transposed
+// stencils and the dy^T carries from the row above (prevBf, prevTyy).
+template <typename T>
+struct Fields {
+  T *t0, *tx, *ty, *txx, *txy, *tyy;
+  T *A, *Bf, *prevBf, *tyyz, *prevTyy;
+  bool fx, fy, fxx, fxy, fyy;
+  bool has_rows;  // fields that need dy^T (the carries of row i-1)
+
+  static constexpr int kRows = 11;
+  Fields(T* f, int w, uint32_t types)
+      : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), A(f + 6 * w),
+        Bf(f + 7 * w), prevBf(f + 8 * w), tyyz(f + 9 * w), prevTyy(f + 10 * w), fx(types & kFieldX),
+        fy(types & kFieldY), fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY),
+        has_rows(fy || fyy || fxy) {
+    std::fill(prevBf, prevBf + w, T(0));
+    std::fill(prevTyy, prevTyy + w, T(0));
+  }
+  void clear(int w) {
+    std::fill(t0, t0 + w, T(0));
+    if (fx) std::fill(tx, tx + w, T(0));
+    if (fy) std::fill(ty, ty + w, T(0));
+    if (fxx) std::fill(txx, txx + w, T(0));
+    if (fxy) std::fill(txy, txy + w, T(0));
+    if (fyy) std::fill(tyy, tyy + w, T(0));
+  }
+};
+
+// One box size of the backward: B^T as a running vertical window Z over the rows U of
+// horizontal transposes (a ring of 2r + 2 rows) of the per-row coefficients tb.
+template <typename T>
+struct BoxTranspose {
+  int b, r, ring;
+  T *Z, *tb, *U;
+  T* ring_row(int i, int w) const { return U + int64_t(i % ring) * w; }
+};
+
+// Row i's per-pixel derivatives (loss_math.h) times G[t] / count and the validity of the
+// footprint: D, M and the box losses into t0, the box losses also into tb_n (for B_n^T),
+// the gradient and normal types into the fields of their stencils.
+template <typename T, bool HasMask>
+MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasMask>& box,
+                                         std::vector<BoxTranspose<T>>& bt, const ScalePrep<T>& prep, uint32_t types,
+                                         int w, int i, int i0, T* local, T* count, Fields<T>& fl) {
+  const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
+  const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
+  const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
+  const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+  const T mu = prep.mu, m_shift = prep.m_shift;
+  const T* wt = prep.wt;
+  T* t0 = fl.t0;
+  if (types & bit(kD)) {
+    const T wd = wt[kD];
+#pragma omp simd
+    for (int j = 0; j < w; ++j) t0[j] += wd * dloss_D(E0[j]) * (HasMask ? M0[j] : T(1));
+  }
+  if (types & bit(kM)) {
+    const T wm = wt[kM];
+#pragma omp simd
+    for (int j = 0; j < w; ++j) t0[j] += wm * dloss_M(E0[j], mu, m_shift) * (HasMask ? M0[j] : T(1));
+  }
+  if (box.nb && i > i0) box.advance(i);
+  for (size_t k = 0; k < bt.size(); ++k) {
+    BoxTranspose<T>& x = bt[k];
+    const T wb = wt[kM5 + x.b];
+    if constexpr (HasMask) {
+      box.means(int(k), local, count);
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const T s = wb * dloss_Mn(E0[j], mu, local[j]) * M0[j];
+        t0[j] += s;
+        x.tb[j] = s / count[j];
+      }
+    } else {
+      const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
+      const T* v = box.sums(int(k));
+      const T iv = box.inv(int(k));
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const T s = wb * dloss_Mn(E0[j], mu, v[j] * iv);
+        t0[j] += s;
+        x.tb[j] = s * inv_n2;
+      }
+    }
+  }
+  for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
+    constexpr int t = decltype(tc)::value;
+    T* __restrict field = t == kR ? fl.tx : t == kC ? fl.ty : t == kRR ? fl.txx : t == kRC ? fl.txy : fl.tyy;
+    const T wg = wt[t];
+#pragma omp simd
+    for (int j = 0; j < w; ++j)
+      field[j] += wg * dloss_grad_type<t>(E0, E1, E2, j) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
+  });
+  const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
+  for_types<kN, kNr, kNc>(types, [&](auto tc) {
+    constexpr int t = decltype(tc)::value;
+    T* __restrict f1 = t == kN ? fl.tx : t == kNr ? fl.txx : fl.txy;
+    T* __restrict f2 = t == kN ? fl.ty : t == kNr ? fl.txy : fl.tyy;
+    const T wn = wt[t];
+    auto sweep = [&](auto sc) {
+      constexpr bool Scaled = decltype(sc)::value;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        T a1, a2, b1, b2, g1, g2;
+        normal_args<t>(P0, P1, P2, j, a1, a2);
+        normal_args<t>(G0, G1, G2, j, b1, b2);
+        normal_loss_grad<Scaled>(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
+        f1[j] += g1;
+        f2[j] += g2;
+      }
+    };
+    if (scaled) sweep(std::true_type{});
+    else sweep(std::false_type{});
+  });
+}
+
+// Z += U_in - U_out (either may be absent): the window of padded row q (rows q-r..q+r),
+// then out[clamp(q)] -= Z, times the mask.
+template <typename T, bool HasMask>
+MLRB_FORCE_INLINE void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const T* U_out,
+                                const BandOut<T>& out_rows, const uint8_t* m, int h, int w) {
+  const int row = std::clamp(q, 0, h - 1);
+  T* __restrict out = out_rows.row(row);
+  T* __restrict Z = x.Z;
+  const uint8_t* mi = HasMask ? m + int64_t(row) * w : nullptr;
+  auto put = [&](int j, T z) { out[j] -= HasMask ? (mi[j] ? z : T(0)) : z; };
+  if (U_in && U_out) {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      Z[j] += U_in[j] - U_out[j];
+      put(j, Z[j]);
+    }
+  } else if (U_in) {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      Z[j] += U_in[j];
+      put(j, Z[j]);
+    }
+  } else if (U_out) {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      Z[j] -= U_out[j];
+      put(j, Z[j]);
+    }
+  } else {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) put(j, Z[j]);
+  }
+}
+
+// B_n^T of row i: its horizontal transpose enters the ring, and padded row q = i - r,
+// whose window (rows up to i) is now complete, is emitted.
+template <typename T, bool HasMask>
+MLRB_FORCE_INLINE void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, int i0,
+                                       const BandOut<T>& out_rows, const uint8_t* m, int h, int w, T* tscratch) {
+  for (BoxTranspose<T>& x : bt) {
+    box_row_sum_transpose(x.tb, w, x.r, x.ring_row(i, w), tscratch);
+    const int leave = i - 2 * x.r - 1;
+    box_emit<T, HasMask>(x, i - x.r, x.ring_row(i, w), leave >= i0 ? x.ring_row(leave, w) : nullptr, out_rows, m,
+                         h, w);
+  }
+}
+
+// out += t0 + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy) for row i (dy^T reads
+// the carries of row i - 1). The last row's dy terms are 0 (replicate padding): zeroed.
+template <typename T>
+MLRB_FORCE_INLINE void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
+  T* t0 = fl.t0;
+  const T *tx = fl.tx, *ty = fl.ty, *txx = fl.txx, *txy = fl.txy, *tyy = fl.tyy;
+  T *A = fl.A, *Bf = fl.Bf;
+  if (fl.fx || fl.fxx) {
+    if (fl.fxx) {
+      dx_transpose(txx, w, A);
+      if (fl.fx) {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) A[j] += tx[j];
+      }
+    } else {
+      std::copy(tx, tx + w, A);
+    }
+    dx_transpose(A, w, Bf);  // Bf as scratch: dx^T(A)
+#pragma omp simd
+    for (int j = 0; j < w; ++j) t0[j] += Bf[j];
+  }
+  if (fl.has_rows) {
+    // Bf = ty + dy^T(tyy) + dx^T(txy), then dy^T(Bf) = Bf' - Bf'(i-1).
+    if (fl.fxy)
+      dx_transpose(txy, w, Bf);
+    else
+      std::fill(Bf, Bf + w, T(0));
+    if (fl.fy) {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) Bf[j] += ty[j];
+    }
+    if (fl.fyy) {
+      T *tyyz = fl.tyyz, *prevTyy = fl.prevTyy;
+      if (last)
+        std::fill(tyyz, tyyz + w, T(0));
+      else
+        std::copy(tyy, tyy + w, tyyz);
+#pragma omp simd
+      for (int j = 0; j < w; ++j) Bf[j] += tyyz[j] - prevTyy[j];
+      std::swap(fl.tyyz, fl.prevTyy);
+    }
+    if (last) std::fill(Bf, Bf + w, T(0));
+    const T* prevBf = fl.prevBf;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) t0[j] += Bf[j] - prevBf[j];
+    std::swap(fl.Bf, fl.prevBf);
+  }
+#pragma omp simd
+  for (int j = 0; j < w; ++j) out[j] += t0[j];
+}
+
+// Rows [i0, i1) of gp (h x w) += d(sum_t G[t] L_t) / dD^k, the part from the per-pixel
+// terms of rows i0 .. i1 - 1, written through `out_rows` (rows above and below the band
+// land in its halo buffers).
+template <typename T, bool HasMask>
+void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
+                         const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws) {
+  const int i0 = out_rows.i0, i1 = out_rows.i1;
+  // Scratch: row window, box means, fields, local and count, per box Z and tb, the rings
+  // of the box transposes, the scratch of box_row_sum_transpose.
+  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
+  const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
+  int64_t ring_rows = 0;
+  for (int b = 0; b < 3; ++b)
+    if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
+  const int nfields = Fields<T>::kRows + 2;
+  T* buf = ws.tbuf(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
+                   box_transpose_scratch_size(w, kBoxRadius[2]));
+  double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
+  RowWindow<T, HasMask> win(p, g, m, h, w, buf);
+  T* f = buf + wsz + bsz;
+  Fields<T> fl(f, w, types);
+  T *local = f + Fields<T>::kRows * w, *count = local + w;
+  T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)
+  T* ring_base = zrun_base + 3 * 2 * w;
+  T* tscratch = ring_base + ring_rows * w;
+
+  BoxMeans<T, HasMask> box(p, g, m, h, w, types, prep.mu, buf + wsz, dbuf, i0);
+  std::vector<BoxTranspose<T>> bt;
+  {
+    T* ring = ring_base;
+    for (int b = 0; b < 3; ++b) {
+      if (!(types & bit(kM5 + b))) continue;
+      const int r = kBoxRadius[b];
+      BoxTranspose<T> x{b, r, 2 * r + 2, zrun_base + b * 2 * w, zrun_base + b * 2 * w + w, ring};
+      std::fill(x.Z, x.Z + w, T(0));
+      bt.push_back(x);
+      ring += int64_t(x.ring) * w;
+    }
+  }
+
+  const bool deep = types & kRowWindowBits;
+  // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
+  const int iend = std::min(h, i1 + 2);
+  for (int i = i0; i < iend; ++i) {
+    fl.clear(w);
+    if (i < i1) {
+      win.seek(i, deep);
+      accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, local, count, fl);
+      transpose_boxes<T, HasMask>(bt, i, i0, out_rows, m, h, w, tscratch);
+    }
+    apply_stencils(fl, out_rows.row(i), i == h - 1, w);
+  }
+  // Box transposes: the padded rows q = i1-r .. i1-1+r, whose windows only lose rows.
+  for (BoxTranspose<T>& x : bt) {
+    for (int q = i1 - x.r; q <= i1 - 1 + x.r; ++q) {
+      const int leave = q - x.r - 1;
+      box_emit<T, HasMask>(x, q, nullptr, leave >= i0 ? x.ring_row(leave, w) : nullptr, out_rows, m, h, w);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace MLRB_CPU_ISA
+}  // namespace cpu
+}  // namespace mlrb

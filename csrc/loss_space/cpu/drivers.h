@@ -1,0 +1,338 @@
+// The OpenMP drivers of the fused CPU kernels; included once per instruction set by
+// loss_space_kernel.cpp (baseline x86-64 / any CPU) and loss_space_kernel_avx2.cpp, each
+// defining MLRB_CPU_ISA, so that one portable build runs AVX2 code where the CPU has it.
+//
+// Work is split into row bands of each (sample, scale) (plan.h: the partition depends on
+// the shapes only, a batch of 1 gets several bands so that it uses every thread); partial
+// results are combined in band order, so the results are bitwise identical for any number
+// of threads. Per band the forward makes one pass over its rows (forward_band.h, after a
+// pre-pass for the global mean of M); the backward (backward_band.h) recomputes what it
+// needs, writes the rows above and below its band into halo buffers added in band order,
+// and pushes d(sum G L)/dD^k through the transpose of the pyramid. Per-row sums use the
+// input precision and are accumulated in double.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "loss_space/cpu/amlr.h"
+#include "loss_space/cpu/backward_band.h"
+#include "loss_space/cpu/forward_band.h"
+#include "loss_space/cpu/plan.h"
+#include "loss_space/cpu/scale_mean.h"
+#include "loss_space/cpu/selection.h"
+#include "loss_space/cpu/workspace.h"
+#include "loss_space/loss_space.h"
+#include "loss_space/pyramid.h"
+
+namespace mlrb {
+namespace cpu {
+namespace MLRB_CPU_ISA {
+namespace {
+
+// The end of one sample's gradient, shared by both backward paths (whole samples: rows
+// [0, H) at once; bands: by row chunks, with the AMLR step once per sample between the
+// two row passes): the transposed pyramid of the level gradients added to rows [lo, hi)
+// (coarsest first), then the AMLR pair, then invalid pixels zeroed.
+template <typename T, typename LevelGrad>
+inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, LevelGrad&& level_grad, T* gb, T* tmp,
+                                   int lo, int hi) {
+  for (int k = kNumScales - 1; k >= 1; --k)
+    if (sel.types[k]) add_level_transpose(level_grad(k), plan.L[k].ay, plan.L[k].ax, gb, tmp, lo, hi);
+}
+
+template <typename T, bool HasMask>
+inline void add_amlr_grad(const T* pb, const T* gtb, const uint8_t* mb, const LossSpaceArgs& a, const Selection& sel,
+                          const double* G80, T* gb, Workspace<T>& ws) {
+  if (sel.amlr && (G80[kSi] != 0 || G80[kGr] != 0))
+    amlr_backward<T, HasMask>(pb, gtb, mb, a.H, a.W, a, G80[kSi], G80[kGr], gb, ws.tbuf(7 * int64_t(a.W)));
+}
+
+// Invalid pixels never influence a loss: their gradient is exactly 0 (entries [e0, e1)).
+template <typename T, bool HasMask>
+inline void zero_invalid(T* gb, const uint8_t* mb, int64_t e0, int64_t e1) {
+  if constexpr (HasMask) {
+#pragma omp simd
+    for (int64_t e = e0; e < e1; ++e) gb[e] = mb[e] ? gb[e] : T(0);
+  }
+}
+
+template <typename T, bool HasMask>
+void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, const Selection& sel,
+                   double* out) {
+  const Plan plan(a, sel);
+  const int B = a.B, H = a.H, W = a.W;
+  const int64_t N = int64_t(H) * W, per = plan.per;
+  static thread_local std::vector<T> lv;  // kept between calls: no fresh pages per call
+  static thread_local std::vector<uint8_t> lmv;
+  T* lvd = aligned(lv, int64_t(B) * 2 * per);
+  uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lvd + (b * 2 + 1) * per + plan.off[k]; };
+  auto lm = [&](int b, int k) -> const uint8_t* {
+    if (!HasMask) return nullptr;
+    return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
+  };
+  const int nbands = int(plan.bands.size());
+  std::vector<T> mus(size_t(B) * kNumScales);
+  std::vector<double> part(size_t(nbands) * 2 * kNumTypes);
+  std::vector<double> amlr(size_t(B) * 2);
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    static thread_local Workspace<T> ws;  // this thread's, kept between calls
+    std::vector<T> tmp(2 * size_t(W));
+    std::vector<uint8_t> tmpm(W);
+#pragma omp for schedule(dynamic, 1)
+    for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
+      const auto [b, k, lo, hi] = plan.level_tasks[q];
+      const Level& L = plan.L[k];
+      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax,
+                              const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), const_cast<uint8_t*>(lm(b, k)),
+                              tmp.data(), tmp.data() + W, tmpm.data(), lo, hi);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * kNumScales; ++q) {
+      const int k = q / B, b = q % B;
+      if (sel.types[k])
+        mus[q] = scale_mean<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      double* s = part.data() + size_t(t) * 2 * kNumTypes;
+      scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
+                                     sel.types[d.k], mus[d.k * B + d.b], d.i0, d.i1, s, s + kNumTypes, ws);
+    }
+    if (sel.amlr) {
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b) {
+        const AmlrValues v =
+            amlr_values(amlr_sums<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, H, W,
+                                              ws.tbuf(4 * int64_t(W))),
+                        a);
+        amlr[2 * b] = v.si;
+        amlr[2 * b + 1] = v.gr;
+      }
+    }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  tmp.capacity() * sizeof(T) + tmpm.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
+  }
+  if (a.workspace_bytes)
+    *a.workspace_bytes += int64_t(lv.capacity() * sizeof(T) + lmv.capacity() + part.capacity() * sizeof(double));
+  for (int b = 0; b < B; ++b) {
+    double vals[kNumAll] = {0};
+    for (int k = 0; k < kNumScales; ++k) {
+      if (!sel.types[k]) continue;
+      double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0};
+      for (int t = plan.first[k] + b * plan.nb[k], e = t + plan.nb[k]; t < e; ++t) {  // band order
+        const double* s = part.data() + size_t(t) * 2 * kNumTypes;
+        for (int u = 0; u < kNumTypes; ++u) {
+          sum[u] += s[u];
+          cnt[u] += s[kNumTypes + u];
+        }
+      }
+      for (int u = 0; u < kNumTypes; ++u)
+        if (sel.types[k] & bit(u)) vals[kNumTypes * k + u] = cnt[u] > 0 ? sum[u] / cnt[u] : 0.0;
+    }
+    if (sel.amlr) {
+      vals[kSi] = amlr[2 * b];
+      vals[kGr] = amlr[2 * b + 1];
+    }
+    for (int j = 0; j < a.n; ++j) out[int64_t(b) * a.n + j] = vals[a.indices[j]];
+  }
+}
+
+template <typename T, bool HasMask>
+void backward_batch(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a,
+                    const Selection& sel, T* grad) {
+  const Plan plan(a, sel);
+  const int B = a.B, H = a.H, W = a.W;
+  const int64_t N = int64_t(H) * W, per = plan.per;
+  std::vector<double> G(size_t(B) * kNumAll, 0.0);
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < a.n; ++j) G[size_t(b) * kNumAll + a.indices[j]] += grad_out[int64_t(b) * a.n + j];
+  if (plan.whole_samples) {
+    // One task per sample: its levels and their gradients are built and used while they
+    // are in cache (the banded path below builds the levels of the whole batch first).
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+    {
+      static thread_local Workspace<T> ws;  // this thread's, kept between calls
+      std::vector<T> tmp(2 * size_t(W)), lvl;
+      std::vector<uint8_t> tmpm(W), lmk;
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b) {
+        T* gb = grad + b * N;
+        const double* G80 = G.data() + size_t(b) * kNumAll;
+        const T* pb = pred + b * N;
+        const T* gtb = gt + b * N;
+        const uint8_t* mb = HasMask ? mask + b * N : nullptr;
+        std::fill(gb, gb + N, T(0));
+        T* lvp = aligned(lvl, 3 * per);
+        uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
+        for (int k = kNumScales - 1; k >= 0; --k) {
+          if (!sel.types[k]) continue;
+          const Level& L = plan.L[k];
+          const T* pp = pb;
+          const T* gg = gtb;
+          const uint8_t* mm = mb;
+          T* gk = gb;
+          if (k > 0) {
+            T* lpk = lvp + plan.off[k];
+            uint8_t* lmk_k = HasMask ? lmp + plan.off[k] : nullptr;
+            build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lpk, lpk + per, lmk_k, tmp.data(), tmp.data() + W,
+                                    tmpm.data(), 0, L.h);
+            gk = lpk + 2 * per;
+            std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
+            pp = lpk;
+            gg = lpk + per;
+            mm = lmk_k;
+          }
+          const ScalePrep<T> prep = scale_backward_prep<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k],
+                                                                    G80 + kNumTypes * k, ws);
+          scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
+                                          BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
+        }
+        add_pyramid_transposes(plan, sel, [&](int k) { return lvp + plan.off[k] + 2 * per; }, gb, tmp.data(), 0, H);
+        add_amlr_grad<T, HasMask>(pb, gtb, mb, a, sel, G80, gb, ws);
+        zero_invalid<T, HasMask>(gb, mb, 0, N);
+      }
+      const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                    (tmp.capacity() + lvl.capacity()) * sizeof(T) + tmpm.capacity() + lmk.capacity());
+#pragma omp critical(mlrb_workspace)
+      if (a.workspace_bytes) *a.workspace_bytes += bytes;
+    }
+    return;
+  }
+  static thread_local std::vector<T> lv;  // level pred, gt, gradient
+  static thread_local std::vector<uint8_t> lmv;
+  T* lvd = aligned(lv, int64_t(B) * 3 * per);
+  uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
+  auto lp = [&](int b, int k) -> T* { return lvd + b * 3 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> T* { return lvd + (b * 3 + 1) * per + plan.off[k]; };
+  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lvd + (b * 3 + 2) * per + plan.off[k]; };
+  auto lm = [&](int b, int k) -> const uint8_t* {
+    if (!HasMask) return nullptr;
+    return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
+  };
+  auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
+  auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
+  const int nbands = int(plan.bands.size());
+  static thread_local std::vector<T> halo;
+  halo.assign(plan.halo_size, T(0));
+  T* const hd = halo.data();  // inside the parallel region `halo` would name each thread's own
+  std::vector<ScalePrep<T>> preps(size_t(B) * kNumScales);
+#pragma omp parallel num_threads(std::max(1, a.num_threads))
+  {
+    static thread_local Workspace<T> ws;  // this thread's, kept between calls
+    std::vector<T> tmp(2 * size_t(W));
+    std::vector<uint8_t> tmpm(W);
+#pragma omp for schedule(dynamic, 1)
+    for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
+      const auto [b, lo, hi] = plan.row_tasks[q];
+      std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
+      const auto [b, k, lo, hi] = plan.level_tasks[q];
+      const Level& L = plan.L[k];
+      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
+                              lg(b, k), const_cast<uint8_t*>(lm(b, k)), tmp.data(), tmp.data() + W, tmpm.data(), lo,
+                              hi);
+      std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < B * kNumScales; ++q) {
+      const int k = q / B, b = q % B;
+      if (sel.types[k])
+        preps[q] = scale_backward_prep<T, HasMask>(cp(b, k), cg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w,
+                                                   sel.types[k], G.data() + size_t(b) * kNumAll + kNumTypes * k, ws);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      const int w = plan.L[d.k].w;
+      const BandOut<T> o{lgrad(d.b, d.k), hd + d.halo, d.i0, d.i1, w, d.i0 > 0 ? kHaloTop : 0};
+      scale_backward_band<T, HasMask>(cp(d.b, d.k), cg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, w, sel.types[d.k],
+                                      preps[d.k * B + d.b], o, ws);
+    }
+    // Halos: each band adds the rows of its neighbours' halos that fall in its own rows, in band order.
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < nbands; ++t) {
+      const Band& d = plan.bands[t];
+      const int w = plan.L[d.k].w;
+      const int f = plan.first[d.k] + d.b * plan.nb[d.k];
+      T* gk = lgrad(d.b, d.k);
+      for (int u = f; u < f + plan.nb[d.k]; ++u) {
+        if (u == t) continue;
+        const Band& e = plan.bands[u];
+        const BandOut<T> o{gk, hd + e.halo, e.i0, e.i1, w, e.i0 > 0 ? kHaloTop : 0};
+        const int lo = u < t ? e.i1 : e.i0 - kHaloTop, hi = u < t ? e.i1 + kHaloBottom : e.i0;
+        for (int q = std::max(lo, d.i0); q < std::min(hi, d.i1); ++q) {
+          const T* src = o.row(q);
+          T* dst = gk + int64_t(q) * w;
+#pragma omp simd
+          for (int j = 0; j < w; ++j) dst[j] += src[j];
+        }
+      }
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // the sample tail, by row chunks
+      const auto [b, lo, hi] = plan.row_tasks[q];
+      add_pyramid_transposes(plan, sel, [&](int k) { return lgrad(b, k); }, grad + b * N, tmp.data(), lo, hi);
+    }
+    if (sel.amlr) {
+#pragma omp for schedule(dynamic, 1)
+      for (int b = 0; b < B; ++b)
+        add_amlr_grad<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, a, sel,
+                                  G.data() + size_t(b) * kNumAll, grad + b * N, ws);
+    }
+    if constexpr (HasMask) {
+#pragma omp for schedule(dynamic, 1)
+      for (size_t q = 0; q < plan.row_tasks.size(); ++q) {
+        const auto [b, lo, hi] = plan.row_tasks[q];
+        zero_invalid<T, HasMask>(grad + b * N, mask + b * N, int64_t(lo) * W, int64_t(hi) * W);
+      }
+    }
+    // Scratch accounting (reported by mlrb._C.last_workspace_bytes; no effect on results).
+    const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
+                                  tmp.capacity() * sizeof(T) + tmpm.capacity());
+#pragma omp critical(mlrb_workspace)
+    if (a.workspace_bytes) *a.workspace_bytes += bytes;
+  }
+  if (a.workspace_bytes)
+    *a.workspace_bytes += int64_t(lv.capacity() * sizeof(T) + lmv.capacity() + halo.capacity() * sizeof(T));
+}
+
+}  // namespace
+
+template <typename T>
+void forward_impl(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, double* out) {
+  const Selection sel = selection_of(a);
+  if (mask)
+    forward_batch<T, true>(pred, gt, mask, a, sel, out);
+  else
+    forward_batch<T, false>(pred, gt, nullptr, a, sel, out);
+}
+
+template <typename T>
+void backward_impl(const double* grad_out, const T* pred, const T* gt, const uint8_t* mask,
+                   const LossSpaceArgs& a, T* grad_pred) {
+  const Selection sel = selection_of(a);
+  if (mask)
+    backward_batch<T, true>(grad_out, pred, gt, mask, a, sel, grad_pred);
+  else
+    backward_batch<T, false>(grad_out, pred, gt, nullptr, a, sel, grad_pred);
+}
+
+}  // namespace MLRB_CPU_ISA
+}  // namespace cpu
+}  // namespace mlrb

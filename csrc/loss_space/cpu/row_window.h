@@ -1,0 +1,122 @@
+// The rows i, i+1, i+2 of a scale that the per-pixel terms of row i read.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "loss_space/cpu/selection.h"
+
+namespace mlrb {
+namespace cpu {
+namespace MLRB_CPU_ISA {
+namespace {
+
+// Rows i, i+1, i+2 (clamped) of p, g, e = p - g and the mask (0/1), each padded with two
+// copies of its last entry so that d/dx at the last column reads x[w-1] - x[w-1] = 0.
+// With a mask, invalid pixels read as 0: values there never reach a loss or a gradient.
+template <typename T, bool HasMask>
+struct RowWindow {
+  const T* p;
+  const T* g;
+  const uint8_t* m;
+  int h, w;
+  std::vector<T> store;
+  T* P[3];
+  T* G[3];
+  T* E[3];
+  T* M[3];
+  int loaded = -1;  // the row i currently in slot 0
+  bool only_mask = false;  // load the mask rows only (the backward's counting pass)
+
+  RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer)
+      : p(p_), g(g_), m(m_), h(h_), w(w_) {
+    const int s = w + 2;
+    for (int r = 0; r < 3; ++r) {
+      P[r] = buffer + (4 * r + 0) * s;
+      G[r] = buffer + (4 * r + 1) * s;
+      E[r] = buffer + (4 * r + 2) * s;
+      M[r] = buffer + (4 * r + 3) * s;
+    }
+  }
+  static int64_t buffer_size(int w) { return 12 * int64_t(w + 2); }
+
+  void load(int slot, int row) {
+    const T* pi = p + int64_t(row) * w;
+    const T* gi = g + int64_t(row) * w;
+    T *Ps = P[slot], *Gs = G[slot], *Es = E[slot], *Ms = M[slot];
+    if (HasMask && only_mask) {
+      const uint8_t* mi = m + int64_t(row) * w;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) Ms[j] = mi[j] ? T(1) : T(0);
+      Ms[w] = Ms[w + 1] = Ms[w - 1];
+      return;
+    }
+    if constexpr (HasMask) {
+      const uint8_t* mi = m + int64_t(row) * w;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        const bool v = mi[j] != 0;
+        Ps[j] = v ? pi[j] : T(0);
+        Gs[j] = v ? gi[j] : T(0);
+        Es[j] = Ps[j] - Gs[j];
+        Ms[j] = v ? T(1) : T(0);
+      }
+    } else {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        Ps[j] = pi[j];
+        Gs[j] = gi[j];
+        Es[j] = pi[j] - gi[j];
+      }
+    }
+    for (int j = w; j < w + 2; ++j) {
+      Ps[j] = Ps[w - 1];
+      Gs[j] = Gs[w - 1];
+      Es[j] = Es[w - 1];
+      if constexpr (HasMask) Ms[j] = Ms[w - 1];
+    }
+  }
+
+  // Make slots 0, 1, 2 hold rows i, min(i+1, h-1), min(i+2, h-1); `deep`: rows i+1, i+2 needed.
+  void seek(int i, bool deep) {
+    if (!deep) {
+      load(0, i);
+      loaded = -1;
+      return;
+    }
+    if (loaded >= 0 && i == loaded + 1) {
+      std::rotate(P, P + 1, P + 3);
+      std::rotate(G, G + 1, G + 3);
+      std::rotate(E, E + 1, E + 3);
+      std::rotate(M, M + 1, M + 3);
+      load(2, std::min(i + 2, h - 1));
+    } else {
+      for (int r = 0; r < 3; ++r) load(r, std::min(i + r, h - 1));
+    }
+    loaded = i;
+  }
+};
+
+// Whether the normal types of this row need the scaled formula (loss_math.h): some depth of
+// the rows they read reaches kNormalPlainMax (or is NaN / inf). Checked once per row, so
+// ordinary depths keep the plain formula's speed; both give the same bits below the bound.
+template <typename T>
+inline bool rows_need_scaling(int w, const T* P0, const T* P1, const T* P2, const T* G0, const T* G1,
+                              const T* G2) {
+  T mx = 0;
+#pragma omp simd reduction(max : mx)
+  for (int j = 0; j < w; ++j) {
+    const T a = std::max(std::max(std::abs(P0[j]), std::abs(P1[j])), std::abs(P2[j]));
+    const T b = std::max(std::max(std::abs(G0[j]), std::abs(G1[j])), std::abs(G2[j]));
+    // NaN compares false: count it as large.
+    mx = std::max(mx, (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax));
+  }
+  return !(mx < T(kNormalPlainMax));
+}
+
+}  // namespace
+}  // namespace MLRB_CPU_ISA
+}  // namespace cpu
+}  // namespace mlrb
