@@ -11,8 +11,6 @@ the same expressions.
 import triton
 import triton.language as tl
 
-from . import layout as L
-
 NORMAL_EPS = tl.constexpr(1e-8)  # in the denominator of the normal loss (Eq. 8)
 LOG_EPS = tl.constexpr(1e-6)  # pred is clamped to >= LOG_EPS before the log (AMLR)
 SQRT_FLOOR = tl.constexpr(1e-30)  # sqrt(Si) and its derivative are taken at >= this

@@ -16,7 +16,6 @@ from .loss_math import (border, box_loss, chan_merge, gr_term, l1, log_depth, me
 from .tiling import count_slot, load6, strip_tile
 
 
-
 @triton.jit
 def _box_loss(he, hm, cb, i, ok, h, w, R: tl.constexpr, cE, cM, e00, m00, HAS_MASK: tl.constexpr):
     """|e - local mean| and Y = m * sign(e - local mean) / count for one box size."""
@@ -96,9 +95,8 @@ def loss_space_fwd_kernel(
     aD, aM, a5, a17, a65, ar, ac, arr, arc, acc_, aN, aNr, aNc = \
         zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
     nm, nr, nc, nrr, nrc, ncc, nN, nNr, nNc, sS = zero, zero, zero, zero, zero, zero, zero, zero, zero, zero
-    # AMLR: per column the count, mean and sum of squared deviations of d (merged chunk by
-    # chunk, Chan et al.): Si from mean(d^2) - mean(d)^2 would cancel in float32 when pred
-    # is off by a large factor (|mean d| >> std d).
+    # AMLR: per column the count, mean and sum of squared deviations of d, merged chunk by
+    # chunk (loss_math.chan_merge).
     xn, xmu, xm2, xgx, xnx, xgy, xny = zero, zero, zero, zero, zero, zero, zero
 
     for i0 in range(i_start, i_end, RH):
