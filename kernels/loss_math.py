@@ -22,7 +22,7 @@ def sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
 
 
-# ----------------------------------------------------------------------------- pyramid
+# -------------------------------------------------------------------------------------- pyramid
 @triton.jit
 def tap_weight(t: tl.constexpr, odd):
     """Bicubic (A = -0.75) weight of tap t at fraction 0.5: (-3, 19, 19, -3) / 32.
@@ -39,7 +39,7 @@ def tap_weight(t: tl.constexpr, odd):
     return w
 
 
-# ----------------------------------------------------------------------------- footprints
+# ----------------------------------------------------------------------------------- footprints
 @triton.jit
 def border(i, j, h, w):
     """pc, pc2, pr, pr2: which differences of ops() exist at (i, j) (zero padding)."""
@@ -64,7 +64,7 @@ def validity(m00, m01, m02, m10, m11, m20):
     return vr, vc, vrr, vrc, vcc, vn, vnr, vnc
 
 
-# ----------------------------------------------------------------------------- D, r, c, rr, rc, cc: v |x| (Eqs. 3-5)
+# ------------------------------------------------------------------- D, r, c, rr, rc, cc: v |x|
 @triton.jit
 def l1(v, x):
     """v |x|: D (x = e, v = m) and the differences r, c, rr, rc, cc (x = ops(e), v their validity)."""
@@ -109,7 +109,7 @@ def ops_transposed(SI: tl.constexpr, SJ: tl.constexpr, udx, udy, urr, urc, ucc, 
     return g
 
 
-# ----------------------------------------------------------------------------- M: |e - mean(e)| (Eq. 6)
+# ----------------------------------------------------------------------------- M: |e - mean(e)|
 @triton.jit
 def mean_loss(m, e, mu):
     """m |e - mu| with mu the mean of e over the valid pixels of the scale."""
@@ -129,7 +129,7 @@ def mean_loss_grad(m, e, mu, smean):
     return m * (sign(e - mu) - smean)
 
 
-# ----------------------------------------------------------------------------- M5, M17, M65: |e - local mean| (Eq. 7)
+# --------------------------------------------------------------- M5, M17, M65: |e - local mean|
 @triton.jit
 def box_loss(m, e, box_sum, cnt):
     """m |e - box_sum / cnt| and Y = m sign(e - box_sum / cnt) / cnt, which the gradient
@@ -145,7 +145,7 @@ def box_loss_grad(m, y, box_t_y):
     return m * (sign(y) - box_t_y)
 
 
-# ----------------------------------------------------------------------------- N, Nr, Nc: 1 - cos of the normals (Eq. 8)
+# ---------------------------------------------------- N, Nr, Nc: 1 - cos of the normals (Eq. 8)
 @triton.jit
 def inv_pow2_scale(x, y):
     """1 / 2^e for the power of two 2^e <= max(|x|, |y|, 1), e clamped to 126 so that the
@@ -196,13 +196,20 @@ def normal_loss_grad(a1, a2, b1, b2):
     return q * x1 - y1 * r, q * x2 - y2 * r
 
 
-# ----------------------------------------------------------------------------- AMLR pair: Si, Gr on d = log pred - log gt (Yu & Heo 2023, Eqs. 1-3)
+# ------------------------- AMLR pair: Si, Gr on d = log pred - log gt (Yu & Heo 2023, Eqs. 1-3)
 @triton.jit
 def log_depth(p, g, valid):
     """d = log(max(pred, LOG_EPS)) - log(gt) at valid pixels, 0 elsewhere (AMLR)."""
     lp = tl.log(tl.maximum(tl.where(valid, p, 1.0), LOG_EPS))
     lg = tl.log(tl.where(valid, g, 1.0))
     return tl.where(valid, lp - lg, 0.0)
+
+
+@triton.jit
+def amlr_valid(v, g):
+    """Validity for the AMLR pair: v (inside the map and the mask) and gt > 0 (gt <= 0
+    marks missing depth)."""
+    return v & (g > 0)
 
 
 @triton.jit

@@ -14,8 +14,9 @@ import triton.language as tl
 
 from . import layout as L
 from .box import box_cols_bwd_init, box_cols_bwd_step
-from .loss_math import (border, box_loss_grad, gr_grad, l1_grad, log_depth, log_depth_grad, mean_loss_grad,
-                        normal_loss_grad, ops, ops_transposed, si_grad, si_value, sqrt_si_grad, validity)
+from .loss_math import (amlr_valid, border, box_loss_grad, gr_grad, l1_grad, log_depth, log_depth_grad,
+                        mean_loss_grad, normal_loss_grad, ops, ops_transposed, si_grad, si_value, sqrt_si_grad,
+                        validity)
 from .tiling import count_slot, load6, strip_tile
 
 NQ = tl.constexpr(L.NQ)
@@ -234,7 +235,7 @@ def _d_at(ws, PLANE, lvl, i, j, h, w, ok, HAS_MASK: tl.constexpr):
     o = lvl + i * w + j
     p = tl.load(ws + L.P * PLANE + o, mask=inb, other=1.0)
     g = tl.load(ws + L.G * PLANE + o, mask=inb, other=0.0)
-    v = inb & (g > 0)
+    v = amlr_valid(inb, g)
     if HAS_MASK:
         v = v & (tl.load(ws + L.M * PLANE + o, mask=inb, other=0.0) > 0)
     return log_depth(p, g, v), v, p

@@ -11,8 +11,8 @@ import triton.language as tl
 
 from . import layout as L
 from .box import box_cols_fwd_init, box_cols_fwd_step
-from .loss_math import (border, box_loss, chan_merge, gr_term, l1, log_depth, mean_loss, mean_loss_sign,
-                        normal_loss, ops, sq_dev, validity)
+from .loss_math import (amlr_valid, border, box_loss, chan_merge, gr_term, l1, log_depth, mean_loss,
+                        mean_loss_sign, normal_loss, ops, sq_dev, validity)
 from .tiling import count_slot, load6, strip_tile
 
 
@@ -178,9 +178,9 @@ def loss_space_fwd_kernel(
             t00 = tl.load(gl + i * w + j, mask=ok, other=0.0)
             t01 = tl.load(gl + i * w + j1, mask=ok, other=0.0)
             t10 = tl.load(gl + i1 * w + j, mask=ok, other=0.0)
-            V00 = on & (m00 > 0) & (t00 > 0)
-            V01 = on & (m01 > 0) & (t01 > 0) & (j + 1 < w)
-            V10 = on & (m10 > 0) & (t10 > 0) & (i + 1 < h)
+            V00 = amlr_valid(on & (m00 > 0), t00)
+            V01 = amlr_valid(on & (m01 > 0), t01) & (j + 1 < w)
+            V10 = amlr_valid(on & (m10 > 0), t10) & (i + 1 < h)
             d00 = log_depth(q00, t00, V00)
             d01 = log_depth(q01, t01, V01)
             d10 = log_depth(q10, t10, V10)

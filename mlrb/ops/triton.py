@@ -252,7 +252,8 @@ def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_s
                       SEL=plan.sel & L.BOX_BITS, RH=bl.row[0], CW=bl.row[1], num_warps=bl.row[2])
     launch.launch(bwd.loss_space_bwd_kernel, (plan.ntl, B), ws, bws, stats, grad_out, geom, cols,
                   plan.plane, len(indices), float(si_lambda), float(si_scale), HAS_MASK=has_mask,
-                  SEL=plan.sel, SI_SQRT=bool(si_sqrt), RH=bl.col_bwd[0], CW=bl.col_bwd[1], SEG=bl.seg, num_warps=bl.col_bwd[2])
+                  SEL=plan.sel, SI_SQRT=bool(si_sqrt), RH=bl.col_bwd[0], CW=bl.col_bwd[1], SEG=bl.seg,
+                  num_warps=bl.col_bwd[2])
     if plan.nut:
         launch.launch(pyramid.pyramid_bwd_cols_kernel, (plan.nut, B), bws, geom, W, plan.plane,
                       plan.ubase, TH=bl.ut[0], TW=bl.ut[1], num_warps=bl.ut[2])
