@@ -1,7 +1,7 @@
 """Speed and memory of the loss space: paper-style, best pure-PyTorch (eager, compiled),
-the fused CPU kernel, and one L1 loss as the unit (issue 3). Run: ``pytest bench/``.
+the fused CPU kernel, and one L1 loss as the unit. Run: ``pytest bench/``.
 
-Targets (issue 3), 8x1x288x384, forward+backward, all 78 losses, 2 cores: fused >= 100x
+Targets, 8x1x288x384, forward+backward, all 78 losses, 2 cores: fused >= 100x
 faster than paper-style, >= 10x faster than the best pure-PyTorch (eager or compiled),
 <= 8x one L1 loss. Timing targets are reported (test_bench_ratios prints them), never
 asserted; the memory targets are deterministic and asserted: saved bytes <= pred + gt +
@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlrb import bench as B
+from mlrb.bench import cases as B
+from mlrb.bench import memory, timers
 
 SHAPES = ("paper", "nyu", "kitti")
 ROUNDS = {"paper": 2, "torch": 5, "torch_compile": 5, "fused": 20, "l1": 50}
@@ -40,13 +41,13 @@ def test_bench_loss_space(benchmark, case, mode, provider):
 
 
 def test_bench_ratios(capsys):
-    """The issue's ratios at 8x1x288x384, forward+backward, all 78, measured in one run."""
+    """The target ratios at 8x1x288x384, forward+backward, all 78, measured in one run."""
     pred, gt, mask = B.make_case(B.SHAPES["paper"])
     best = {}
     for provider in B.PROVIDERS:
         repeat = ROUNDS[provider]
         run = B.step_fn(B.provider_fn(provider), "forward+backward", pred, gt, mask)
-        best[provider] = min(B.time_step(run, repeat, warmup=2 if provider == "torch_compile" else 1))
+        best[provider] = min(timers.wall_times(run, repeat, warmup=2 if provider == "torch_compile" else 1))
     fastest_torch = min(best["torch"], best["torch_compile"])
     lines = [
         f"threads={torch.get_num_threads()}; best of several calls, ms: "
@@ -79,8 +80,8 @@ def test_memory_targets(shape, capsys):
     report = {}
     for provider in ("fused", "torch", "l1"):
         fn = B.provider_fn(provider)
-        allocs = B.backward_allocations(fn, pred, gt, mask)
-        report[provider] = (B.saved_bytes(fn, pred, gt, mask), len(allocs), sum(allocs) / full_map)
+        allocs = memory.backward_allocations(fn, pred, gt, mask)
+        report[provider] = (memory.saved_bytes(fn, pred, gt, mask), len(allocs), sum(allocs) / full_map)
     p = pred.detach().clone().requires_grad_(True)
     B.provider_fn("fused")(p, gt, mask).sum().backward()
     scratch = _C.last_workspace_bytes()  # of that fused backward

@@ -1,6 +1,6 @@
 """Speed of the evaluation metrics on a full 480x640 NYUv2-sized image (CPU).
 
-Target (issue 6): Kendall's tau-b over all ~307k valid pixels well under one second.
+Target: Kendall's tau-b over all ~307k valid pixels well under one second.
 """
 import pytest
 import torch
@@ -33,7 +33,7 @@ def test_bench_kendall_tau_480x640(benchmark, pair, one_thread):
     pred, gt = pair
     tau = benchmark.pedantic(kendall_tau, args=(pred, gt), rounds=5, iterations=1)
     assert 0.5 < tau < 1.0
-    assert benchmark.stats.stats.mean < 1.0  # issue 6: "well under a second"
+    assert benchmark.stats.stats.mean < 1.0  # the target: well under a second
 
 
 def test_bench_depth_metrics_480x640(benchmark, pair):

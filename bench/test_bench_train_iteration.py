@@ -1,6 +1,6 @@
 """Seconds per training iteration with all 78 losses against {D@0} alone (CPU, default model).
 
-Target (issue 7): on CPU with the default model (resnet18 encoder, n_d = 1024 decoder) at
+Target: on CPU with the default model (resnet18 encoder, n_d = 1024 decoder) at
 288x384 and batch 8, an iteration with all 78 losses takes <= 1.03x an iteration with {D@0}
 alone (the paper's ratio on a TITAN X is 1.97 / 1.63 = 1.21). This file measures, it does
 not assert the target. On a shared machine the load drifts between separate benchmarks, so

@@ -14,8 +14,7 @@ import triton
 import triton.language as tl
 
 from . import layout as L
-from .loss_math import row_tile
-
+from .tiling import row_tile
 
 
 # ----------------------------------------------------------------------------- rows
@@ -65,45 +64,49 @@ def _rows_bwd(src, dst, rb, iok, w, R: tl.constexpr, RH: tl.constexpr, CW: tl.co
 @triton.jit
 def box_rows_fwd_kernel(
     ws, geom, PLANE,
-    HAS_MASK: tl.constexpr, DO5: tl.constexpr, DO17: tl.constexpr, DO65: tl.constexpr,
-    RH: tl.constexpr, CW: tl.constexpr,
+    HAS_MASK: tl.constexpr, SEL: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr,
 ):
     """Horizontal window sums of e * m and m for the selected box sizes, every scale."""
+    DO5: tl.constexpr = (SEL >> L.T_M5) & 1 != 0  # only the box bits of SEL are passed
+    DO17: tl.constexpr = (SEL >> L.T_M17) & 1 != 0
+    DO65: tl.constexpr = (SEL >> L.T_M65) & 1 != 0
     pid = tl.program_id(0)
     b = tl.program_id(1)
     k, h, w, i, iok, rb = row_tile(pid, b, geom, RH)
     em = ws + L.EM * PLANE
     m = ws + L.M * PLANE
     if DO5:
-        _rows_fwd(em, ws + L.HE[0] * PLANE, rb, iok, w, 2, RH, CW)
+        _rows_fwd(em, ws + L.HE[0] * PLANE, rb, iok, w, L.R5, RH, CW)
         if HAS_MASK:
-            _rows_fwd(m, ws + L.HM[0] * PLANE, rb, iok, w, 2, RH, CW)
+            _rows_fwd(m, ws + L.HM[0] * PLANE, rb, iok, w, L.R5, RH, CW)
     if DO17:
-        _rows_fwd(em, ws + L.HE[1] * PLANE, rb, iok, w, 8, RH, CW)
+        _rows_fwd(em, ws + L.HE[1] * PLANE, rb, iok, w, L.R17, RH, CW)
         if HAS_MASK:
-            _rows_fwd(m, ws + L.HM[1] * PLANE, rb, iok, w, 8, RH, CW)
+            _rows_fwd(m, ws + L.HM[1] * PLANE, rb, iok, w, L.R17, RH, CW)
     if DO65:
-        _rows_fwd(em, ws + L.HE[2] * PLANE, rb, iok, w, 32, RH, CW)
+        _rows_fwd(em, ws + L.HE[2] * PLANE, rb, iok, w, L.R65, RH, CW)
         if HAS_MASK:
-            _rows_fwd(m, ws + L.HM[2] * PLANE, rb, iok, w, 32, RH, CW)
+            _rows_fwd(m, ws + L.HM[2] * PLANE, rb, iok, w, L.R65, RH, CW)
 
 
 @triton.jit
 def box_rows_bwd_kernel(
     ws, bws, geom, PLANE,
-    DO5: tl.constexpr, DO17: tl.constexpr, DO65: tl.constexpr,
-    RH: tl.constexpr, CW: tl.constexpr,
+    SEL: tl.constexpr, RH: tl.constexpr, CW: tl.constexpr,
 ):
     """Horizontal transposed box of each saved Y = m * sign(e - local mean) / count."""
+    DO5: tl.constexpr = (SEL >> L.T_M5) & 1 != 0  # only the box bits of SEL are passed
+    DO17: tl.constexpr = (SEL >> L.T_M17) & 1 != 0
+    DO65: tl.constexpr = (SEL >> L.T_M65) & 1 != 0
     pid = tl.program_id(0)
     b = tl.program_id(1)
     k, h, w, i, iok, rb = row_tile(pid, b, geom, RH)
     if DO5:
-        _rows_bwd(ws + L.Y[0] * PLANE, bws + L.TB[0] * PLANE, rb, iok, w, 2, RH, CW)
+        _rows_bwd(ws + L.Y[0] * PLANE, bws + L.TB[0] * PLANE, rb, iok, w, L.R5, RH, CW)
     if DO17:
-        _rows_bwd(ws + L.Y[1] * PLANE, bws + L.TB[1] * PLANE, rb, iok, w, 8, RH, CW)
+        _rows_bwd(ws + L.Y[1] * PLANE, bws + L.TB[1] * PLANE, rb, iok, w, L.R17, RH, CW)
     if DO65:
-        _rows_bwd(ws + L.Y[2] * PLANE, bws + L.TB[2] * PLANE, rb, iok, w, 32, RH, CW)
+        _rows_bwd(ws + L.Y[2] * PLANE, bws + L.TB[2] * PLANE, rb, iok, w, L.R65, RH, CW)
 
 
 # ----------------------------------------------------------------------------- columns

@@ -1,7 +1,8 @@
 """Every Triton launch of mlrb goes through :func:`launch`, so launches can be counted.
 
-The issue caps a forward at 6 launches and a backward at 6, whatever the selection;
-tests read :data:`counts` around a call to hold the kernels to it.
+A forward must take at most 6 launches and a backward at most 6, whatever the selection
+(mlrb/ops/triton.py: 4 each today); tests read :data:`counts` around a call to hold the
+kernels to it.
 """
 from __future__ import annotations
 

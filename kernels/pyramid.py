@@ -11,9 +11,11 @@ import triton
 import triton.language as tl
 
 from . import layout as L
-from .loss_math import level_of, tap_weight
+from .loss_math import tap_weight
+from .tiling import level_of
 
 GW = tl.constexpr(L.GW)
+NUM_SCALES = tl.constexpr(L.NUM_SCALES)  # static_range needs a constexpr
 
 
 @triton.jit
@@ -83,8 +85,8 @@ def _level_tile(pred, gt, mask, ws, part, geom, k: tl.constexpr, bi, bj, b, src,
     if HAS_MASK:
         tl.store(ws + L.M * PLANE + o, m, mask=inb)
     # Partials of the M loss's mean, reduced per scale in a fixed order.
-    tl.store(part + pslot + 2 * k, tl.sum(tl.sum(em, axis=1), axis=0))
-    tl.store(part + pslot + 2 * k + 1, tl.sum(tl.sum(m, axis=1), axis=0))
+    tl.store(part + pslot + L.PYR_PER_SCALE * k + L.PYR_SEM, tl.sum(tl.sum(em, axis=1), axis=0))
+    tl.store(part + pslot + L.PYR_PER_SCALE * k + L.PYR_SM, tl.sum(tl.sum(m, axis=1), axis=0))
 
 
 @triton.jit
@@ -100,8 +102,8 @@ def pyramid_fwd_kernel(
     bi = blk // NBW
     bj = blk % NBW
     src = b.to(tl.int64) * H * W
-    pslot = (b * NBLK + blk) * 12
-    for k in tl.static_range(6):
+    pslot = (b * NBLK + blk) * L.PYR_PARTS
+    for k in tl.static_range(NUM_SCALES):
         _level_tile(pred, gt, mask, ws, part, geom, k, bi, bj, b, src, H, W, PLANE, pslot,
                     HAS_MASK, BS >> k)
 
@@ -166,7 +168,7 @@ def pyramid_bwd_rows_kernel(
     o = b.to(tl.int64) * H * W + x * W + y
     on0 = (x * 0 + y * 0 + _geom(geom, 0, L.ACTIVE)) != 0  # block-shaped: the interpreter wants full masks
     acc = tl.load(bws + L.GP * PLANE + b * H * W + x * W + y, mask=ok & on0, other=0.0)
-    for k in tl.static_range(1, 6):
+    for k in tl.static_range(1, NUM_SCALES):
         on = (x * 0 + y * 0 + _geom(geom, k, L.ACTIVE)) != 0
         h = _geom(geom, k, L.H_)
         u = bws + UBASE + _geom(geom, k, L.UOFF) + b * h * W

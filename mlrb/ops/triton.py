@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -23,9 +22,8 @@ import torch
 
 from mlrb.kernels import layout as L
 from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
-from mlrb.names import BOX_SIZES, LOSS_TYPES, NUM_SCALES, NUM_TYPES
+from mlrb.names import LOSS_TYPES, NUM_SCALES, NUM_TYPES
 
-_AMLR = (NUM_SCALES * NUM_TYPES, NUM_SCALES * NUM_TYPES + 1)
 _warned_f64 = False
 
 
@@ -110,8 +108,8 @@ class Plan:
     levels: tuple[int, ...]  # active scales
     shapes: tuple[tuple[int, int], ...]  # (h_k, w_k), all six
     geom: tuple  # (6, GW) ints: the geometry table (layout.py)
-    cols: tuple  # (80,) ints: output column of each loss, -1 if unselected
-    flags: dict  # constexpr loss-group flags of the kernels
+    cols: tuple  # (NUM_COLS,) ints: output column of each loss, -1 if unselected
+    sel: int  # SEL of the kernels: bit t per selected loss type, bit T_AMLR (layout.py)
     plane: int  # elements of one workspace plane (all active scales, all samples)
     ntp: int  # programs of the pyramid launch (per sample)
     ntl: int  # programs of the loss and gradient launches
@@ -132,9 +130,9 @@ def _cdiv(a: int, b: int) -> int:
 def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) -> Plan:
     """Level sizes and taps, active scales, program counts and workspace sizes."""
     sel = set(indices)
-    types = {LOSS_TYPES[i % NUM_TYPES] for i in sel if i < _AMLR[0]}
-    active = {i // NUM_TYPES for i in sel if i < _AMLR[0]}
-    amlr = bool(sel & set(_AMLR))
+    types = {LOSS_TYPES[i % NUM_TYPES] for i in sel if i < L.COL_SI}
+    active = {i // NUM_TYPES for i in sel if i < L.COL_SI}
+    amlr = bool(sel & {L.COL_SI, L.COL_GR})
     if amlr:
         active.add(0)
     # Plain ints: a plan may first be made under a fake mode (register_fake), where any
@@ -143,7 +141,8 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     shapes = []
     off = uoff = 0
     starts = dict.fromkeys(("row", "col", "ut"), 0)
-    any_box = bool(types & set(BOX_SIZES))
+    sel_bits = L.selection_bits(types, amlr)
+    any_box = bool(sel_bits & L.BOX_BITS)
     for k in range(NUM_SCALES):
         if k == 0:  # D^0 is the input: no taps
             h, rs, ro, rodd = H, 1, 0, 0
@@ -169,15 +168,9 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
             off += B * h * w
             if k > 0:
                 uoff += B * h * W
-    cols = [-1] * (len(_AMLR) + _AMLR[0])
+    cols = [-1] * L.NUM_COLS
     for j, i in enumerate(indices):
         cols[i] = j
-    flags = dict(
-        DO_D="D" in types, DO_M="M" in types, DO5="M5" in types, DO17="M17" in types,
-        DO65="M65" in types, DO_R="r" in types, DO_C="c" in types, DO_RR="rr" in types,
-        DO_RC="rc" in types, DO_CC="cc" in types, DO_N="N" in types, DO_NR="Nr" in types,
-        DO_NC="Nc" in types, DO_AMLR=amlr,
-    )
     plane = off
     bs = blocks.pyr[0]
     assert bs == blocks.pyr[1] and bs >= 1 << (NUM_SCALES - 1) and bs & (bs - 1) == 0, blocks.pyr
@@ -191,7 +184,7 @@ def make_plan(B: int, H: int, W: int, indices: tuple[int, ...], blocks: Blocks) 
     if max(ws_numel, ubase + uoff) >= 2**31:
         raise ValueError(f"mlrb triton backend: a batch of {B}x1x{H}x{W} needs a workspace beyond "
                          "int32 indexing (2^31 floats); split the batch into smaller calls")
-    return Plan(tuple(sorted(active)), tuple(shapes), tuple(geom), tuple(cols), flags, plane, ntp, ntl, nrow,
+    return Plan(tuple(sorted(active)), tuple(shapes), tuple(geom), tuple(cols), sel_bits, plane, ntp, ntl, nrow,
                 nut, fwd_planes, ws_numel, ubase + uoff, ubase, blocks)
 
 
@@ -201,21 +194,23 @@ def _device_tables(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torc
             torch.tensor(plan.cols, dtype=torch.int32, device=device))
 
 
-def _prep(pred, gt, mask, indices):
+def _prep(pred, mask, indices):
+    """The plan and its device tables, pred as a contiguous (B, H, W) and the mask as
+    uint8 (None without one)."""
     B, _, H, W = pred.shape
     plan = make_plan(B, H, W, tuple(int(i) for i in indices), current_blocks())
     geom, cols = _device_tables(plan, pred.device)
     pred = pred.reshape(B, H, W).contiguous()
-    gt = gt.reshape(B, H, W).contiguous()
     mask_u8 = None if mask is None else mask.reshape(B, H, W).contiguous().view(torch.uint8)
-    return B, H, W, plan, geom, cols, pred, gt, mask_u8
+    return B, H, W, plan, geom, cols, pred, mask_u8
 
 
 # ----------------------------------------------------------------------------- forward
 def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
     box, launch, _, fwd, pyramid, reduce = _kernels()
-    B, H, W, plan, geom, cols, pred, gt, m = _prep(pred, gt, mask, indices)
-    bl, f = plan.blocks, plan.flags
+    B, H, W, plan, geom, cols, pred, m = _prep(pred, mask, indices)
+    gt = gt.reshape(B, H, W).contiguous()
+    bl = plan.blocks
     assert bl.col[1] == bl.col_bwd[1] and bl.seg % bl.col[0] == 0 == bl.seg % bl.col_bwd[0], \
         "the loss and gradient kernels share their programs (column strip, row segment)"
     ws = torch.empty(plan.ws_numel, device=pred.device, dtype=torch.float32)
@@ -230,23 +225,23 @@ def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_bac
                   num_warps=bl.pyr[2])
     if plan.nrow:
         launch.launch(box.box_rows_fwd_kernel, (plan.nrow, B), ws, geom, plan.plane,
-                      HAS_MASK=has_mask, DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"],
-                      RH=bl.row[0], CW=bl.row[1], num_warps=bl.row[2])
+                      HAS_MASK=has_mask, SEL=plan.sel & L.BOX_BITS, RH=bl.row[0], CW=bl.row[1],
+                      num_warps=bl.row[2])
     launch.launch(fwd.loss_space_fwd_kernel, (plan.ntl, B), ws, part_pyr, part, geom, plan.plane,
-                  plan.ntp, plan.ntl, HAS_MASK=has_mask, **f, SAVE_Y=bool(save_for_backward),
+                  plan.ntp, plan.ntl, HAS_MASK=has_mask, SEL=plan.sel, SAVE_Y=bool(save_for_backward),
                   RH=bl.col[0], CW=bl.col[1], SEG=bl.seg, PCH=bl.reduce_chunk * 4,
                   num_warps=bl.col[2])
     launch.launch(reduce.reduce_kernel, (B,), part_pyr, part, geom, cols, out, stats, plan.ntp,
                   plan.ntl, len(indices), float(si_lambda), float(si_scale), SI_SQRT=bool(si_sqrt),
-                  DO_AMLR=f["DO_AMLR"], CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
+                  SEL=plan.sel & L.AMLR_BIT, CH=bl.reduce_chunk, num_warps=bl.reduce_warps)
     return out, stats, ws
 
 
 # ----------------------------------------------------------------------------- backward
 def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_scale):
     box, launch, bwd, _, pyramid, _ = _kernels()
-    B, H, W, plan, geom, cols, pred, _, m = _prep(pred, pred, mask, indices)
-    bl, f = plan.blocks, plan.flags
+    B, H, W, plan, geom, cols, pred, m = _prep(pred, mask, indices)
+    bl = plan.blocks
     grad_out = grad_out.to(torch.float32).contiguous()
     bws = torch.empty(plan.bws_numel, device=pred.device, dtype=torch.float32)
     grad = torch.empty(B, 1, H, W, device=pred.device, dtype=pred.dtype)
@@ -254,11 +249,11 @@ def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_s
     mptr = m if has_mask else pred
     if plan.nrow:
         launch.launch(box.box_rows_bwd_kernel, (plan.nrow, B), ws, bws, geom, plan.plane,
-                      DO5=f["DO5"], DO17=f["DO17"], DO65=f["DO65"], RH=bl.row[0], CW=bl.row[1],
-                      num_warps=bl.row[2])
+                      SEL=plan.sel & L.BOX_BITS, RH=bl.row[0], CW=bl.row[1], num_warps=bl.row[2])
     launch.launch(bwd.loss_space_bwd_kernel, (plan.ntl, B), ws, bws, stats, grad_out, geom, cols,
                   plan.plane, len(indices), float(si_lambda), float(si_scale), HAS_MASK=has_mask,
-                  **f, SI_SQRT=bool(si_sqrt), RH=bl.col_bwd[0], CW=bl.col_bwd[1], SEG=bl.seg, num_warps=bl.col_bwd[2])
+                  SEL=plan.sel, SI_SQRT=bool(si_sqrt), RH=bl.col_bwd[0], CW=bl.col_bwd[1], SEG=bl.seg,
+                  num_warps=bl.col_bwd[2])
     if plan.nut:
         launch.launch(pyramid.pyramid_bwd_cols_kernel, (plan.nut, B), bws, geom, W, plan.plane,
                       plan.ubase, TH=bl.ut[0], TW=bl.ut[1], num_warps=bl.ut[2])

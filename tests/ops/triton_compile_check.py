@@ -20,23 +20,23 @@ from triton.compiler import ASTSource  # noqa: E402
 
 import mlrb  # noqa: E402,F401  (maps kernels/ to mlrb.kernels)
 from mlrb.kernels import box, loss_space_bwd, loss_space_fwd, pyramid, reduce  # noqa: E402
+from mlrb.kernels import layout as L  # noqa: E402
 from mlrb.ops.triton import GPU_BLOCKS as BL  # noqa: E402
 
 P = "*fp32"
-ALL = dict(DO_D=True, DO_M=True, DO5=True, DO17=True, DO65=True, DO_R=True, DO_C=True, DO_RR=True,
-           DO_RC=True, DO_CC=True, DO_N=True, DO_NR=True, DO_NC=True, DO_AMLR=True)
+ALL = dict(SEL=(1 << (L.T_AMLR + 1)) - 1)  # every loss type and the AMLR pair
 CASES = [
     (pyramid.pyramid_fwd_kernel, dict(pred="*bf16", gt="*fp32", mask="*u8", ws=P, part=P, geom="*i32"),
      dict(HAS_MASK=True, BS=BL.pyr[0]), BL.pyr[2]),
     (box.box_rows_fwd_kernel, dict(ws=P, geom="*i32"),
-     dict(HAS_MASK=True, DO5=True, DO17=True, DO65=True, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
+     dict(HAS_MASK=True, SEL=L.BOX_BITS, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
     (loss_space_fwd.loss_space_fwd_kernel, dict(ws=P, part_pyr=P, part=P, geom="*i32"),
      dict(HAS_MASK=True, **ALL, SAVE_Y=True, RH=BL.col[0], CW=BL.col[1], SEG=BL.seg, PCH=BL.reduce_chunk * 4), BL.col[2]),
     (reduce.reduce_kernel, dict(part_pyr=P, part=P, geom="*i32", cols="*i32", out=P, stats=P,
                                 si_lambda="fp32", si_scale="fp32"),
-     dict(SI_SQRT=True, DO_AMLR=True, CH=BL.reduce_chunk), BL.reduce_warps),
+     dict(SI_SQRT=True, SEL=L.AMLR_BIT, CH=BL.reduce_chunk), BL.reduce_warps),
     (box.box_rows_bwd_kernel, dict(ws=P, bws=P, geom="*i32"),
-     dict(DO5=True, DO17=True, DO65=True, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
+     dict(SEL=L.BOX_BITS, RH=BL.row[0], CW=BL.row[1]), BL.row[2]),
     (loss_space_bwd.loss_space_bwd_kernel, dict(ws=P, bws=P, stats=P, G=P, geom="*i32", cols="*i32",
                                                 si_lambda="fp32", si_scale="fp32"),
      dict(HAS_MASK=True, **ALL, SI_SQRT=True, RH=BL.col_bwd[0], CW=BL.col_bwd[1], SEG=BL.seg), BL.col_bwd[2]),

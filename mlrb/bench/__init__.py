@@ -1,0 +1,15 @@
+"""Benchmarks of the loss space (``mlrb bench``, bench/*.py).
+
+- cases.py: shapes, providers, loss sets (the paper's Table 7), inputs, the step function;
+- timers.py: wall time, the thread CPU time, CUDA events (one interface, no fallbacks);
+- memory.py: saved-for-backward bytes and the backward's large allocations;
+- table.py: result rows and the table printer with ratios vs l1 and vs fused;
+- cli.py: ``mlrb bench`` (``--device cuda`` only changes the timer and adds the Table 7 sets).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mlrb bench`` (mlrb.bench.cli.main)."""
+    from mlrb.bench.cli import main as cli_main
+
+    return cli_main(argv)

@@ -1,0 +1,3 @@
+from mlrb.bench.cli import main
+
+raise SystemExit(main())
