@@ -278,7 +278,7 @@ def loss_space(
     pred, gt, indices = prepare(pred, gt, mask, indices)
 
     columns: dict[int, torch.Tensor] = {}
-    for k, wanted in by_scale(indices).items():
+    for k, wanted in sorted(by_scale(indices).items()):  # finest scale first
         types = [LOSS_TYPES[i % NUM_TYPES] for i in wanted]
         vals = scale_losses(pyramid_level(pred, k), pyramid_level(gt, k), mask_level(mask, k), types)
         for i, t in zip(wanted, types):
