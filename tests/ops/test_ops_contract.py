@@ -126,7 +126,13 @@ SUBSETS = ["AMLR", "Si", "Gr", "D@0", "D0", "M65@3", "Nc@5", "rc@1", "L^3 | L^4 
            ["Nr@2", "D@0", "Gr", "M@4"], "Nc@2, M@0, M17@4, rr@1", "L_D | L_G"]
 
 
-@pytest.mark.parametrize("backend,select", params(FUSED, range(len(SUBSETS))))
+# Under the interpreter Triton runs a few that cover one type family, one scale set, a union
+# of scales, scattered names in any order and the AMLR pair.
+HEAVY_SUBSETS = tuple(i for i, sel in enumerate(SUBSETS)
+                      if sel not in ("AMLR", "D0", "L^3 | L^4 | L^5", "L_M", "Nc@2, M@0, M17@4, rr@1"))
+
+
+@pytest.mark.parametrize("backend,select", params(FUSED, range(len(SUBSETS)), HEAVY_SUBSETS))
 def test_subsets(backend, select):
     """Any selection, in any order, scattered over scales: the columns are the named losses."""
     select = SUBSETS[select]
@@ -146,12 +152,15 @@ def test_subset_columns_match_full_call(backend, case):
 
 AMLR_OPTIONS = {"bts": dict(si_lambda=0.85, si_sqrt=True, si_scale=10.0), "lambda0": dict(si_lambda=0.0),
                 "half": dict(si_lambda=0.5, si_sqrt=False, si_scale=2.0)}
+AMLR_CASES = [f"{o}-{m}" for o in AMLR_OPTIONS for m in ("none", "holes")]
 
 
-@pytest.mark.parametrize("mask", [None, "holes"])
-@pytest.mark.parametrize("backend,options", params(FUSED, AMLR_OPTIONS))
-def test_amlr_options_missing_depth_and_tiny_pred(backend, options, mask):
+@pytest.mark.parametrize("backend,case", params(FUSED, AMLR_CASES, heavy=("bts-none", "lambda0-none", "lambda0-holes",
+                                                                            "half-none")))
+def test_amlr_options_missing_depth_and_tiny_pred(backend, case):
     # gt <= 0 marks missing depth (invalid for the AMLR pair); pred below LOG_EPS is clamped.
+    options, mask = case.split("-")
+    mask = None if mask == "none" else mask
     pred, gt, m = inputs(backend, 2, 24, 30, mask=mask)
     gt[0, 0, :3, :5] = 0.0
     gt[1, 0, 10, 10:14] = -1.0
@@ -204,8 +213,10 @@ def test_half_inputs_are_computed_in_float32(backend, dtype):
     close(g, g32.to(dtype), SPECS[backend].half[dtype])
 
 
-# Every loss type once, at scattered scales, and the AMLR pair.
+# Every loss type once, at scattered scales, and the AMLR pair (under the interpreter, Triton:
+# a point loss, a box, a stencil and the pair; the layout is handled before the kernels).
 EVERY_TYPE = "D@0, M@1, M5@1, M17@0, M65@2, r@0, c@3, rr@1, rc@0, cc@2, N@0, Nr@1, Nc@2, Si, Gr"
+LAYOUT_SELECT = {b: "D@0, M5@1, rc@0, Gr" if b == "triton" and INTERPRETED else EVERY_TYPE for b in ALL_BACKENDS}
 
 
 @pytest.mark.parametrize("backend,case", params(FUSED))
@@ -213,7 +224,8 @@ def test_non_contiguous_channels_last_and_three_dim_inputs(backend, case):
     """A transposed view, channels-last storage and (B, H, W) maps give the bits of
     contiguous (B, 1, H, W) inputs; the gradient has pred's shape."""
     pred, gt, m = inputs(backend, None, 30, 40, mask="holes")
-    want = backend_value_and_grad(backend, pred, gt, m, EVERY_TYPE)
+    sel = LAYOUT_SELECT[backend]
+    want = backend_value_and_grad(backend, pred, gt, m, sel)
 
     def strided(x):
         return x.transpose(-1, -2).contiguous().transpose(-1, -2)
@@ -224,9 +236,9 @@ def test_non_contiguous_channels_last_and_three_dim_inputs(backend, case):
 
     assert not strided(pred).is_contiguous() and not channels_last(pred).is_contiguous()
     for p, g, mm in ((strided(pred), strided(gt), strided(m)), (channels_last(pred), channels_last(gt), m)):
-        L, grad = backend_value_and_grad(backend, p, g, mm, EVERY_TYPE)
+        L, grad = backend_value_and_grad(backend, p, g, mm, sel)
         assert torch.equal(L, want[0]) and torch.equal(grad, want[1]) and grad.shape == p.shape
-    L, grad = backend_value_and_grad(backend, pred[:, 0], gt[:, 0], m[:, 0], EVERY_TYPE)
+    L, grad = backend_value_and_grad(backend, pred[:, 0], gt[:, 0], m[:, 0], sel)
     assert torch.equal(L, want[0]) and torch.equal(grad, want[1][:, 0])
 
 
@@ -239,10 +251,11 @@ def test_repeated_calls_are_bitwise_identical(backend, case):
 
 
 # ----------------------------------------------------------------------------- float range
-# Per backend: the selections checked at each depth scale. The normal losses alone first
-# (their gradients would be invisible next to the others'); "all | AMLR" is HEAVY.
-DEPTH_RANGE = [(s, sel) for s in DEPTH_SCALES + (1e18, 1e30) for sel in ("L_N", "all | AMLR")]
-HEAVY_DEPTH = tuple(i for i, (s, sel) in enumerate(DEPTH_RANGE) if sel != "L_N")
+# The selections checked at each depth scale: normal losses alone first (their gradients
+# would be invisible next to the others'), then every loss; under the interpreter Triton runs
+# one of each normal type only.
+DEPTH_RANGE = [(s, sel) for s in DEPTH_SCALES + (1e18, 1e30) for sel in ("N@0, Nr@0, Nc@1", "L_N", "all | AMLR")]
+HEAVY_DEPTH = tuple(i for i, (s, sel) in enumerate(DEPTH_RANGE) if sel != "N@0, Nr@0, Nc@1")
 
 
 @pytest.mark.parametrize("backend,case", params(FUSED, range(len(DEPTH_RANGE)), HEAVY_DEPTH))
@@ -410,7 +423,7 @@ def test_ops_accept_inference_tensors_and_any_strides(backend, case):
     """The ops themselves (not only fused_loss_space): gt and mask from inference mode, and
     non-contiguous inputs, which they copy for the kernels."""
     pred, gt, m = inputs(backend, 2, 12, 14, dtype=F32, mask="holes")
-    idx = [0, 10, 40, 79]
+    idx = [0, 10, 79]
     fwd, bwd = ops(backend, pred, gt, m, idx)
     with torch.inference_mode():
         gt_i, m_i = gt.clone(), m.clone()
@@ -425,7 +438,7 @@ def test_ops_accept_inference_tensors_and_any_strides(backend, case):
     assert not strided(pred).is_contiguous()
     want = fwd(pred, gt, m, idx, 1.0, False, 1.0)
     assert torch.equal(fwd(strided(pred), strided(gt), strided(m), idx, 1.0, False, 1.0), want)
-    G = torch.rand(2, 4, device=pred.device)
+    G = torch.rand(2, 3, device=pred.device)
     assert torch.equal(bwd(G.t().contiguous().t(), strided(pred), strided(gt), strided(m), idx),
                        bwd(G, pred, gt, m, idx))
 
@@ -523,7 +536,7 @@ def test_torch_compile_fullgraph(backend, how):
     torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend,case", params(ALL_BACKENDS))
+@pytest.mark.parametrize("backend,case", params(FUSED))
 def test_fused_loss_space_under_torch_compile_fullgraph(backend, case):
     """The public entry point itself (dispatch included) compiles without graph breaks."""
     pred, gt, m = inputs(backend, None, 20, 28, dtype=F32, mask="holes")
