@@ -18,9 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mlrb import reference
-from mlrb.names import INDEX, LOSS_TYPES, NUM_SCALES, NUM_TYPES
-from mlrb.reference import FOOTPRINTS, NORMAL_EPS, footprint_valid, mask_level, pyramid_level
+from mlrb.names import LOSS_TYPES, NUM_TYPES
+# Shared with the definition: input preparation, grouping by scale, the AMLR pair, the
+# pyramid and its validity, the footprints, dx / dy and the masked mean. What follows
+# is only what the two formulations do differently.
+from mlrb.reference import (FOOTPRINTS, NORMAL_EPS, add_amlr_columns, by_scale, dx, dy, footprint_valid,
+                            mask_level, masked_mean, prepare, pyramid_level)
 
 __all__ = ["paper_loss_space", "torch_loss_space", "l1_loss"]
 
@@ -28,32 +31,6 @@ __all__ = ["paper_loss_space", "torch_loss_space", "l1_loss"]
 def l1_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """The unit of the benchmarks: one L1 loss, (pred - gt).abs().mean()."""
     return (pred - gt).abs().mean()
-
-
-def _prepare(pred, gt, mask, indices):
-    if indices is None:
-        indices = range(NUM_SCALES * NUM_TYPES)
-    indices = list(indices)
-    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    pred, gt = pred.to(dtype), gt.to(dtype)
-    if mask is not None:
-        # Values at invalid pixels must never reach a loss (they may be NaN).
-        pred, gt = torch.where(mask, pred, 0.0), torch.where(mask, gt, 0.0)
-    return pred, gt, indices
-
-
-def _by_scale(indices):
-    per = {}
-    for i in indices:
-        if i < NUM_SCALES * NUM_TYPES:
-            per.setdefault(i // NUM_TYPES, []).append(i)
-    return per
-
-
-def _amlr(pred, gt, mask, columns, indices, kw):
-    if INDEX["Si"] in indices or INDEX["Gr"] in indices:
-        m = mask if mask is not None else torch.ones_like(pred, dtype=torch.bool)
-        columns[INDEX["Si"]], columns[INDEX["Gr"]] = reference.amlr_losses(pred, gt, m, **kw)
 
 
 # ----------------------------------------------------------------------------- paper style
@@ -68,10 +45,8 @@ def _gradient_dy(img):
 
 
 def _mean(x, valid):
-    if valid is None:
-        return torch.mean(x, dim=[1, 2, 3])
-    v = valid.to(x.dtype)
-    return torch.sum(x * v, dim=[1, 2, 3]) / torch.sum(v, dim=[1, 2, 3]).clamp(min=1)
+    # The trainer's plain mean; masks are added by the reference's masked mean.
+    return torch.mean(x, dim=[1, 2, 3]) if valid is None else masked_mean(x, valid)
 
 
 def _l1(a, b, valid):
@@ -105,9 +80,9 @@ def paper_loss_space(pred, gt, mask=None, indices=None, *, si_lambda=1.0, si_sqr
 
     Same signature and result as mlrb.reference.loss_space: (B, len(indices)).
     """
-    pred, gt, indices = _prepare(pred, gt, mask, indices)
+    pred, gt, indices = prepare(pred, gt, mask, indices)
     columns = {}
-    for k, wanted in _by_scale(indices).items():
+    for k, wanted in by_scale(indices).items():
         p, g = pyramid_level(pred, k), pyramid_level(gt, k)
         m = None if mask is None else mask_level(mask, k)
         fp = {} if m is None else {t: footprint_valid(m, FOOTPRINTS[t]) for t in FOOTPRINTS}
@@ -131,19 +106,11 @@ def paper_loss_space(pred, gt, mask=None, indices=None, *, si_lambda=1.0, si_sqr
         }
         for i in wanted:
             columns[i] = losses[LOSS_TYPES[i % NUM_TYPES]]()
-    _amlr(pred, gt, mask, columns, indices, dict(si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale))
+    add_amlr_columns(columns, pred, gt, mask, indices, si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale)
     return torch.stack([columns[i] for i in indices], dim=1)
 
 
 # ----------------------------------------------------------------------------- best pure PyTorch
-def _dx(x):
-    return F.pad(x[..., :, :-1] - x[..., :, 1:], (0, 1))
-
-
-def _dy(x):
-    return F.pad(x[..., :-1, :] - x[..., 1:, :], (0, 0, 0, 1))
-
-
 def _box_sums(x, radii):
     """{r: (2r+1)^2 replicate-padded box sums of x} from one padding and two cumsums per size."""
     R = max(radii)
@@ -172,7 +139,7 @@ def _scale_terms(p, g, m, types):
             mu = e.mean(dim=(1, 2, 3), keepdim=True)
         else:
             mf = m.to(e.dtype)
-            mu = (e * mf).sum(dim=(1, 2, 3), keepdim=True) / mf.sum(dim=(1, 2, 3), keepdim=True).clamp(min=1)
+            mu = masked_mean(e, m)[:, None, None, None]
         ec = e - mu  # centred: keeps the cumulative sums small
         if "M" in need:
             terms["M"] = ec.abs()
@@ -189,20 +156,20 @@ def _scale_terms(p, g, m, types):
                     s = both[r]
                     terms[t] = (ec - s[:, :1] / s[:, 1:].clamp(min=1)).abs()
     if need & {"r", "c", "rr", "rc", "cc"}:
-        ex, ey = _dx(e), _dy(e)
-        ops = {"r": lambda: ex, "c": lambda: ey, "rr": lambda: _dx(ex), "rc": lambda: _dx(ey), "cc": lambda: _dy(ey)}
+        ex, ey = dx(e), dy(e)
+        ops = {"r": lambda: ex, "c": lambda: ey, "rr": lambda: dx(ex), "rc": lambda: dx(ey), "cc": lambda: dy(ey)}
         for t in ("r", "c", "rr", "rc", "cc"):
             if t in need:
                 terms[t] = ops[t]().abs()
     normals = [t for t in ("N", "Nr", "Nc") if t in need]
     if normals:
         x = torch.cat([p, g], dim=1)  # derivatives of pred and gt in one batch
-        xx, xy = _dx(x), _dy(x)
+        xx, xy = dx(x), dy(x)
         pairs = {"N": lambda: (xx, xy)}
         if {"Nr", "Nc"} & set(normals):
-            xrc = _dx(xy)
-            pairs["Nr"] = lambda: (_dx(xx), xrc)
-            pairs["Nc"] = lambda: (xrc, _dy(xy))
+            xrc = dx(xy)
+            pairs["Nr"] = lambda: (dx(xx), xrc)
+            pairs["Nc"] = lambda: (xrc, dy(xy))
         for t in normals:
             a, b = pairs[t]()
             dot = a[:, :1] * a[:, 1:] + b[:, :1] * b[:, 1:] + 1
@@ -216,10 +183,10 @@ def _scale_terms(p, g, m, types):
 
 def torch_loss_space(pred, gt, mask=None, indices=None, *, si_lambda=1.0, si_sqrt=False, si_scale=1.0):
     """The loss space in the fastest pure-PyTorch form we know; same result as the reference."""
-    pred, gt, indices = _prepare(pred, gt, mask, indices)
+    pred, gt, indices = prepare(pred, gt, mask, indices)
     columns = {}
     both = torch.cat([pred, gt], dim=1)
-    for k, wanted in _by_scale(indices).items():
+    for k, wanted in by_scale(indices).items():
         lvl = pyramid_level(both, k)  # pred and gt resized in one call
         p, g = lvl[:, :1], lvl[:, 1:]
         m = None if mask is None else mask_level(mask, k)
@@ -229,9 +196,8 @@ def torch_loss_space(pred, gt, mask=None, indices=None, *, si_lambda=1.0, si_sqr
         if m is None:
             means = stacked.mean(dim=(2, 3))
         else:
-            v = torch.cat([valid[t] for t in types], dim=1).to(stacked.dtype)
-            means = (stacked * v).sum(dim=(2, 3)) / v.sum(dim=(2, 3)).clamp(min=1)
+            means = masked_mean(stacked, torch.cat([valid[t] for t in types], dim=1), dim=(2, 3))
         for j, i in enumerate(wanted):
             columns[i] = means[:, j]
-    _amlr(pred, gt, mask, columns, indices, dict(si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale))
+    add_amlr_columns(columns, pred, gt, mask, indices, si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale)
     return torch.stack([columns[i] for i in indices], dim=1)

@@ -127,11 +127,12 @@ def box_sum(x: torch.Tensor, n: int) -> torch.Tensor:
     return _window_sum(_window_sum(xp, n, -1), n, -2)
 
 
-def masked_mean(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean of v over valid pixels; 0 (and no gradient) for an empty set."""
+def masked_mean(v: torch.Tensor, valid: torch.Tensor, dim=(1, 2, 3)) -> torch.Tensor:
+    """Per-sample mean of v over valid pixels; 0 (and no gradient) for an empty set. dim:
+    the dimensions averaged over ((2, 3): one mean per channel of a (B, T, h, w) stack)."""
     valid = valid.to(v.dtype)
-    count = valid.sum(dim=(1, 2, 3))
-    return (v * valid).sum(dim=(1, 2, 3)) / count.clamp(min=1)
+    count = valid.sum(dim=dim)
+    return (v * valid).sum(dim=dim) / count.clamp(min=1)
 
 
 _EXP_BITS = {  # dtype: (same-size int dtype, exponent mask, mantissa bits, biased exponent of 2^(bias+1))
@@ -224,6 +225,38 @@ def amlr_losses(pred, gt, mask, *, si_lambda=1.0, si_sqrt=False, si_scale=1.0):
     return si, (gx + gy) / 2
 
 
+def prepare(pred, gt, mask, indices):
+    """(pred, gt, indices) as the loss space computes them: indices a list (default: the 78
+    of the space), pred and gt in the arithmetic dtype (float64 for float64 pred, float32
+    otherwise), and zero at invalid pixels, whose values (even NaN) must never reach a loss
+    or a gradient. mask may be None (no invalid pixels)."""
+    if indices is None:
+        indices = range(NUM_SCALES * NUM_TYPES)
+    indices = list(indices)
+    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    pred, gt = pred.to(dtype), gt.to(dtype)
+    if mask is not None:
+        pred, gt = torch.where(mask, pred, 0.0), torch.where(mask, gt, 0.0)
+    return pred, gt, indices
+
+
+def by_scale(indices) -> dict[int, list[int]]:
+    """{scale k: the selected indices of the 78 at scale k, in selection order}; the AMLR
+    pair (indices 78, 79) is not in any scale."""
+    per: dict[int, list[int]] = {}
+    for i in indices:
+        if i < NUM_SCALES * NUM_TYPES:
+            per.setdefault(i // NUM_TYPES, []).append(i)
+    return per
+
+
+def add_amlr_columns(columns: dict, pred, gt, mask, indices, **options) -> None:
+    """columns[78], columns[79] = the AMLR pair, if either is selected (mask None: all valid)."""
+    if INDEX["Si"] in indices or INDEX["Gr"] in indices:
+        m = mask if mask is not None else torch.ones_like(pred, dtype=torch.bool)
+        columns[INDEX["Si"]], columns[INDEX["Gr"]] = amlr_losses(pred, gt, m, **options)
+
+
 def loss_space(
     pred: torch.Tensor,
     gt: torch.Tensor,
@@ -240,28 +273,17 @@ def loss_space(
     checking here: mlrb.fused_loss_space validates and normalises before calling.
     Arithmetic in float64 for float64 pred, float32 otherwise.
     """
-    if indices is None:
-        indices = range(NUM_SCALES * NUM_TYPES)
-    indices = list(indices)
-    dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    pred, gt = pred.to(dtype), gt.to(dtype)
     if mask is None:
         mask = torch.ones_like(pred, dtype=torch.bool)
-    # Values at invalid pixels must never reach a loss or a gradient, even if NaN.
-    pred, gt = torch.where(mask, pred, 0.0), torch.where(mask, gt, 0.0)
+    pred, gt, indices = prepare(pred, gt, mask, indices)
 
     columns: dict[int, torch.Tensor] = {}
-    for k in range(NUM_SCALES):
-        wanted = [i for i in indices if i < NUM_SCALES * NUM_TYPES and i // NUM_TYPES == k]
-        if not wanted:
-            continue
+    for k, wanted in sorted(by_scale(indices).items()):  # finest scale first
         types = [LOSS_TYPES[i % NUM_TYPES] for i in wanted]
         vals = scale_losses(pyramid_level(pred, k), pyramid_level(gt, k), mask_level(mask, k), types)
         for i, t in zip(wanted, types):
             columns[i] = vals[t]
-    if INDEX["Si"] in indices or INDEX["Gr"] in indices:
-        si, gr = amlr_losses(pred, gt, mask, si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale)
-        columns[INDEX["Si"]], columns[INDEX["Gr"]] = si, gr
+    add_amlr_columns(columns, pred, gt, mask, indices, si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale)
     return torch.stack([columns[i] for i in indices], dim=1)
 
 

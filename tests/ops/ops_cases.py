@@ -1,15 +1,54 @@
-"""Inputs and reference checks shared by the tests of the fused backends (cpu, triton).
+"""Inputs, backend availability and reference checks shared by the tests of the backends.
 
 Test files in this folder import it as ``from ops_cases import ...`` (pytest puts the
 folder of a test file without __init__.py on sys.path).
 """
 from __future__ import annotations
 
+import os
+import sys
+
+import pytest
 import torch
 
 import mlrb
 from mlrb import reference
 from mlrb.names import resolve_select
+
+
+# The fused backends, and the variable that opts a platform out of each (the tests of a
+# backend fail when it cannot run, so that a broken build cannot leave CI green).
+OPT_OUT = {"cpu": "MLRB_NO_CPU_EXT", "triton": "MLRB_NO_TRITON"}
+
+
+def opted_out(backend: str) -> str | None:
+    """Why the tests of ``backend`` are skipped on this platform, or None (they must run)."""
+    if backend in OPT_OUT and os.environ.get(OPT_OUT[backend]) == "1":
+        return f"{OPT_OUT[backend]}=1: no {backend} backend wanted"
+    if backend == "triton" and not sys.platform.startswith("linux"):
+        return "triton is a dependency on Linux only"
+    return None
+
+
+def device_of(backend: str) -> torch.device:
+    """Where a backend's tests run: the Triton kernels on the GPU if there is one, else on CPU
+    tensors under the interpreter (tests/conftest.py); the others on CPU."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
+def require_backend(backend: str) -> None:
+    """Skip if the platform opted out of ``backend``; FAIL if it cannot run otherwise."""
+    reason = opted_out(backend)
+    if reason is not None:
+        pytest.skip(reason)
+    if backend == "reference":
+        return
+    from mlrb import loss_space
+
+    reason = loss_space._unavailable_reason(backend, device_of(backend))
+    if reason is not None:
+        pytest.fail(f"backend {backend!r} cannot run: {reason} (set {OPT_OUT[backend]}=1 on a platform "
+                    "without it)", pytrace=False)
 
 
 def make_inputs(B=2, H=40, W=56, *, dtype=torch.float32, mask=None, seed=0, device="cpu"):

@@ -1,5 +1,6 @@
-"""The fused backends are there: the backend test files skip themselves when their backend
-cannot be imported, so without these checks a broken build would leave CI green.
+"""The fused backends are there. The backend tests (test_ops_contract.py, test_ops_cpu.py,
+test_ops_triton.py) fail too when their backend cannot run (ops_cases.require_backend);
+these two say so in one line each, before any kernel is called.
 
 Platforms without a C++ compiler set MLRB_NO_CPU_EXT=1 to skip the cpu check; those without
 triton (it is a dependency on Linux only) skip the triton check by platform, or set

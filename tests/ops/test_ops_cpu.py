@@ -1,151 +1,34 @@
-"""The fused C++/OpenMP backend ("cpu") against mlrb.reference, forward and backward."""
+"""What is specific to the fused C++/OpenMP backend ("cpu"): threads and row bands (bitwise the
+same for any thread count), the bytes it saves for backward, and the extension mlrb._C
+called directly with bad input (in a child process, so that a crash fails a test instead
+of the test run). The contract it shares with the other backends (every loss against the
+reference, masks, dtypes, layouts, ops, compile, gradients) is test_ops_contract.py.
+"""
 from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 import mlrb
-from mlrb.names import ALL_NAMES, INDEX, resolve_select
-from ops_cases import (DEPTH_SCALES, assert_close_at_depth_scale, assert_close_to_reference, make_inputs,
-                        reference_value_and_grad)
-
-cpu = pytest.importorskip("mlrb.ops.cpu")
-if cpu.unavailable_reason(torch.device("cpu")) is not None:
-    pytest.skip(cpu.unavailable_reason(torch.device("cpu")), allow_module_level=True)
+from mlrb.names import ALL_NAMES, INDEX
+from mlrb.ops import cpu
+from ops_cases import assert_close_to_reference, make_inputs, require_backend
 
 EVERY = list(ALL_NAMES)  # the 78 losses and the AMLR pair
-# (B, H, W): generic; not multiples of 32 with 1x1 fallback levels (H, W < 32); tiny.
-SHAPES = [(2, 40, 56), (1, 19, 27), (2, 33, 70), (1, 5, 3)]
+
+
+@pytest.fixture(autouse=True)
+def _cpu_backend_runs():
+    require_backend("cpu")  # fails (not skips) without mlrb._C, unless MLRB_NO_CPU_EXT=1
 
 
 def _losses(pred, gt, mask=None, select=None, **kw):
     return mlrb.fused_loss_space(pred, gt, mask, select=select, backend="cpu", **kw)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mask", [None, "holes", "sparse"])
-def test_every_loss_float64_matches_reference(shape, mask):
-    pred, gt, m = make_inputs(*shape, dtype=torch.float64, mask=mask)
-    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("shape", [(2, 40, 56), (1, 19, 27), (2, 67, 95)])
-@pytest.mark.parametrize("mask", [None, "holes"])
-def test_every_loss_float32_matches_reference(shape, mask):
-    pred, gt, m = make_inputs(*shape, dtype=torch.float32, mask=mask)
-    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=2e-5, atol=2e-6)
-
-
-def test_all_true_mask_is_the_unmasked_result():
-    pred, gt, _ = make_inputs(2, 36, 44, dtype=torch.float64)
-    full = torch.ones_like(pred, dtype=torch.bool)
-    torch.testing.assert_close(_losses(pred, gt, full, EVERY), _losses(pred, gt, None, EVERY), rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("params", [dict(si_lambda=0.85, si_sqrt=True, si_scale=10.0), dict(si_lambda=0.0)])
-@pytest.mark.parametrize("mask", [None, "holes"])
-def test_amlr_options(params, mask):
-    pred, gt, m = make_inputs(2, 24, 30, dtype=torch.float64, mask=mask)
-    gt[0, 0, :3, :5] = 0.0  # missing depth (gt <= 0) is invalid for the AMLR pair
-    assert_close_to_reference("cpu", pred, gt, m, "AMLR", rtol=1e-10, atol=1e-12, **params)
-
-
-@pytest.mark.parametrize("select", ["AMLR", "Si", "Gr", "D@0", "M65@3", "Nc@5", "rc@1", "L^3 | L^4 | L^5",
-                                    "L_M", "L_N", ["Nr@2", "D@0", "Gr", "M@4"], "L_D | L_G"])
-def test_subsets(select):
-    pred, gt, m = make_inputs(2, 37, 45, dtype=torch.float64, mask="holes")
-    assert_close_to_reference("cpu", pred, gt, m, select, rtol=1e-10, atol=1e-12)
-    out = _losses(pred, gt, m, select)
-    assert out.shape == (2, len(resolve_select(select)))
-
-
-def test_sparse_kitti_like_mask():
-    pred, gt, m = make_inputs(2, 88, 152, dtype=torch.float64, mask="sparse")
-    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
-
-
-def test_empty_mask_gives_zero_and_no_gradient():
-    pred, gt, m = make_inputs(2, 20, 28, dtype=torch.float32, mask="empty")
-    p = pred.clone().requires_grad_(True)
-    out = _losses(p, gt, m, EVERY)
-    assert torch.equal(out, torch.zeros_like(out))
-    out.sum().backward()
-    assert torch.equal(p.grad, torch.zeros_like(p))
-
-
-def test_values_at_invalid_pixels_are_never_read():
-    pred, gt, m = make_inputs(2, 30, 41, dtype=torch.float64, mask="holes")
-    p2, g2 = pred.clone(), gt.clone()
-    p2[~m], g2[~m] = float("nan"), float("inf")
-    ref = _losses(pred, gt, m, EVERY)
-    p2.requires_grad_(True)
-    out = _losses(p2, g2, m, EVERY, check_finite=True)
-    assert torch.equal(out, ref)
-    out.sum().backward()
-    assert torch.isfinite(p2.grad).all() and (p2.grad[~m] == 0).all()
-
-
-@pytest.mark.parametrize("mask", [False, True])
-def test_gradcheck_float64(mask):
-    pred, gt, m = make_inputs(1, 9, 11, dtype=torch.float64, mask="holes" if mask else None, seed=3)
-    idx = list(range(len(ALL_NAMES)))
-
-    def f(p):
-        return cpu.loss_space(p, gt, m, idx, 0.85, True, 10.0)
-
-    assert torch.autograd.gradcheck(f, (pred.clone().requires_grad_(True),), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def test_opcheck():
-    pred, gt, m = make_inputs(2, 12, 17, dtype=torch.float32, mask="holes")
-    idx = list(resolve_select("L^0 | L^5 | AMLR"))
-    for mask in (None, m):
-        args = (pred.clone().requires_grad_(True), gt, mask, idx, 1.0, False, 1.0)
-        torch.library.opcheck(torch.ops.mlrb.loss_space_cpu_fwd.default, args)
-        G = torch.rand(2, len(idx))
-        torch.library.opcheck(torch.ops.mlrb.loss_space_cpu_bwd.default, (G, pred, gt, mask, idx, 1.0, False, 1.0))
-
-
-def test_batch_one_and_three_dim_inputs():
-    pred, gt, m = make_inputs(1, 26, 35, dtype=torch.float64, mask="holes")
-    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
-    out3 = _losses(pred[:, 0], gt[:, 0], m[:, 0], EVERY)
-    assert torch.equal(out3, _losses(pred, gt, m, EVERY))
-
-
-def test_non_contiguous_and_channels_last_inputs():
-    pred, gt, m = make_inputs(2, 30, 40, dtype=torch.float64, mask="holes")
-    ref, gref = reference_value_and_grad(pred, gt, m, EVERY)
-    # A transposed view (non-contiguous) and channels-last storage of the same maps.
-    pt = pred.transpose(-1, -2).contiguous().transpose(-1, -2)
-    gt_t = gt.transpose(-1, -2).contiguous().transpose(-1, -2)
-    m_t = m.transpose(-1, -2).contiguous().transpose(-1, -2)
-    assert not pt.is_contiguous()
-    pcl = torch.empty(2, 3, 30, 40, dtype=torch.float64).to(memory_format=torch.channels_last)[:, :1].copy_(pred)
-    assert not pcl.is_contiguous()
-    for p, g, mm in ((pt, gt_t, m_t), (pcl, gt.contiguous(memory_format=torch.channels_last), m)):
-        p = p.detach().requires_grad_(True)
-        out = _losses(p, g, mm, EVERY)
-        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-        out.sum().backward()
-        torch.testing.assert_close(p.grad, gref, rtol=1e-10, atol=1e-12)
-        assert p.grad.shape == p.shape
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_inputs(dtype):
-    pred, gt, m = make_inputs(2, 32, 44, dtype=dtype, mask="holes")
-    p = pred.clone().requires_grad_(True)
-    out = _losses(p, gt, m, EVERY)
-    assert out.dtype == torch.float32
-    out.sum().backward()
-    assert p.grad.dtype == dtype
-    # Same as the float32 computation on the upcast values.
-    p32 = pred.float().requires_grad_(True)
-    ref = _losses(p32, gt.float(), m, EVERY)
-    ref.sum().backward()
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    torch.testing.assert_close(p.grad, p32.grad.to(dtype), rtol=0, atol=0)
 
 
 def _assert_bitwise_across_threads(pred, gt, m, **kw):
@@ -208,95 +91,6 @@ def test_saves_only_the_inputs_for_backward():
     out.sum().backward()
 
 
-def test_auto_picks_cpu_backend():
-    pred, gt, m = make_inputs(2, 20, 24, dtype=torch.float64, mask="holes")
-    assert mlrb.loss_space.available_backends("cpu")[0] == "cpu"
-    assert torch.equal(mlrb.fused_loss_space(pred, gt, m, backend="auto"), _losses(pred, gt, m))
-    assert cpu.unavailable_reason(torch.device("meta")) is not None
-
-
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(backend):
-    pred, gt, m = make_inputs(2, 24, 36, dtype=torch.float32, mask="holes")
-    idx = list(resolve_select(["D@0", "M17@1", "N@0", "Nc@2", "Si", "Gr"]))
-
-    def step(p, g, mask):
-        out = cpu.loss_space(p, g, mask, idx, 0.85, True, 10.0)
-        return out, (out * torch.arange(1.0, 7.0)).sum()
-
-    compiled = torch.compile(step, fullgraph=True, backend=backend)
-    p1 = pred.clone().requires_grad_(True)
-    out1, loss1 = compiled(p1, gt, m)
-    loss1.backward()
-    p2 = pred.clone().requires_grad_(True)
-    out2, loss2 = step(p2, gt, m)
-    loss2.backward()
-    assert torch.equal(out1, out2)
-    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-6, atol=1e-9)
-
-
-def test_fused_loss_space_under_torch_compile_fullgraph():
-    pred, gt, m = make_inputs(2, 24, 36, dtype=torch.float32, mask="holes")
-    compiled = torch.compile(lambda p, g, mask: _losses(p, g, mask, "L^0 | AMLR").sum(), fullgraph=True,
-                             backend="aot_eager")
-    p = pred.clone().requires_grad_(True)
-    compiled(p, gt, m).backward()
-    q = pred.clone().requires_grad_(True)
-    _losses(q, gt, m, "L^0 | AMLR").sum().backward()
-    torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("scale", DEPTH_SCALES + (1e18, 1e30))
-def test_float32_over_the_depth_range(scale):
-    # N, Nr, Nc once overflowed from depths ~1e9 on (squares of gradients): wrong values
-    # and NaN gradients. The normal losses alone (their gradients would be invisible next
-    # to the others'), then every loss.
-    assert_close_at_depth_scale("cpu", scale, "L_N")
-    assert_close_at_depth_scale("cpu", scale, "all | AMLR")
-
-
-def test_float32_normal_losses_with_a_far_region():
-    # Rows that read a depth beyond 2^28 take the scaled formula, the others the plain one
-    # (the same bits where both apply): a far region (sky at 1e9) next to ordinary depths.
-    pred, gt, m = make_inputs(1, 40, 30, dtype=torch.float64, mask="holes")
-    pred[:, :, 10:14, 5:20] *= 1e9
-    gt[:, :, 12:16, 8:25] *= 1e9
-    idx = "L_N"
-    L_ref, g_ref = reference_value_and_grad(pred.float(), gt.float(), m, idx)
-    p = pred.float().requires_grad_(True)
-    L = _losses(p, gt.float(), m, idx)
-    L.sum().backward()
-    torch.testing.assert_close(L.double(), L_ref, rtol=0, atol=2e-6)
-    gmax = g_ref.abs().max()
-    torch.testing.assert_close(p.grad.double() / gmax, g_ref / gmax, rtol=2e-4, atol=2e-6)
-
-
-@pytest.mark.parametrize("factor", [1e3, 1e6])
-def test_float32_scale_invariant_loss_with_pred_off_by_a_factor(factor):
-    # mean(d^2) - lambda mean(d)^2 cancels when |mean d| >> std d; the kernels merge
-    # per-row variances instead (Chan et al.).
-    pred, gt, m = make_inputs(2, 30, 41, dtype=torch.float64, mask="holes")
-    for lam, sq in ((1.0, False), (0.85, True)):
-        ref = reference_value_and_grad(pred * factor, gt, m, "Si", si_lambda=lam, si_sqrt=sq)[0]
-        got = _losses((pred * factor).float(), gt.float(), m, "Si", si_lambda=lam, si_sqrt=sq)
-        torch.testing.assert_close(got.double(), ref, rtol=2e-5, atol=0)
-
-
-def test_float64_normal_losses_at_huge_depths():
-    # float64 squares overflow from gradients ~1e154 on; the scaled formula does not. At
-    # depths 1e100 and beyond the "+1" of the normals is negligible: the losses are the
-    # 2-d angles, the same at 1e100 and 1e200, and the gradients scale as 1 / depth.
-    pred, gt, m = make_inputs(1, 12, 16, dtype=torch.float64, mask="holes")
-    out = {}
-    for s in (1e100, 1e200):
-        p = (pred * s).requires_grad_(True)
-        L = _losses(p, gt * s, m, "L_N")
-        (g,) = torch.autograd.grad(L.sum(), p)
-        out[s] = L, g * s
-    torch.testing.assert_close(out[1e200][0], out[1e100][0], rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(out[1e200][1], out[1e100][1], rtol=1e-10, atol=1e-12)
-
-
 def test_bad_inputs_raise_clear_errors():
     from mlrb import _C
 
@@ -306,3 +100,92 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="shapes differ"):
         _C.loss_space_forward(pred[:, 0].numpy(), gt[:, 0, :4].numpy().copy(), None, [0], 1.0, False, 1.0, 1)
     assert INDEX["Gr"] == 79  # the kernels' column layout (78 + the AMLR pair)
+
+
+# Each case: a name and a statement; the child prints "name: ExceptionType: message" or
+# "name: ok". p, g: float32 (B, H, W) arrays, m: a bool mask, z: an empty batch.
+_C_CASES = {
+    "empty batch, forward": "_C.loss_space_forward(z, z, None, [0], 1.0, False, 1.0, 1)",
+    "empty batch, backward": "_C.loss_space_backward(np.zeros((0, 1)), z, z, None, [0], 1.0, False, 1.0, 1)",
+    "empty batch, masked": "_C.loss_space_forward(z, z, z > 0, [0, 79], 1.0, True, 1.0, 2)",
+    "empty rows": "_C.loss_space_forward(p[:, :0].copy(), g[:, :0].copy(), None, [0], 1.0, False, 1.0, 1)",
+    "empty columns": "_C.loss_space_forward(p[:, :, :0].copy(), g[:, :, :0].copy(), None, [0], 1.0, False, 1.0, 1)",
+    "op, empty batch": "torch.ops.mlrb.loss_space_cpu_fwd(t[:0], t[:0], None, [0], 1.0, False, 1.0)",
+    "op bwd, empty batch": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(0, 1), t[:0], t[:0], None, [0], 1.0, False, 1.0)",
+    "2-d pred": "_C.loss_space_forward(p[0], g[0], None, [0], 1.0, False, 1.0, 1)",
+    "shapes differ": "_C.loss_space_forward(p, g[:, :4].copy(), None, [0], 1.0, False, 1.0, 1)",
+    "mask shape": "_C.loss_space_forward(p, g, m[:, :4].copy(), [0], 1.0, False, 1.0, 1)",
+    "no indices": "_C.loss_space_forward(p, g, None, [], 1.0, False, 1.0, 1)",
+    "index -1": "_C.loss_space_forward(p, g, None, [-1], 1.0, False, 1.0, 1)",
+    "index 80": "_C.loss_space_forward(p, g, None, [80], 1.0, False, 1.0, 1)",
+    "0 threads": "_C.loss_space_forward(p, g, None, [0], 1.0, False, 1.0, 0)",
+    "too many threads": "_C.loss_space_forward(p, g, None, [0], 1.0, False, 1.0, 10**6)",
+    "grad_out shape": "_C.loss_space_backward(np.ones((2, 1)), p, g, None, [0, 1], 1.0, False, 1.0, 1)",
+    "non-contiguous pred": "_C.loss_space_forward(p[:, :, ::2], g[:, :, ::2], None, [0], 1.0, False, 1.0, 1)",
+    "mixed dtypes": "_C.loss_space_forward(p, g.astype(np.float64), None, [0], 1.0, False, 1.0, 1)",
+    "int arrays": "_C.loss_space_forward(p.astype(np.int32), g.astype(np.int32), None, [0], 1.0, False, 1.0, 1)",
+    "float mask": "_C.loss_space_forward(p, g, m.astype(np.float32), [0], 1.0, False, 1.0, 1)",
+    "huge map": "_C.loss_space_forward(big, big, None, [0], 1.0, False, 1.0, 1)",
+    "fine": "_C.loss_space_forward(p, g, m, list(range(80)), 1.0, False, 1.0, 1)",
+}
+_C_EXPECTED = {
+    "empty batch, forward": ("ValueError", "empty"),
+    "empty batch, backward": ("ValueError", "empty"),
+    "empty batch, masked": ("ValueError", "empty"),
+    "empty rows": ("ValueError", "empty"),
+    "empty columns": ("ValueError", "empty"),
+    "op, empty batch": ("ValueError", "empty"),
+    "op bwd, empty batch": ("ValueError", "empty"),
+    "2-d pred": ("ValueError", r"\(B, H, W\)"),
+    "shapes differ": ("ValueError", "shapes differ"),
+    "mask shape": ("ValueError", "mask shape"),
+    "no indices": ("ValueError", "indices is empty"),
+    "index -1": ("ValueError", "out of range: -1"),
+    "index 80": ("ValueError", "out of range: 80"),
+    "0 threads": ("ValueError", "num_threads"),
+    "too many threads": ("ValueError", "num_threads"),
+    "grad_out shape": ("ValueError", "grad_out must be"),
+    "non-contiguous pred": ("TypeError", "incompatible function arguments"),
+    "mixed dtypes": ("TypeError", "incompatible function arguments"),
+    "int arrays": ("TypeError", "incompatible function arguments"),
+    "float mask": ("TypeError", "incompatible function arguments"),
+    "huge map": ("ValueError", "too large"),
+    "fine": ("ok", ""),
+}
+
+
+def test_extension_and_cpu_ops_raise_instead_of_crashing(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np, torch
+        import mlrb.ops.cpu
+        from mlrb import _C
+        rng = np.random.default_rng(0)
+        p = (rng.random((2, 9, 11)) + 1).astype(np.float32)
+        g = (rng.random((2, 9, 11)) + 1).astype(np.float32)
+        m = rng.random((2, 9, 11)) > 0.3
+        z = np.zeros((0, 9, 11), np.float32)
+        t = torch.from_numpy(p)[:, None]
+        # A (1, 2^28 + 1, 1) map backed by a sparse file: refused before a byte is read.
+        big = np.memmap({str(tmp_path / "big.f32")!r}, dtype=np.float32, mode="w+", shape=(1, 2**28 + 1, 1))
+        for name, code in {_C_CASES!r}.items():
+            try:
+                eval(code)
+                print(f"{{name}}: ok", flush=True)
+            except Exception as exc:
+                print(f"{{name}}: {{type(exc).__name__}}: {{str(exc).splitlines()[0]}}", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"the child process died (rc {done.returncode}):\n{done.stdout}\n{done.stderr[-2000:]}"
+    got = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert set(got) == set(_C_CASES), done.stdout
+    for name, (kind, match) in _C_EXPECTED.items():
+        assert got[name].startswith(kind), f"{name}: {got[name]}"
+        if match:
+            assert re.search(match, got[name]), f"{name}: {got[name]}"
+
+
+def test_cpu_op_never_asks_for_more_threads_than_the_extension_allows(monkeypatch):
+    from mlrb import _C
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 10 * _C.MAX_THREADS)
+    assert cpu._threads() == _C.MAX_THREADS
