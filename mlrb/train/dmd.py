@@ -190,10 +190,7 @@ class DMDTrainer(Trainer):
 
         self.model.eval()
         acc = MetricAccumulator()
-        idx = list(range(self.rank, len(self.val_set), self.world))
-        b = self.cfg.batch_size
-        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
-                                             num_workers=self.cfg.num_workers)
+        loader = self.val_loader()
         for batch in loader:
             with self.autocast():
                 n_hat = self.model(batch["image"].to(self.device))["N"].float().cpu()

@@ -119,10 +119,7 @@ class RDETrainer(Trainer):
         n = len(self.names)
         # sums of per-image L1 per map, image count, WKDR sums and counts
         stats = torch.zeros(n + 1 + 2 * len(WKDR_KEYS), dtype=torch.float64)
-        idx = list(range(self.rank, len(self.val_set), self.world))
-        b = self.cfg.batch_size
-        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
-                                             num_workers=self.cfg.num_workers)
+        loader = self.val_loader()
         from mlrb.relative.fusion import fuse
 
         for batch in loader:

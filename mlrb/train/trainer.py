@@ -413,6 +413,13 @@ class Trainer:
                     w.writerow(["period", "epoch", "step", *self.names])
                 w.writerow([record["period"], record["epoch"], record["step"], *[f"{v:.8g}" for v in record[key]]])
 
+    def val_loader(self) -> torch.utils.data.DataLoader:
+        """This rank's share of the validation set (every world-th sample), in batches."""
+        idx = list(range(self.rank, len(self.val_set), self.world))
+        b = self.cfg.batch_size
+        return torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
+                                           num_workers=self.cfg.num_workers)
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -421,10 +428,7 @@ class Trainer:
 
         self.model.eval()
         acc = MetricAccumulator()
-        idx = list(range(self.rank, len(self.val_set), self.world))
-        b = self.cfg.batch_size
-        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[idx[i:i + b] for i in range(0, len(idx), b)],
-                                             num_workers=self.cfg.num_workers)
+        loader = self.val_loader()
         from mlrb.train.protocol import eval_mask, eval_prediction
 
         for batch in loader:
