@@ -18,7 +18,7 @@ ext_modules = [
         sources,
         include_dirs=["csrc"],
         cxx_std=17,
-        extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"] + openmp,
+        extra_compile_args=["-O3", "-fno-wrapv", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"] + openmp,
         extra_link_args=openmp,
     )
 ] if sources else []
