@@ -63,17 +63,28 @@ inline int64_t box_transpose_scratch_size(int w, int r) { return 2 * (int64_t(w)
 
 template <typename T>
 void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
-  const int n = w + 4 * r;  // tz[u] = t[u - 2r], 0 outside
+  // tz[u] = t[u - 2r] on [2r, 2r + w), 0 elsewhere (n = w + 4r entries). The first pass
+  // reads t itself and the last one writes `out`, so the padded copy of t, the `+ t` pass
+  // and the copy into `out` cost no stores of their own; every entry is the same sum in
+  // the same order as with the copies (0 + x is written out: it turns -0 into +0).
+  const int n = w + 4 * r, o = 2 * r;
+  // Pass s = 1: A[u] = tz[u] + tz[u + 1] (u < n - 1).
   T* A = scratch;
-  std::fill(A, A + 2 * r, T(0));
-#pragma omp simd
-  for (int c = 0; c < w; ++c) A[c + 2 * r] = t[c];
-  std::fill(A + w + 2 * r, A + n, T(0));
-  // After the pass with step s, A[u] = tz[u] + ... + tz[u + 2s - 1] (u < n - 2s + 1);
-  // passes alternate between the two halves of scratch.
   T* B = scratch + n;
-  int len = n;
-  for (int s = 1; s < 2 * r; s *= 2) {
+  int len = n - 1;
+  {
+    std::fill(A, A + o - 1, T(0));  // 0 + 0
+    A[o - 1] = T(0) + t[0];
+    const T* __restrict t1 = t + 1;
+    T* __restrict ai = A + o;
+#pragma omp simd
+    for (int c = 0; c < w - 1; ++c) ai[c] = t[c] + t1[c];
+    A[o + w - 1] = t[w - 1] + T(0);
+    std::fill(A + o + w, A + len, T(0));
+  }
+  // After the pass with step s, A[u] = tz[u] + ... + tz[u + 2s - 1]; all but the last
+  // pass (s = r) alternate between the two halves of scratch.
+  for (int s = 2; s < r; s *= 2) {
     len -= s;
     const T* __restrict src = A;
     const T* __restrict ahead = A + s;
@@ -82,22 +93,35 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
     for (int u = 0; u < len; ++u) dst[u] = src[u] + ahead[u];
     std::swap(A, B);
   }
-  // Z[q] = (tz[q + r] + ... + tz[q + 3r - 1]) + tz[q + 3r], kept at A[u], u = q + r.
-  const int nq = w + 2 * r;
-  for (int u = 0; u < w; ++u) A[u] += t[u];  // tz[u + 2r] = t[u], 0 for u >= w
+  // The last pass and the window: Z[q] = (tz[q + r] + ... + tz[q + 3r - 1]) + tz[q + 3r],
+  // at u = q + r, for the padded positions q in [-r, w - 1 + r]; inside
+  // out[c] = Z[c], the padded positions fold onto the two border entries.
+  const T* __restrict src = A;
+  const T* __restrict ahead = A + r;
   auto fold = [&](int from, int count) {
-    T s = 0;
-    for (int u = from; u < from + count; ++u) s += A[u];
-    return s;
+    T acc = 0;
+    for (int u = from; u < from + count; ++u) {
+      const T v = src[u] + ahead[u];
+      acc += u < w ? v + t[u] : v;  // tz[u + 2r] = t[u], 0 for u >= w
+    }
+    return acc;
   };
   if (w == 1) {
-    out[0] = fold(0, nq);
+    out[0] = fold(0, w + 2 * r);
     return;
   }
   out[0] = fold(0, r + 1);  // q = -r .. 0
-  const T* __restrict Ar = A + r;
+  const int cmid = std::min(w - 2, w - 1 - r);  // out[c] reads t[c + r] while c + r < w
+  {
+    const T* __restrict s0 = src + r;
+    const T* __restrict s1 = ahead + r;
+    const T* __restrict tr = t + r;
+    T* __restrict oc = out;
 #pragma omp simd
-  for (int c = 1; c < w - 1; ++c) out[c] = Ar[c];
+    for (int c = 1; c <= cmid; ++c) oc[c] = (s0[c] + s1[c]) + tr[c];
+#pragma omp simd
+    for (int c = std::max(cmid + 1, 1); c < w - 1; ++c) oc[c] = s0[c] + s1[c];
+  }
   out[w - 1] = fold(w - 1 + r, r + 1);  // q = w - 1 .. w - 1 + r
 }
 
