@@ -40,6 +40,7 @@ struct ScalePrep {
   T mu = 0;              // global mean of e
   T wt[kNumTypes] = {};  // G[t] / count of the valid set of t
   T m_shift = 0;         // M: mean of sign(e - mu) over the valid pixels
+  bool far = false;      // the normals take the scaled formula (far_depths)
 };
 
 // Transpose of d/dx (x[j] - x[j+1], 0 on the last column): out[j] = t'[j] - t'[j-1] with
@@ -105,6 +106,7 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
     prep.m_shift = static_cast<T>(s / cnt[kM]);
   }
   prep.mu = mu;
+  prep.far = (types & kNormalBits) && far_depths<T, HasMask>(p, g, m, n);
   return prep;
 }
 
@@ -145,6 +147,68 @@ struct BoxTranspose {
   T* ring_row(int i, int w) const { return U + int64_t(i % ring) * w; }
 };
 
+// Row i's derivatives of the gradient types in Set times G[t] / count and the validity of
+// the footprint, into the fields of their stencils, in one loop (shared loads and
+// differences; each field entry gets the same sums, in the same order, as type by type).
+template <uint32_t Set, typename T, bool HasMask>
+MLRB_FORCE_INLINE void grad_fields(const RowWindow<T, HasMask>& win, const T* wt, Fields<T>& fl, int w) {
+  const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
+  const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
+  T *__restrict tx = fl.tx, *__restrict ty = fl.ty, *__restrict txx = fl.txx, *__restrict txy = fl.txy,
+    *__restrict tyy = fl.tyy;
+  const T wR = wt[kR], wC = wt[kC], wRR = wt[kRR], wRC = wt[kRC], wCC = wt[kCC];
+#pragma omp simd
+  for (int j = 0; j < w; ++j) {
+    if constexpr (in(Set, kR))
+      tx[j] += wR * dloss_grad_type<kR>(E0, E1, E2, j) * (HasMask ? valid_of<kR>(M0, M1, M2, j) : T(1));
+    if constexpr (in(Set, kC))
+      ty[j] += wC * dloss_grad_type<kC>(E0, E1, E2, j) * (HasMask ? valid_of<kC>(M0, M1, M2, j) : T(1));
+    if constexpr (in(Set, kRR))
+      txx[j] += wRR * dloss_grad_type<kRR>(E0, E1, E2, j) * (HasMask ? valid_of<kRR>(M0, M1, M2, j) : T(1));
+    if constexpr (in(Set, kRC))
+      txy[j] += wRC * dloss_grad_type<kRC>(E0, E1, E2, j) * (HasMask ? valid_of<kRC>(M0, M1, M2, j) : T(1));
+    if constexpr (in(Set, kCC))
+      tyy[j] += wCC * dloss_grad_type<kCC>(E0, E1, E2, j) * (HasMask ? valid_of<kCC>(M0, M1, M2, j) : T(1));
+  }
+}
+
+// The same for the normal types in Set (normal_loss_grad w.r.t. the pred derivatives):
+// N into (tx, ty), Nr into (txx, txy), Nc into (txy, tyy). Scaled: see far_depths.
+template <uint32_t Set, bool Scaled, typename T, bool HasMask>
+MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* wt, Fields<T>& fl, int w) {
+  const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
+  const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+  const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
+  T *__restrict tx = fl.tx, *__restrict ty = fl.ty, *__restrict txx = fl.txx, *__restrict txy = fl.txy,
+    *__restrict tyy = fl.tyy;
+  const T wN = wt[kN], wNr = wt[kNr], wNc = wt[kNc];
+#pragma omp simd
+  for (int j = 0; j < w; ++j) {
+    T a1, a2, b1, b2, g1, g2;
+    if constexpr (in(Set, kN)) {
+      normal_args<kN>(P0, P1, P2, j, a1, a2);
+      normal_args<kN>(G0, G1, G2, j, b1, b2);
+      normal_loss_grad<Scaled>(a1, a2, b1, b2, wN * (HasMask ? valid_of<kN>(M0, M1, M2, j) : T(1)), g1, g2);
+      tx[j] += g1;
+      ty[j] += g2;
+    }
+    if constexpr (in(Set, kNr)) {
+      normal_args<kNr>(P0, P1, P2, j, a1, a2);
+      normal_args<kNr>(G0, G1, G2, j, b1, b2);
+      normal_loss_grad<Scaled>(a1, a2, b1, b2, wNr * (HasMask ? valid_of<kNr>(M0, M1, M2, j) : T(1)), g1, g2);
+      txx[j] += g1;
+      txy[j] += g2;
+    }
+    if constexpr (in(Set, kNc)) {
+      normal_args<kNc>(P0, P1, P2, j, a1, a2);
+      normal_args<kNc>(G0, G1, G2, j, b1, b2);
+      normal_loss_grad<Scaled>(a1, a2, b1, b2, wNc * (HasMask ? valid_of<kNc>(M0, M1, M2, j) : T(1)), g1, g2);
+      txy[j] += g1;
+      tyy[j] += g2;
+    }
+  }
+}
+
 // Row i's per-pixel derivatives (loss_math.h) times G[t] / count and the validity of the
 // footprint: D, M and the box losses into t0, the box losses also into tb_n (for B_n^T),
 // the gradient and normal types into the fields of their stencils.
@@ -152,10 +216,8 @@ template <typename T, bool HasMask>
 MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasMask>& box,
                                          std::vector<BoxTranspose<T>>& bt, const ScalePrep<T>& prep, uint32_t types,
                                          int w, int i, int i0, T* local, T* count, Fields<T>& fl) {
-  const T *E0 = win.E[0], *E1 = win.E[1], *E2 = win.E[2];
-  const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
-  const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
-  const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+  const T* E0 = win.E[0];
+  const T* M0 = win.M[0];
   const T mu = prep.mu, m_shift = prep.m_shift;
   const T* wt = prep.wt;
   T* t0 = fl.t0;
@@ -193,34 +255,12 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
       }
     }
   }
-  for_types<kR, kC, kRR, kRC, kCC>(types, [&](auto tc) {
-    constexpr int t = decltype(tc)::value;
-    T* __restrict field = t == kR ? fl.tx : t == kC ? fl.ty : t == kRR ? fl.txx : t == kRC ? fl.txy : fl.tyy;
-    const T wg = wt[t];
-#pragma omp simd
-    for (int j = 0; j < w; ++j)
-      field[j] += wg * dloss_grad_type<t>(E0, E1, E2, j) * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1));
-  });
-  const bool scaled = (types & kNormalBits) && rows_need_scaling(w, P0, P1, P2, G0, G1, G2);
-  for_types<kN, kNr, kNc>(types, [&](auto tc) {
-    constexpr int t = decltype(tc)::value;
-    T* __restrict f1 = t == kN ? fl.tx : t == kNr ? fl.txx : fl.txy;
-    T* __restrict f2 = t == kN ? fl.ty : t == kNr ? fl.txy : fl.tyy;
-    const T wn = wt[t];
-    auto sweep = [&](auto sc) {
-      constexpr bool Scaled = decltype(sc)::value;
-#pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        T a1, a2, b1, b2, g1, g2;
-        normal_args<t>(P0, P1, P2, j, a1, a2);
-        normal_args<t>(G0, G1, G2, j, b1, b2);
-        normal_loss_grad<Scaled>(a1, a2, b1, b2, wn * (HasMask ? valid_of<t>(M0, M1, M2, j) : T(1)), g1, g2);
-        f1[j] += g1;
-        f2[j] += g2;
-      }
-    };
-    if (scaled) sweep(std::true_type{});
-    else sweep(std::false_type{});
+  for_group<kR, kC, kRR, kRC, kCC>(types, [&](auto set) { grad_fields<decltype(set)::value>(win, wt, fl, w); });
+  for_group<kN, kNr, kNc>(types, [&](auto set) {
+    if (prep.far)
+      normal_fields<decltype(set)::value, true>(win, wt, fl, w);
+    else
+      normal_fields<decltype(set)::value, false>(win, wt, fl, w);
   });
 }
 

@@ -81,6 +81,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   };
   const int nbands = int(plan.bands.size());
   std::vector<T> mus(size_t(B) * kNumScales);
+  std::vector<uint8_t> fars(size_t(B) * kNumScales);
   std::vector<double> part(size_t(nbands) * 2 * kNumTypes);
   std::vector<double> amlr(size_t(B) * 2);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
@@ -99,15 +100,18 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
-      if (sel.types[k])
-        mus[q] = scale_mean<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
+      if (!sel.types[k]) continue;
+      const int64_t n = int64_t(plan.L[k].h) * plan.L[k].w;
+      mus[q] = scale_mean<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
+      fars[q] = (sel.types[k] & kNormalBits) && far_depths<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), n);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
       double* s = part.data() + size_t(t) * 2 * kNumTypes;
       scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
-                                     sel.types[d.k], mus[d.k * B + d.b], d.i0, d.i1, s, s + kNumTypes, ws);
+                                     sel.types[d.k], mus[d.k * B + d.b], fars[d.k * B + d.b] != 0, d.i0, d.i1, s,
+                                     s + kNumTypes, ws);
     }
     if (sel.amlr) {
 #pragma omp for schedule(dynamic, 1)

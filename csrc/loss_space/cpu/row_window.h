@@ -99,19 +99,19 @@ struct RowWindow {
   }
 };
 
-// Whether the normal types of this row need the scaled formula (loss_math.h): some depth of
-// the rows they read reaches kNormalPlainMax (or is NaN / inf). Checked once per row, so
-// ordinary depths keep the plain formula's speed; both give the same bits below the bound.
-template <typename T>
-inline bool rows_need_scaling(int w, const T* P0, const T* P1, const T* P2, const T* G0, const T* G1,
-                              const T* G2) {
+// Whether the normal types of a scale need the scaled formula (loss_math.h): some valid depth
+// of the scale (n entries) reaches kNormalPlainMax (or is NaN / inf). Checked once per scale,
+// so ordinary depths keep the plain formula's speed; both give the same bits below the bound.
+template <typename T, bool HasMask>
+inline bool far_depths(const T* p, const T* g, const uint8_t* m, int64_t n) {
   T mx = 0;
 #pragma omp simd reduction(max : mx)
-  for (int j = 0; j < w; ++j) {
-    const T a = std::max(std::max(std::abs(P0[j]), std::abs(P1[j])), std::abs(P2[j]));
-    const T b = std::max(std::max(std::abs(G0[j]), std::abs(G1[j])), std::abs(G2[j]));
-    // NaN compares false: count it as large.
-    mx = std::max(mx, (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax));
+  for (int64_t e = 0; e < n; ++e) {
+    const T a = std::abs(p[e]), b = std::abs(g[e]);
+    // NaN compares false: count it as large. Invalid pixels read as 0 (RowWindow).
+    T v = (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax);
+    if constexpr (HasMask) v = m[e] ? v : T(0);
+    mx = std::max(mx, v);
   }
   return !(mx < T(kNormalPlainMax));
 }

@@ -18,6 +18,8 @@ constexpr uint32_t kBoxBits = bit(kM5) | bit(kM17) | bit(kM65);
 constexpr uint32_t kMeanBits = bit(kM) | kBoxBits;
 constexpr uint32_t kRowWindowBits = ~(bit(kD) | kMeanBits);  // types reading rows i+1, i+2
 constexpr uint32_t kNormalBits = bit(kN) | bit(kNr) | bit(kNc);
+constexpr uint32_t kGradBits = bit(kR) | bit(kC) | bit(kRR) | bit(kRC) | bit(kCC);
+constexpr bool in(uint32_t set, int t) { return (set & bit(t)) != 0; }
 
 struct Selection {
   uint32_t types[kNumScales] = {0, 0, 0, 0, 0, 0};
@@ -40,6 +42,18 @@ Selection selection_of(const LossSpaceArgs& a) {
 template <int... Ts, typename F>
 inline void for_types(uint32_t types, F&& f) {
   ((types & bit(Ts) ? f(std::integral_constant<int, Ts>{}) : void()), ...);
+}
+
+// Calls f(std::integral_constant<uint32_t, S>) with compile-time sets S of the selected types
+// of a group (the types Ts): the whole group at once when all of it is selected (one loop:
+// its types read the same rows and share their differences), else one type at a time.
+template <int... Ts, typename F>
+inline void for_group(uint32_t types, F&& f) {
+  constexpr uint32_t group = (bit(Ts) | ...);
+  if ((types & group) == group)
+    f(std::integral_constant<uint32_t, group>{});
+  else
+    ((types & bit(Ts) ? f(std::integral_constant<uint32_t, bit(Ts)>{}) : void()), ...);
 }
 
 }  // namespace
