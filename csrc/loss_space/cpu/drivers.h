@@ -182,6 +182,13 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         std::fill(gb, gb + N, T(0));
         T* lvp = aligned(lvl, 3 * per);
         uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
+        for (int q = plan.level_first[b]; q < plan.level_first[b + 1]; ++q) {  // the levels, in cache order
+          const auto [tb, k, lo, hi] = plan.level_tasks[q];
+          const Level& L = plan.L[k];
+          build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lvp + plan.off[k], lvp + plan.off[k] + per,
+                                  HasMask ? lmp + plan.off[k] : nullptr, tmp.data(), tmp.data() + W, tmpm.data(), lo,
+                                  hi);
+        }
         for (int k = kNumScales - 1; k >= 0; --k) {
           if (!sel.types[k]) continue;
           const Level& L = plan.L[k];
@@ -192,8 +199,6 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           if (k > 0) {
             T* lpk = lvp + plan.off[k];
             uint8_t* lmk_k = HasMask ? lmp + plan.off[k] : nullptr;
-            build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lpk, lpk + per, lmk_k, tmp.data(), tmp.data() + W,
-                                    tmpm.data(), 0, L.h);
             gk = lpk + 2 * per;
             std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
             pp = lpk;

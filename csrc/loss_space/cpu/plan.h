@@ -82,6 +82,7 @@ struct Plan {
   // Row-chunk tasks of the pyramid (b, k, first, last level row) and of the full-resolution
   // maps (b, first, last row); each row's bits are independent of the split.
   std::vector<std::array<int, 4>> level_tasks;
+  std::vector<int> level_first;  // level_tasks of sample b: level_first[b] .. level_first[b + 1] - 1
   std::vector<std::array<int, 3>> row_tasks;
   static constexpr int kChunkRows = 32;
 
@@ -92,6 +93,15 @@ struct Plan {
       for (int b = 0; b < B; ++b)
         for (int i = 0; i < h; i += rows) level_tasks.push_back({b, k, i, std::min(h, i + rows)});
     }
+    // Sample by sample, every level's rows in the order of the full-resolution rows they read
+    // (2^k i), so the rows a task reads are still in cache from the task before (a sample's
+    // pred and gt do not fit in L2; built level by level they would be read once per level).
+    std::stable_sort(level_tasks.begin(), level_tasks.end(), [](const auto& x, const auto& y) {
+      return x[0] != y[0] ? x[0] < y[0] : (x[2] << x[1]) < (y[2] << y[1]);
+    });
+    level_first.assign(B + 1, 0);
+    for (const auto& t : level_tasks) level_first[t[0] + 1]++;
+    for (int b = 0; b < B; ++b) level_first[b + 1] += level_first[b];
     for (int b = 0; b < B; ++b)
       for (int i = 0; i < H; i += kChunkRows) row_tasks.push_back({b, i, std::min(H, i + kChunkRows)});
     for (int k = 0; k < kNumScales; ++k) {
