@@ -7,11 +7,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bench/peaks.h"
 #include "loss_space/loss_math.h"
 #include "loss_space/loss_space.h"
 
@@ -126,6 +128,28 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
   return grad;
 }
 
+// Peaks of this machine for the floor model (csrc/bench/peaks.h), measured on the calling
+// thread with the GIL released.
+constexpr double kPeakSecondsDefault = 0.6, kPeakSecondsMin = 0.05, kPeakSecondsMax = 60.0;
+
+py::dict machine_peaks(const std::string& dtype, double seconds) {
+  if (dtype != "float32" && dtype != "float64")
+    throw std::invalid_argument("machine_peaks: dtype must be 'float32' or 'float64', got '" + dtype + "'");
+  if (!std::isfinite(seconds) || seconds < kPeakSecondsMin || seconds > kPeakSecondsMax)
+    throw std::invalid_argument("machine_peaks: seconds must be in [" +
+                                std::string(py::str(py::float_(kPeakSecondsMin))) + ", " +
+                                std::string(py::str(py::float_(kPeakSecondsMax))) + "], got " +
+                                std::string(py::str(py::float_(seconds))));
+  std::vector<std::pair<std::string, double>> peaks;
+  {
+    py::gil_scoped_release release;
+    peaks = mlrb::bench::machine_peaks(dtype == "float64", seconds);
+  }
+  py::dict out;
+  for (const auto& [name, value] : peaks) out[py::str(name)] = value;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -142,6 +166,13 @@ PYBIND11_MODULE(_C, mod) {
           "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
   mod.attr("MAX_THREADS") = kMaxThreads;
   mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");
+  mod.def("machine_peaks", &machine_peaks,
+          "machine_peaks(dtype='float32', seconds=0.6) -> dict name -> elements per ns\n"
+          "Single-thread peaks of this machine with the kernels' instruction set (isa()), for the floor\n"
+          "model (mlrb.bench.floor): add, mul, add_mul (the FP pipes; add_mul counts adds + muls), sqrt,\n"
+          "div (the divider), load, store (L1-resident), dram (streaming read far beyond L3). Best of\n"
+          "six interleaved runs per peak on the thread's CPU time, about `seconds` in all (0.05..60).",
+          py::arg("dtype") = "float32", py::arg("seconds") = kPeakSecondsDefault);
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
           py::arg("si_scale"), py::arg("num_threads"));

@@ -1,3 +1,6 @@
-from mlrb.bench.cli import main
+import sys
 
-raise SystemExit(main())
+from mlrb.bench import main
+from mlrb.cli import run_command
+
+raise SystemExit(run_command("mlrb bench", main, sys.argv[1:]))

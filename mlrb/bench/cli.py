@@ -6,6 +6,8 @@ and l1 (one L1 loss, the unit). Modes: forward, forward+backward.
 
 --device cuda changes only the clock (CUDA events by default) and adds the loss sets of
 the paper's Table 7 ({D0}, L^3|L^4|L^5, all); --select times one set of your own instead.
+
+`mlrb bench floor --help`: the floor model of the fused CPU kernels (mlrb/bench/floor.py).
 """
 from __future__ import annotations
 

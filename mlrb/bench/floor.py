@@ -1,0 +1,778 @@
+"""Floor model of the fused CPU kernels (issue #17): ``mlrb bench floor``.
+
+The kernels of csrc/loss_space/ are split into STAGES (the table below). Each stage does a
+fixed amount of work per element of a pixel set (full-resolution pixels, pixels of scale
+k, filtered rows of the box windows, ...): fp add-class ops (add, sub, min, max, abs,
+compare, select, blend, mask logic), fp multiplies, square roots, divisions, and loads
+and stores counted in elements (what the code does per pixel: a ring-buffer copy is one
+load and one store; two overlapping reads x[j], x[j+1] are two loads).
+
+The floor of a stage on this machine is the largest of
+  FP pipes   max(adds / peak_add, muls / peak_mul, (adds + muls) / peak_add_mul)
+  divider    sqrts / peak_sqrt + divs / peak_div
+  loads      loads / peak_load        (L1)
+  stores     stores / peak_store      (L1)
+  DRAM       bytes / peak_dram        (compulsory traffic: the full-resolution inputs read
+             once per pass, the backward's gradient written once (plus its read for
+             ownership), charged to the first stage that touches them)
+with the single-thread peaks measured by ``mlrb._C.machine_peaks`` (csrc/bench/peaks.cpp,
+the kernels' instruction set); the floor of a pass is the sum over its stages. The floor
+assumes every stage runs at the vector peaks, so the fraction floor / measured says how
+far the code is from what its own work could cost on this core.
+
+Not modelled: the AMLR pair (Si, Gr), the scaled normal formula (taken only for depths
+beyond 2^28), constant per-row or per-band work (index set-up, reductions of partial
+sums), and the exact bits of the masked variants: their mask reads and byte/float
+conversions are counted coarsely (one load and one add-class op per mask read or select).
+
+Usage: ``mlrb bench floor [--shape paper] [--select all] [--repeat N] [--json FILE]``
+(or ``python -m mlrb.bench.floor``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterable
+
+from mlrb.bench import cases
+from mlrb.names import ALL_NAMES, LOSS_NAMES, LOSS_TYPES, NUM_SCALES, NUM_TYPES, names_of, resolve_select
+
+# ---------------------------------------------------------------------------- op counts
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Work per element of a stage's pixel set (loads / stores in elements of the dtype)."""
+    add: float = 0.0  # add-class: add, sub, min, max, abs, compare, select, blend, mask logic
+    mul: float = 0.0
+    sqrt: float = 0.0
+    div: float = 0.0
+    load: float = 0.0
+    store: float = 0.0
+
+    def __add__(self, other: "Ops") -> "Ops":
+        return Ops(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(Ops)))
+
+    def __mul__(self, n: float) -> "Ops":
+        return Ops(*(getattr(self, f.name) * n for f in fields(Ops)))
+
+    __rmul__ = __mul__
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(Ops)}
+
+
+O = Ops
+SAME = "same"  # Stage.masked: the masked variant does the same work per element
+
+# Loss-type groups (csrc/loss_space/cpu/selection.h, backward_band.h).
+BOX = frozenset({"M5", "M17", "M65"})
+MEAN = BOX | {"M"}  # kMeanBits: need the global mean of e
+DEEP = frozenset(LOSS_TYPES) - MEAN - {"D"}  # kRowWindowBits: read rows i+1, i+2
+NORMAL = frozenset({"N", "Nr", "Nc"})
+GRAD = ("r", "c", "rr", "rc", "cc")
+FX, FY = frozenset({"r", "N"}), frozenset({"c", "N"})  # backward coefficient fields
+FXX, FXY, FYY = frozenset({"rr", "Nr"}), frozenset({"rc", "Nr", "Nc"}), frozenset({"cc", "Nc"})
+ROWS = FY | FYY | FXY  # fields that need dy^T (Fields::has_rows)
+BOX_RADIUS = {"M5": 2, "M17": 8, "M65": 32}  # loss_math.h kBoxRadius
+
+# Stencils of the per-pixel terms (loss_math.h grad_term / normal_args / valid_of):
+# (points read per map, subtractions). The mask footprint is the same set of points.
+GRAD_STENCIL = {"r": (2, 1), "c": (2, 1), "rr": (3, 3), "rc": (4, 3), "cc": (3, 3)}
+NORMAL_STENCIL = {"N": (3, 2), "Nr": (5, 6), "Nc": (5, 6)}
+SGN = 5  # sgn(x) = (x > 0) - (x < 0): 2 compares, 2 mask-to-float ands, 1 sub (loss_math.h)
+
+
+def always(types: frozenset) -> int:
+    return 1
+
+
+def any_of(group: Iterable[str]) -> Callable[[frozenset], int]:
+    group = frozenset(group)
+    return lambda types: int(bool(types & group))
+
+
+def each_of(group: Iterable[str]) -> Callable[[frozenset], int]:
+    group = frozenset(group)
+    return lambda types: len(types & group)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``ops`` per element of the pixel set ``over`` (PIXEL_SETS), times
+    ``mult(types)`` (the selected loss types of the scale; 0: the stage does not run).
+    ``ops=None``: runs only with a mask; ``masked=SAME``: same work with a mask."""
+    name: str
+    passes: str  # "fwd", "bwd" or "fwd+bwd"
+    over: str
+    ops: Ops | None
+    masked: Ops | str | None = SAME
+    mult: Callable[[frozenset], int] = always
+    source: str = ""
+    inputs: bool = False  # reads the full-resolution inputs when it runs at scale 0 (or always, pyramid)
+
+    def work(self, masked: bool) -> Ops | None:
+        if not masked:
+            return self.ops
+        return self.ops if self.masked == SAME else self.masked
+
+
+# ---------------------------------------------------------------------------- the stages
+# In pass order. Counts per element of `over`; the source of each entry is named after it.
+# Update an entry when its code changes; box_row_sum_transpose and the normal formulas
+# have entries of their own.
+
+
+def _grad_fwd(t: str) -> Stage:
+    pts, subs = GRAD_STENCIL[t]
+    # forward_band.h:scale_forward_band (gradient types): acc += |stencil(e)| (* valid; c += valid)
+    return Stage(f"{t}: |stencil(e)| sums", "fwd", "scale",
+                 O(add=subs + 2, load=pts),
+                 O(add=subs + 3, mul=pts, load=2 * pts),  # valid_of: pts mask reads, pts - 1 products; * v
+                 each_of({t}), "cpu/forward_band.h:scale_forward_band + loss_math.h:grad_term")
+
+
+def _grad_bwd(t: str) -> Stage:
+    pts, subs = GRAD_STENCIL[t]
+    # field[j] += wg * sgn(stencil(e)) (* valid): the field row is read and written
+    return Stage(f"{t}: sgn(stencil(e)) into its field", "bwd", "scale",
+                 O(add=subs + SGN + 1, mul=1, load=pts + 1, store=1),
+                 O(add=subs + SGN + 1, mul=1 + pts, load=2 * pts + 1, store=1),
+                 each_of({t}), "cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_grad_type")
+
+
+def _normal_args(t: str) -> Stage:
+    pts, subs = NORMAL_STENCIL[t]
+    # the two derivatives of pred and of gt; with a mask also the footprint's validity (pts
+    # mask reads, pts - 1 products) and its product with the loss / the weight (1 mul)
+    return Stage(f"{t}: normal arguments (pred, gt)", "fwd+bwd", "scale",
+                 O(add=2 * subs, load=2 * pts),
+                 O(add=2 * subs, mul=pts, load=3 * pts),
+                 each_of({t}), "loss_math.h:normal_args, valid_of")
+
+
+def _count_valid(t: str) -> Stage:
+    pts = NORMAL_STENCIL.get(t, GRAD_STENCIL.get(t, (1, 0)))[0]
+    # c += valid_of<t>(M0, M1, M2, j): pts reads of the 0/1 rows, pts - 1 products
+    return Stage(f"{t}: count of the valid set (mask)", "bwd", "scale", None,
+                 O(add=1, mul=pts - 1, load=pts), each_of({t}),
+                 "cpu/backward_band.h:scale_backward_prep")
+
+
+STAGES: tuple[Stage, ...] = (
+    # ---- backward: the gradient starts at 0
+    Stage("zero the gradient", "bwd", "full", O(store=1),
+          source="cpu/drivers.h:backward_batch (std::fill of grad)"),
+    # ---- pyramid D^k, k >= 1 (built in both passes)
+    Stage("pyramid: column taps (4 rows of pred, gt)", "fwd+bwd", "level_rows_x_W",
+          O(add=6, mul=8, load=8, store=2),
+          # + 4 mask reads, 4 compares, 8 selects, 3 ands, the tmp_m store
+          O(add=21, mul=8, load=12, store=3),
+          source="pyramid.h:build_level (column pass)", inputs=True),
+    Stage("pyramid: row taps (strided reads of the column pass)", "fwd+bwd", "level",
+          O(add=6, mul=8, load=8, store=2),
+          O(add=9, mul=8, load=12, store=3),  # + the footprint's 4 mask reads, 3 ands, 1 store
+          source="pyramid.h:build_level (row pass)"),
+    Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
+          source="cpu/drivers.h:backward_batch (std::fill of gk)"),
+    # ---- global mean of e (M and the box losses)
+    Stage("global mean of e", "fwd+bwd", "scale", O(add=2, load=2), O(add=6, load=3),
+          mult=any_of(MEAN), source="cpu/scale_mean.h:mean_error", inputs=True),
+    Stage("M: sign shift sum(sgn(e - mu))", "bwd", "scale", O(add=2 + SGN + 1, load=2),
+          O(add=2 + SGN + 3, load=3), mult=any_of({"M"}), source="cpu/backward_band.h:scale_backward_prep"),
+    Stage("mask rows of the counting pass", "bwd", "window_rows_prep", None, O(add=2, load=1, store=1),
+          source="cpu/row_window.h:RowWindow::load (only_mask)"),
+    *(_count_valid(t) for t in LOSS_TYPES),
+    # ---- per row of a band: the row window and the fields
+    Stage("row window: rows of p, g, e (padded)", "fwd+bwd", "window_rows",
+          O(add=1, load=2, store=3), O(add=5, load=3, store=4),
+          source="cpu/row_window.h:RowWindow::load", inputs=True),
+    Stage("valid count of the row (mask)", "fwd", "scale", None, O(add=1, load=1),
+          source="cpu/forward_band.h:scale_forward_band (c0)"),
+    Stage("fields: clear t0 and the active fields", "bwd", "bwd_rows", O(store=1),
+          mult=lambda s: 1 + sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY)),
+          source="cpu/backward_band.h:Fields::clear"),
+    # ---- D and M
+    Stage("D: |e| sums", "fwd", "scale", O(add=2, load=1), O(add=2, mul=1, load=2),
+          mult=any_of({"D"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_D"),
+    Stage("M: |e - mu| sums", "fwd", "scale", O(add=3, load=1), O(add=3, mul=1, load=2),
+          mult=any_of({"M"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_M"),
+    Stage("D: sgn(e) into t0", "bwd", "scale", O(add=SGN + 1, mul=1, load=2, store=1),
+          O(add=SGN + 1, mul=2, load=3, store=1),
+          mult=any_of({"D"}), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_D"),
+    Stage("M: sgn(e - mu) - shift into t0", "bwd", "scale", O(add=SGN + 3, mul=1, load=2, store=1),
+          O(add=SGN + 3, mul=2, load=3, store=1),
+          mult=any_of({"M"}), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_M"),
+    # ---- box means of M5, M17, M65: horizontal window sums of each filtered row (one
+    # doubling chain for all selected sizes), running vertical sums per size. With a mask
+    # the same runs on the 0/1 map as well (S = 2 maps).
+    Stage("box: row x = e - mu", "fwd+bwd", "box_rows", O(add=2, load=2, store=1), O(add=5, load=3, store=2),
+          mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::filter_upto", inputs=True),
+    Stage("box: padded copy of the row", "fwd+bwd", "box_rows", O(load=1, store=1), O(load=2, store=2),
+          mult=any_of(BOX), source="box.h:window_sums_doubling (std::copy)"),
+    Stage("box: padding fill", "fwd+bwd", "box_pad", O(store=1), O(store=2),
+          mult=any_of(BOX), source="box.h:window_sums_doubling (std::fill)"),
+    Stage("box: doubling passes", "fwd+bwd", "box_doubling", O(add=1, load=2, store=1),
+          O(add=2, load=4, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling"),
+    Stage("box: window sums per size (ring rows)", "fwd+bwd", "box_rows_per_size", O(add=1, load=2, store=1),
+          O(add=2, load=4, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (outputs)"),
+    Stage("box: vertical sums, first window", "fwd+bwd", "box_vert_init", O(add=1, load=2, store=1),
+          O(add=2, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
+    Stage("box: vertical sums, sliding", "fwd+bwd", "box_vert_slide", O(add=2, load=3, store=1),
+          O(add=4, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::advance"),
+    Stage("box: local means box(x) / box(m) (mask)", "fwd+bwd", "scale", None,
+          O(add=1, div=1, load=2, store=2), mult=each_of(BOX), source="cpu/box_means.h:BoxMeans::means"),
+    Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=2), O(add=4, mul=1, load=3),
+          mult=each_of(BOX), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_Mn"),
+    Stage("M_n: sgn into t0 and tb", "bwd", "scale", O(add=2 + SGN + 1, mul=3, load=3, store=2),
+          O(add=2 + SGN + 1, mul=2, div=1, load=5, store=2),
+          mult=each_of(BOX), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_Mn"),
+    # ---- gradient types
+    *(_grad_fwd(t) for t in GRAD),
+    *(_grad_bwd(t) for t in GRAD),
+    # ---- normal types: the scaling check, the arguments, the formulas
+    Stage("normals: row scaling check", "fwd+bwd", "scale", O(add=16, load=6),
+          mult=any_of(NORMAL), source="cpu/row_window.h:rows_need_scaling"),
+    *(_normal_args(t) for t in ("N", "Nr", "Nc")),
+    # normal_loss<Scaled=false>: num 2 mul 2 add; |a|^2 |b|^2: 5 mul 4 add; sqrt; 1 - num / (AB + eps): 2 add, div
+    Stage("normal_loss formula", "fwd", "scale", O(add=8, mul=7, sqrt=1, div=1),
+          mult=each_of(NORMAL), source="loss_math.h:normal_loss"),
+    Stage("normal sums (acc, count)", "fwd", "scale", O(add=2), mult=each_of(NORMAL),
+          source="cpu/forward_band.h:scale_forward_band (normal types)"),
+    # normal_loss_grad<Scaled=false>: num, A2, B2: 6 mul 6 add; AB: 1 mul, sqrt; den: 1 add;
+    # inv: 1 mul, div; c, s: 4 mul; g1, g2: 4 mul, 2 add
+    Stage("normal_loss_grad formula", "bwd", "scale", O(add=9, mul=16, sqrt=1, div=1),
+          mult=each_of(NORMAL), source="loss_math.h:normal_loss_grad"),
+    Stage("normal gradient into two fields", "bwd", "scale", O(add=2, load=2, store=2),
+          mult=each_of(NORMAL), source="cpu/backward_band.h:accumulate_fields (normal types)"),
+    # ---- B_n^T: box_row_sum_transpose of each row's tb, per selected size
+    Stage("box^T row: copy in", "bwd", "boxT_rows", O(load=1, store=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose (copy t into A)"),
+    Stage("box^T row: zero padding", "bwd", "boxT_pad", O(store=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose (std::fill)"),
+    Stage("box^T row: doubling passes", "bwd", "boxT_doubling", O(add=1, load=2, store=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose (passes)"),
+    Stage("box^T row: centre term A += t", "bwd", "boxT_rows", O(add=1, load=2, store=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose"),
+    Stage("box^T row: border folds", "bwd", "boxT_fold", O(add=1, load=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose (fold)"),
+    Stage("box^T row: copy out", "bwd", "boxT_inner", O(load=1, store=1), mult=any_of(BOX),
+          source="box.h:box_row_sum_transpose (out = A + r)"),
+    # B_n^T vertical: running window Z over the ring rows, out -= Z (* mask)
+    Stage("box^T emit: Z += in - out", "bwd", "emit_both", O(add=3, load=4, store=2),
+          O(add=5, load=5, store=2), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
+    Stage("box^T emit: Z += in or -= out", "bwd", "emit_one", O(add=2, load=3, store=2),
+          O(add=4, load=4, store=2), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
+    Stage("box^T emit: Z unchanged", "bwd", "emit_none", O(add=1, load=2, store=1),
+          O(add=3, load=3, store=1), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
+    # ---- transposed stencils, per row (apply_stencils)
+    Stage("stencils: dx^T(txx)", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FXX),
+          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
+    Stage("stencils: A += tx", "bwd", "bwd_rows", O(add=1, load=2, store=1),
+          mult=lambda s: int(bool(s & FXX) and bool(s & FX)), source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: copy tx", "bwd", "bwd_rows", O(load=1, store=1),
+          mult=lambda s: int(bool(s & FX) and not s & FXX), source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: t0 += dx^T(A)", "bwd", "bwd_rows", O(add=2, load=4, store=2), mult=any_of(FX | FXX),
+          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
+    Stage("stencils: dx^T(txy)", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FXY),
+          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
+    Stage("stencils: clear Bf", "bwd", "bwd_rows", O(store=1),
+          mult=lambda s: int(bool(s & ROWS) and not s & FXY), source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: Bf += ty", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FY),
+          source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: dy^T(tyy) (copy, Bf += tyy - prev)", "bwd", "bwd_rows", O(add=2, load=4, store=2),
+          mult=any_of(FYY), source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: t0 += Bf - prevBf (dy^T)", "bwd", "bwd_rows", O(add=2, load=3, store=1),
+          mult=any_of(ROWS), source="cpu/backward_band.h:apply_stencils"),
+    Stage("stencils: out += t0", "bwd", "bwd_rows", O(add=1, load=2, store=1),
+          source="cpu/backward_band.h:apply_stencils"),
+    Stage("halo rows of the bands", "bwd", "halo", O(add=1, load=2, store=1),
+          source="cpu/drivers.h:backward_batch (halos, batches of 1-3 only)"),
+    # ---- transpose of the pyramid (per level row: a scatter into a W row, 4 row updates)
+    Stage("pyramid^T: clear the row buffer", "bwd", "transpose_hits_x_W", O(store=1),
+          source="pyramid.h:add_level_transpose (std::fill tmp)"),
+    Stage("pyramid^T: row taps (strided scatter)", "bwd", "transpose_hits", O(add=4, mul=4, load=8, store=4),
+          source="pyramid.h:add_level_transpose (per tap)"),
+    Stage("pyramid^T: column taps into 4 gradient rows", "bwd", "level_rows_x_W",
+          O(add=4, mul=4, load=8, store=4), source="pyramid.h:add_level_transpose (row += wa tmp)"),
+    Stage("zero the gradient at invalid pixels (mask)", "bwd", "full", None, O(add=2, load=2, store=1),
+          source="cpu/drivers.h:zero_invalid"),
+)
+
+# ---------------------------------------------------------------------------- pixel sets
+# The work partition of csrc/loss_space/cpu/plan.h (bands of >= 64 rows, ceil(4 / B) per
+# (sample, scale); row chunks of 32 rows), replicated so that halo and ring work is exact.
+BAND_ROWS, BATCH_BANDS, HALO_TOP, HALO_BOTTOM, CHUNK_ROWS = 64, 4, 32, 34, 32
+
+
+def level_size(H: int, W: int, k: int) -> tuple[int, int]:
+    """(h, w) of scale k (pyramid.h level_axis; the 1x1 fallback of a too-small level)."""
+    if k == 0:
+        return H, W
+    if (H >> k) == 0 or (W >> k) == 0:
+        return 1, 1
+    return H >> k, W >> k
+
+
+def _tap_rows(n_in: int, k: int, i: int, fallback: bool) -> tuple[int, int]:
+    """First and last full-resolution index (clamped) that output i of level k reads."""
+    if fallback:  # the 1x1 resize: stride 0 (pyramid.h level_axis)
+        first = math.floor(n_in / 2.0 - 0.5) - 1
+    else:
+        first = (1 << k) * i + (1 << (k - 1)) - 2
+    clamp = lambda t: min(max(t, 0), n_in - 1)  # noqa: E731
+    return clamp(first), clamp(first + 3)
+
+
+@dataclass
+class Geometry:
+    """Shapes, the selected types per scale and the band partition of one call."""
+    B: int
+    H: int
+    W: int
+    types: tuple  # frozenset of type names per scale k
+    masked: bool
+    itemsize: int = 4
+    bands: dict = field(default_factory=dict)  # k -> [(i0, i1)] of one sample
+
+    def __post_init__(self):
+        for k in range(NUM_SCALES):
+            if not self.types[k]:
+                continue
+            h = self.size(k)[0]
+            want = -(-BATCH_BANDS // self.B)
+            rows = max(BAND_ROWS, -(-h // want))
+            self.bands[k] = [(i0, min(h, i0 + rows)) for i0 in range(0, h, rows)]
+
+    def size(self, k: int) -> tuple[int, int]:
+        return level_size(self.H, self.W, k)
+
+    @property
+    def whole_samples(self) -> bool:
+        return all(len(b) == 1 for b in self.bands.values())
+
+
+def _rmax(types: frozenset) -> int:
+    return max((BOX_RADIUS[t] for t in types & BOX), default=0)
+
+
+def _radii(types: frozenset) -> list[int]:
+    return sorted(BOX_RADIUS[t] for t in types & BOX)
+
+
+def _doubling_elements(n: int, two_r: int) -> int:
+    """Elements the doubling passes of a padded row of n entries process (box.h: passes
+    with steps s = 1, 2, 4, .. < 2r, each over len -= s entries)."""
+    total, length, s = 0, n, 1
+    while s < two_r:
+        length -= s
+        total += max(length, 0)
+        s *= 2
+    return total
+
+
+def _filtered_rows(h: int, i0: int, i1: int, rmax: int) -> int:
+    """Rows a band's BoxMeans filters horizontally: i0 - rmax .. i1 - 1 + rmax, clamped."""
+    return min(h - 1, i1 - 1 + rmax) - max(0, i0 - rmax) + 1
+
+
+def _emit_rows(i0: int, i1: int, r: int) -> tuple[int, int, int]:
+    """Rows of box_emit with both ring rows (in and out), one of them, none (backward_band.h)."""
+    n = i1 - i0
+    both = max(0, n - (2 * r + 1))  # main loop: leave = i - 2r - 1 >= i0
+    tail_out = sum(1 for q in range(i1 - r, i1 + r) if q - r - 1 >= i0)
+    return both, (n - both) + tail_out, 2 * r - tail_out
+
+
+def _halo_rows(bands: list, h: int) -> int:
+    """Rows each band adds from its neighbours' halo buffers (drivers.h backward_batch)."""
+    total = 0
+    for t, (d0, d1) in enumerate(bands):
+        for u, (e0, e1) in enumerate(bands):
+            if u == t:
+                continue
+            lo, hi = (e1, e1 + HALO_BOTTOM) if u < t else (e0 - HALO_TOP, e0)
+            total += max(0, min(hi, d1) - max(lo, d0))
+    return total
+
+
+def _transpose_hits(g: Geometry, k: int) -> int:
+    """(level row, row task) pairs of add_level_transpose: each level row once for whole
+    samples, else once per 32-row chunk its taps reach (drivers.h backward_batch)."""
+    h = g.size(k)[0]
+    if g.whole_samples:
+        return h
+    chunks, fallback = 0, (g.H >> k) == 0 or (g.W >> k) == 0
+    for i in range(h):
+        lo, hi = _tap_rows(g.H, k, i, fallback)
+        chunks += hi // CHUNK_ROWS - lo // CHUNK_ROWS + 1
+    return chunks
+
+
+def _per_band(g: Geometry, k: int, fn) -> int:
+    h, w = g.size(k)
+    return g.B * sum(fn(h, w, i0, i1) for i0, i1 in g.bands[k])
+
+
+# name -> (scope, elements(geometry, k, types)); scope "full": once per pass (k is None),
+# "scale": each selected scale, "level": each selected scale k >= 1.
+PIXEL_SETS: dict[str, tuple[str, Callable]] = {
+    "full": ("full", lambda g, k, s: g.B * g.H * g.W),
+    "scale": ("scale", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
+    "level": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
+    "level_rows_x_W": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.W),
+    # RowWindow::seek: one row per band row, plus rows i+1, i+2 at a band's start (deep types)
+    "window_rows": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
+    "window_rows_prep": ("scale", lambda g, k, s: g.B * (g.size(k)[0] + 2) * g.size(k)[1]),
+    "bwd_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)),
+    "box_rows": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * w)),
+    "box_pad": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * 2 * _rmax(s))),
+    "box_doubling": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s))
+        * _doubling_elements(w + 2 * _rmax(s), 2 * _rmax(s)))),
+    "box_rows_per_size": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * w * len(_radii(s)))),
+    "box_vert_init": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: sum(2 * r + 1 for r in _radii(s)) * w)),
+    "box_vert_slide": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0 - 1) * w * len(_radii(s)))),
+    "boxT_rows": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0) * w * len(_radii(s)))),
+    "boxT_inner": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0) * max(w - 2, 0) * len(_radii(s)))),
+    "boxT_pad": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(4 * r for r in _radii(s)))),
+    "boxT_doubling": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_doubling_elements(w + 4 * r, 2 * r) for r in _radii(s)))),
+    "boxT_fold": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(2 * r + 2 for r in _radii(s)))),
+    "emit_both": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[0] for r in _radii(s)) * w)),
+    "emit_one": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[1] for r in _radii(s)) * w)),
+    "emit_none": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[2] for r in _radii(s)) * w)),
+    "halo": ("scale", lambda g, k, s: g.B * _halo_rows(g.bands[k], g.size(k)[0]) * g.size(k)[1]),
+    "transpose_hits": ("level", lambda g, k, s: g.B * _transpose_hits(g, k) * g.size(k)[1]),
+    "transpose_hits_x_W": ("level", lambda g, k, s: g.B * _transpose_hits(g, k) * g.W),
+}
+
+# ---------------------------------------------------------------------------- the model
+
+
+def types_per_scale(indices: Iterable[int]) -> tuple:
+    """The selected loss types of each scale (frozensets), from indices of ALL_NAMES < 78."""
+    per = [set() for _ in range(NUM_SCALES)]
+    for i in indices:
+        if not 0 <= i < len(LOSS_NAMES):
+            name = ALL_NAMES[i] if 0 <= i < len(ALL_NAMES) else f"index {i}"
+            raise ValueError(f"the floor model covers the 78 losses of the space; {name!r} is not one of them "
+                             "(the AMLR pair Si, Gr is not modelled)")
+        per[i // NUM_TYPES].add(LOSS_TYPES[i % NUM_TYPES])
+    return tuple(frozenset(s) for s in per)
+
+
+@dataclass
+class StageCount:
+    stage: Stage
+    elements: int = 0  # elements of its pixel set, times mult, summed over scales
+    ops: Ops = field(default_factory=Ops)
+    dram_bytes: float = 0.0
+    by_scale: dict = field(default_factory=dict)  # k (None: full resolution) -> Ops
+
+
+def count(g: Geometry, pass_: str) -> list[StageCount]:
+    """The work of every stage of one pass ("fwd" or "bwd") that runs for g, in table order."""
+    out = []
+    for st in STAGES:
+        if pass_ not in st.passes.split("+"):
+            continue
+        per = st.work(g.masked)
+        if per is None:
+            continue
+        scope, fn = PIXEL_SETS[st.over]
+        ks = [None] if scope == "full" else [k for k in range(1 if scope == "level" else 0, NUM_SCALES)
+                                             if g.types[k]]
+        sc = StageCount(st)
+        for k in ks:
+            types = frozenset().union(*g.types) if k is None else g.types[k]
+            n = fn(g, k, types) * st.mult(types)
+            if n:
+                sc.elements += n
+                sc.ops = sc.ops + per * n
+                sc.by_scale[k] = sc.by_scale.get(k, Ops()) + per * n
+        if sc.elements:
+            out.append(sc)
+    # Compulsory DRAM traffic: the inputs (pred, gt, mask) once, to the first stage reading them.
+    n_full = g.B * g.H * g.W
+    input_bytes = n_full * (2 * g.itemsize + (1 if g.masked else 0))
+    for sc in out:
+        if sc.stage.inputs and (sc.stage.over == "level_rows_x_W" or 0 in sc.by_scale):
+            sc.dram_bytes += input_bytes
+            break
+    if pass_ == "bwd":  # the gradient: written once, read for ownership once
+        out[0].dram_bytes += 2 * n_full * g.itemsize
+    return out
+
+
+RESOURCES = ("fp", "divider", "load", "store", "dram")
+
+
+def stage_times_ns(ops: Ops, dram_bytes: float, peaks: dict, itemsize: int) -> dict:
+    """ns each resource needs for this work at the machine's peaks (elements per ns)."""
+    return {
+        "fp": max(ops.add / peaks["add"], ops.mul / peaks["mul"], (ops.add + ops.mul) / peaks["add_mul"]),
+        "divider": ops.sqrt / peaks["sqrt"] + ops.div / peaks["div"],
+        "load": ops.load / peaks["load"],
+        "store": ops.store / peaks["store"],
+        "dram": dram_bytes / (peaks["dram"] * itemsize),
+    }
+
+
+def floor_model(g: Geometry, peaks: dict) -> dict:
+    """{"fwd": pass, "bwd": pass}; a pass: floor_ms and its stages (floor_ms, bound, counts)."""
+    out = {}
+    for pass_ in ("fwd", "bwd"):
+        stages = []
+        by_scale: dict = {}
+        for sc in count(g, pass_):
+            t = stage_times_ns(sc.ops, sc.dram_bytes, peaks, g.itemsize)
+            bound = max(RESOURCES, key=t.get)
+            stages.append({"name": sc.stage.name, "source": sc.stage.source, "elements": sc.elements,
+                           "ops": sc.ops.as_dict(), "dram_bytes": sc.dram_bytes,
+                           "floor_ms": t[bound] * 1e-6, "bound": bound})
+            for k, ops in sc.by_scale.items():  # per scale: the stage's bound on that scale's work
+                key = "full" if k is None else str(k)
+                tk = stage_times_ns(ops, 0.0, peaks, g.itemsize)
+                by_scale[key] = by_scale.get(key, 0.0) + max(tk.values()) * 1e-6
+        out[pass_] = {"floor_ms": sum(s["floor_ms"] for s in stages), "stages": stages, "by_scale_ms": by_scale}
+    return out
+
+
+def geometry(shape, indices, dtype: str = "float32") -> Geometry:
+    B, _, H, W, density = shape
+    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4)
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: int = 0) -> list[dict]:
+    """Seconds of the fused forward alone and of the backward alone of each selection (a
+    list of index lists) on one thread: thread CPU time, best of ``repeat`` calls after a
+    warm-up, calling mlrb._C directly. The calls of all selections and both passes are
+    interleaved, round by round, so that a slow spell of a shared machine does not land on
+    one of them only."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    from mlrb import _C
+
+    B, _, H, W, _ = shape
+    tdtype = torch.float64 if dtype == "float64" else torch.float32
+    pred, gt, mask = cases.make_case(shape, "cpu", tdtype, seed)
+    p = np.ascontiguousarray(pred.reshape(B, H, W).numpy())
+    g = np.ascontiguousarray(gt.reshape(B, H, W).numpy())
+    m = None if mask is None else np.ascontiguousarray(mask.reshape(B, H, W).numpy())
+    calls = []
+    for sel in selections:
+        idx = [int(i) for i in sel]
+        grad_out = np.ones((B, len(idx)), dtype=np.float64)
+        calls.append({"fwd": lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1),
+                      "bwd": lambda idx=idx, go=grad_out: _C.loss_space_backward(go, p, g, m, idx, 1.0, False,
+                                                                                 1.0, 1)})
+    best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for c in calls:  # warm-up: the kernels' per-thread scratch grows on the first call
+            c["fwd"]()
+            c["bwd"]()
+        for _ in range(repeat):
+            for c, b in zip(calls, best):
+                for pass_ in ("fwd", "bwd"):
+                    t0 = time.thread_time()
+                    c[pass_]()
+                    b[pass_] = min(b[pass_], time.thread_time() - t0)
+    finally:
+        if enabled:
+            gc.enable()
+    return best
+
+
+def cpu_info() -> dict:
+    """CPU model and the flags that matter here, from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "avx2": "avx2" in flags, "fma": "fma" in flags}
+
+
+def machine_peaks(dtype: str = "float32", seconds: float = 0.6) -> dict:
+    from mlrb import _C
+
+    return dict(_C.machine_peaks(dtype, seconds))
+
+
+def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str = "float32",
+        peaks: dict | None = None, peak_seconds: float = 1.2, by_type: bool = False) -> dict:
+    """The floor model and the measured times of one case: a JSON-able dict. The peaks (unless
+    given) are measured before and after the kernels, peak_seconds in all; each is the larger
+    of the two."""
+    from mlrb import _C
+
+    sh = cases.parse_shape(shape)
+    indices = resolve_select(select)
+    g = geometry(sh, indices, dtype)
+    subs = {t: [i for i in indices if LOSS_TYPES[i % NUM_TYPES] == t] for t in LOSS_TYPES}
+    subs = {t: sub for t, sub in subs.items() if sub}
+    fixed_peaks = peaks is not None
+    if not fixed_peaks:  # before and after the kernels: a busy spell of a shared core spoils one only
+        peaks = machine_peaks(dtype, peak_seconds / 2)
+    measured = measure(sh, [indices], repeat, dtype)[0]
+    times = measure(sh, list(subs.values()), repeat, dtype) if by_type else []
+    if not fixed_peaks:
+        after = machine_peaks(dtype, peak_seconds / 2)
+        peaks = {k: max(v, after[k]) for k, v in peaks.items()}
+    model = floor_model(g, peaks)
+    for p in ("fwd", "bwd"):
+        model[p]["measured_ms"] = measured[p] * 1e3
+        model[p]["fraction"] = model[p]["floor_ms"] / model[p]["measured_ms"]
+    result = {"cpu": cpu_info(), "isa": _C.isa(), "dtype": dtype, "threads": 1, "clock": "thread CPU time",
+              "peaks": peaks, "shape": cases.shape_label(sh), "select": select, "n_losses": len(indices),
+              "repeat": repeat, "passes": model}
+    if by_type:
+        rows = []
+        for (t, sub), meas in zip(subs.items(), times):
+            m = floor_model(geometry(sh, sub, dtype), peaks)
+            rows.append({"type": t, "losses": list(names_of(sub)),
+                         **{f"{p}_{key}": val for p in ("fwd", "bwd") for key, val in (
+                             ("floor_ms", m[p]["floor_ms"]), ("measured_ms", meas[p] * 1e3),
+                             ("fraction", m[p]["floor_ms"] / (meas[p] * 1e3)))}})
+        result["by_type"] = rows
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+
+PASS_NAMES = {"fwd": "forward", "bwd": "backward"}
+
+
+def format_report(r: dict, top: int = 12) -> str:
+    cpu = r["cpu"]
+    lines = [
+        f"mlrb bench floor: {cpu['model']} (avx2 {'yes' if cpu['avx2'] else 'no'}, fma "
+        f"{'yes' if cpu['fma'] else 'no'}), kernels isa={r['isa']}, {r['dtype']}, 1 thread, thread CPU time",
+        "peaks (elements/ns, single thread): "
+        + "  ".join(f"{k} {v:.3g}" for k, v in r["peaks"].items()),
+        f"case: {r['shape']}, losses: {r['select']} ({r['n_losses']}), best of {r['repeat']} calls",
+        "",
+        f"  {'pass':<10}{'floor ms':>10}{'measured ms':>13}{'fraction':>10}",
+    ]
+    for p in ("fwd", "bwd"):
+        m = r["passes"][p]
+        lines.append(f"  {PASS_NAMES[p]:<10}{m['floor_ms']:10.3f}{m['measured_ms']:13.3f}{m['fraction']:10.3f}")
+    for p in ("fwd", "bwd"):
+        m = r["passes"][p]
+        stages = sorted(m["stages"], key=lambda s: -s["floor_ms"])
+        shown = stages if top <= 0 else stages[:top]
+        lines += ["", f"{PASS_NAMES[p]} stages by floor (ms, binding resource, share of the pass floor):"]
+        for s in shown:
+            share = s["floor_ms"] / m["floor_ms"] if m["floor_ms"] else 0.0
+            lines.append(f"  {s['name']:<46}{s['floor_ms']:8.3f}  {s['bound']:<8}{share:6.1%}  {s['source']}")
+        rest = stages[len(shown):]
+        if rest:
+            lines.append(f"  {f'({len(rest)} more stages)':<46}{sum(s['floor_ms'] for s in rest):8.3f}")
+        scales = m["by_scale_ms"]
+        lines.append("  by scale (without the DRAM term): " + ", ".join(
+            f"{'full res' if k == 'full' else 'k=' + k} {v:.3f}" for k, v in sorted(scales.items())))
+    if r.get("by_type"):
+        lines += ["", "each loss type alone (its selected scales; pyramid included), ms:",
+                  f"  {'type':<6}{'fwd floor':>10}{'measured':>10}{'fraction':>10}"
+                  f"{'bwd floor':>11}{'measured':>10}{'fraction':>10}"]
+        for t in r["by_type"]:
+            lines.append(f"  {t['type']:<6}{t['fwd_floor_ms']:10.3f}{t['fwd_measured_ms']:10.3f}"
+                         f"{t['fwd_fraction']:10.3f}{t['bwd_floor_ms']:11.3f}{t['bwd_measured_ms']:10.3f}"
+                         f"{t['bwd_fraction']:10.3f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlrb bench floor",
+        description="Floor model of the fused CPU kernels: counted work per stage, this machine's "
+                    "single-thread peaks, and the measured fraction of the floor (forward and backward "
+                    "separately, one thread, thread CPU time).")
+    p.add_argument("--shape", default="paper",
+                   help=f"{', '.join(cases.SHAPES)} or BxCxHxW[@mask density] (default: paper)")
+    p.add_argument("--select", default="all", help="losses of the space to model and time (default: all 78)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per pass, best taken (default 10)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--peak-seconds", type=float, default=1.2,
+                   help="CPU seconds for measuring the machine's peaks, half before and half after the "
+                        "kernels (default 1.2)")
+    p.add_argument("--by-type", action="store_true",
+                   help="also model and time each loss type alone (its selected scales)")
+    p.add_argument("--top", type=int, default=12, help="stages shown per pass (0: all; default 12)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mlrb bench floor``."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        cases.parse_shape(args.shape)
+    except ValueError as exc:
+        parser.error(f"--shape: {exc}")
+    try:
+        types_per_scale(resolve_select(args.select))
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--select: {exc}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    if not (math.isfinite(args.peak_seconds) and 0.1 <= args.peak_seconds <= 120):
+        parser.error(f"--peak-seconds must be in [0.1, 120], got {args.peak_seconds}")
+    if args.top < 0:
+        parser.error(f"--top must be >= 0, got {args.top}")
+    if args.json is not None:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(args.json):
+            parser.error(f"--json {args.json}: folder {folder} does not exist or is not writable"
+                         if not os.path.isdir(args.json) else f"--json {args.json}: is a folder")
+    result = run(args.shape, args.select, args.repeat, args.dtype, peak_seconds=args.peak_seconds,
+                 by_type=args.by_type)
+    print(format_report(result, args.top))
+    if args.json is not None:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    from mlrb.cli import run_command
+
+    raise SystemExit(run_command("mlrb bench floor", main, sys.argv[1:]))

@@ -1,0 +1,209 @@
+"""mlrb bench floor: the machine peaks (mlrb._C.machine_peaks), the floor model's counts
+(mlrb.bench.floor) and the command, end to end on a tiny shape.
+
+The counts are checked against hand counts of the kernels' simplest stages and against
+how they must scale with the pixel counts; the floors use fixed peaks, so nothing but the
+end-to-end run and the peaks themselves depends on the machine's speed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from mlrb import cli
+from mlrb.bench import floor
+from mlrb.names import resolve_select
+
+_C = pytest.importorskip("mlrb._C")
+
+PEAK_NAMES = {"add", "mul", "add_mul", "sqrt", "div", "load", "store", "dram"}
+# Fixed peaks (elements per ns) for the model-only tests.
+PEAKS = {"add": 50.0, "mul": 50.0, "add_mul": 100.0, "sqrt": 5.0, "div": 7.0, "load": 50.0, "store": 25.0,
+         "dram": 5.0}
+
+
+def geometry(shape: str, select="all", dtype="float32") -> floor.Geometry:
+    from mlrb.bench.cases import parse_shape
+
+    return floor.geometry(parse_shape(shape), resolve_select(select), dtype)
+
+
+def totals(g: floor.Geometry, pass_: str) -> dict:
+    return {sc.stage.name: sc.ops for sc in floor.count(g, pass_)}
+
+
+# ---------------------------------------------------------------------------- peaks
+
+@pytest.fixture(scope="module")
+def peaks():
+    return {dt: _C.machine_peaks(dt, 0.05) for dt in ("float32", "float64")}
+
+
+def test_machine_peaks_are_positive_and_finite_for_both_dtypes(peaks):
+    for dt, p in peaks.items():
+        assert set(p) == PEAK_NAMES, dt
+        assert all(math.isfinite(v) and v > 0 for v in p.values()), (dt, p)
+        # the FP pipes together are at least as fast as either alone; L1 beats DRAM
+        assert p["add_mul"] > 0.9 * max(p["add"], p["mul"]) and p["load"] > p["dram"], (dt, p)
+    # a vector holds half as many float64 as float32: the element rates halve
+    for name in ("add", "load"):
+        assert peaks["float64"][name] < 0.8 * peaks["float32"][name], (name, peaks)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("float16",), "dtype"),
+    (("",), "dtype"),
+    (("float32", 0.0), "seconds"),
+    (("float32", -1.0), "seconds"),
+    (("float32", math.nan), "seconds"),
+    (("float32", math.inf), "seconds"),
+    (("float32", 1e6), "seconds"),
+])
+def test_machine_peaks_rejects_bad_arguments(args, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        _C.machine_peaks(*args)
+
+
+def test_machine_peaks_rejects_wrong_types():
+    with pytest.raises(TypeError):
+        _C.machine_peaks(32)
+    with pytest.raises(TypeError):
+        _C.machine_peaks("float32", "long")
+
+
+# ---------------------------------------------------------------------------- counts
+
+def test_counts_of_the_simplest_case_match_the_code():
+    # D@0 alone: the row window loads each row of p, g (2 loads), stores p, g, e (3 stores),
+    # one sub; the D sums read e, add |e| (abs + add). Nothing else runs in the forward.
+    g = geometry("2x1x16x24", "D@0")
+    n = 2 * 16 * 24
+    fwd = totals(g, "fwd")
+    assert set(fwd) == {"row window: rows of p, g, e (padded)", "D: |e| sums"}
+    assert sum(fwd.values(), floor.Ops()) == floor.Ops(add=3 * n, load=3 * n, store=3 * n)
+    # the backward also zeroes the gradient and accumulates sgn(e) into t0 (field clear,
+    # out += t0)
+    bwd = totals(g, "bwd")
+    assert bwd["zero the gradient"] == floor.Ops(store=n)
+    assert bwd["D: sgn(e) into t0"] == floor.Ops(add=6 * n, mul=n, load=2 * n, store=n)
+    assert "pyramid: column taps (4 rows of pred, gt)" not in bwd
+
+
+def test_counts_scale_exactly_with_the_pixel_counts():
+    base, wide, batch = geometry("4x1x64x96"), geometry("4x1x64x192"), geometry("8x1x64x96")
+    for pass_ in ("fwd", "bwd"):
+        b, w, bb = (floor.count(g, pass_) for g in (base, wide, batch))
+        assert [s.stage.name for s in b] == [s.stage.name for s in w] == [s.stage.name for s in bb]
+        for sb, sw, sbb in zip(b, w, bb):
+            assert sbb.ops == sb.ops * 2, sb.stage.name  # twice the samples: twice everything
+            per_row = sb.stage.over in ("box_pad", "boxT_pad", "boxT_fold")
+            if per_row:  # padding and border folds are per row: W does not change them
+                assert sw.ops == sb.ops, sb.stage.name
+            elif sb.stage.over == "boxT_inner":  # w - 2 entries per row
+                assert 2 * sb.ops.load < sw.ops.load < 2.1 * sb.ops.load, sb.stage.name
+            elif sb.stage.over in ("box_doubling", "boxT_doubling"):  # padded rows: w + pad
+                assert sb.ops.load < sw.ops.load < 2 * sb.ops.load, sb.stage.name
+            else:
+                assert sw.ops == sb.ops * 2, sb.stage.name  # W 96 -> 192: every level's width doubles
+        # the full-resolution stages (and the pyramid's column pass) scale with W exactly
+        full = [s for s in b if s.stage.over in ("full", "level_rows_x_W")]
+        assert full
+
+
+def test_the_band_partition_of_a_small_batch_is_modelled():
+    one, four = geometry("1x1x288x384"), geometry("4x1x288x384")
+    assert not one.whole_samples and four.whole_samples
+    halo = [sum(s.elements for s in floor.count(g, "bwd") if s.stage.over == "halo") for g in (one, four)]
+    assert halo[0] > 0 and halo[1] == 0
+    # bands recompute the box rows of their halos: more box work per sample than whole samples
+    rows = [sum(s.elements for s in floor.count(g, "fwd") if s.stage.over == "box_rows") / g.B
+            for g in (one, four)]
+    assert rows[0] > rows[1]
+
+
+def test_one_loss_type_has_a_smaller_floor_than_all_78():
+    all78 = floor.floor_model(geometry("8x1x288x384"), PEAKS)
+    for select in ("D@0", "N@0", "L_G", "M65@3"):
+        one = floor.floor_model(geometry("8x1x288x384", select), PEAKS)
+        for p in ("fwd", "bwd"):
+            assert 0 < one[p]["floor_ms"] < all78[p]["floor_ms"], (select, p)
+    # and the passes add up their stages
+    assert all78["bwd"]["floor_ms"] == pytest.approx(sum(s["floor_ms"] for s in all78["bwd"]["stages"]))
+
+
+def test_the_masked_variant_is_not_cheaper():
+    for st in floor.STAGES:  # per element, the masked work takes at least as long at any peaks
+        plain, masked = st.work(False), st.work(True)
+        if plain is not None:
+            assert masked is not None, st.name
+            for peaks in (PEAKS, {**PEAKS, "div": 0.5, "sqrt": 0.5}, {**PEAKS, "load": 5.0, "store": 5.0}):
+                t = [max(floor.stage_times_ns(o, 0.0, peaks, 4).values()) for o in (plain, masked)]
+                assert t[1] >= t[0], (st.name, peaks)
+    for select in ("all", "D@0", "L_N"):
+        plain = floor.floor_model(geometry("2x1x96x128", select), PEAKS)
+        masked = floor.floor_model(geometry("2x1x96x128@0.5", select), PEAKS)
+        for p in ("fwd", "bwd"):
+            assert masked[p]["floor_ms"] > plain[p]["floor_ms"], (select, p)
+
+
+def test_the_model_rejects_the_amlr_pair():
+    with pytest.raises(ValueError, match="Si"):
+        floor.types_per_scale(resolve_select("D@0, Si"))
+
+
+def test_stage_table_names_its_sources_and_pixel_sets():
+    names = [s.name for s in floor.STAGES]
+    assert len(names) == len(set(names))
+    for s in floor.STAGES:
+        assert s.over in floor.PIXEL_SETS and s.source and s.passes in ("fwd", "bwd", "fwd+bwd"), s.name
+    assert any("box_row_sum_transpose" in s.source for s in floor.STAGES)
+    assert any(s.source == "loss_math.h:normal_loss" for s in floor.STAGES)
+    assert any(s.source == "loss_math.h:normal_loss_grad" for s in floor.STAGES)
+
+
+# ---------------------------------------------------------------------------- command
+
+def test_command_runs_end_to_end(capsys, tmp_path):
+    out = tmp_path / "floor.json"
+    argv = ["bench", "floor", "--shape", "2x1x24x32", "--repeat", "1", "--peak-seconds", "0.1",
+            "--select", "L^0 | L^1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    fractions = {}
+    for p in ("forward", "backward"):
+        m = re.search(rf"^\s+{p}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)$", text, re.M)
+        assert m, text
+        fractions[p] = float(m.group(3))
+        assert 0 < fractions[p] < 1.5, text
+    assert "peaks (elements/ns" in text and "stages by floor" in text
+    r = json.loads(out.read_text())
+    assert r["n_losses"] == 26 and set(r["passes"]) == {"fwd", "bwd"} and set(r["peaks"]) == PEAK_NAMES
+    assert r["passes"]["fwd"]["fraction"] == pytest.approx(fractions["forward"], abs=1e-3)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--repeat", "0"], "--repeat"),
+    (["--repeat", "x"], "--repeat"),
+    (["--shape", "1x1x0x4"], "--shape"),
+    (["--shape", "huge"], "--shape"),
+    (["--select", "nonsense"], "--select"),
+    (["--select", "Si"], "--select"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--peak-seconds", "0"], "--peak-seconds"),
+    (["--top", "-1"], "--top"),
+    (["--json", "/nonexistent-mlrb-dir/floor.json"], "--json"),
+])
+def test_bad_arguments_are_one_line_naming_the_argument(argv, fragment, capsys):
+    try:
+        rc = cli.main(["bench", "floor", *argv])
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    assert rc not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+    assert len(lines) == 1 and lines[0].startswith("mlrb bench floor: error: "), err
+    assert fragment in lines[0], lines[0]
