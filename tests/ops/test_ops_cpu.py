@@ -75,6 +75,28 @@ def test_batch_one_bitwise_identical_across_threads(mask):
     _assert_bitwise_across_threads(pred, gt, m)
 
 
+GROUPS = {"gradient": ("r", "c", "rr", "rc", "cc"), "normal": ("N", "Nr", "Nc")}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("mask", [None, "holes"])
+def test_a_whole_group_in_one_loop_gives_each_type_s_numbers(group, mask):
+    # A scale with all types of a group selected runs them in one loop (shared loads and
+    # differences); one type alone runs its own. Same sums in the same order: equal losses,
+    # and the gradient of one type is the same whether the others run beside it (weight 0).
+    pred, gt, m = make_inputs(2, 37, 45, dtype=torch.float32, mask=mask)
+    names = [f"{t}@{k}" for k in (0, 1) for t in GROUPS[group]]
+    p = pred.clone().requires_grad_(True)
+    together = _losses(p, gt, m, names)
+    for j, name in enumerate(names):
+        q = pred.clone().requires_grad_(True)
+        alone = _losses(q, gt, m, name)
+        assert torch.equal(together[:, j : j + 1].detach(), alone.detach()), name
+        alone.sum().backward()
+        (g,) = torch.autograd.grad(together[:, j].sum(), p, retain_graph=True)
+        assert torch.equal(g, q.grad), name
+
+
 def test_saves_only_the_inputs_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "loss_space/box.h"
@@ -42,20 +43,6 @@ struct ScalePrep {
   T m_shift = 0;         // M: mean of sign(e - mu) over the valid pixels
   bool far = false;      // the normals take the scaled formula (far_depths)
 };
-
-// Transpose of d/dx (x[j] - x[j+1], 0 on the last column): out[j] = t'[j] - t'[j-1] with
-// t' = t except t'[w-1] = 0.
-template <typename T>
-inline void dx_transpose(const T* t, int w, T* out) {
-  if (w == 1) {
-    out[0] = 0;
-    return;
-  }
-  out[0] = t[0];
-#pragma omp simd
-  for (int j = 1; j < w - 1; ++j) out[j] = t[j] - t[j - 1];
-  out[w - 1] = -t[w - 2];
-}
 
 // Pre-passes of one scale: the global mean, the counts of the valid sets, the M shift.
 template <typename T, bool HasMask>
@@ -110,21 +97,20 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
   return prep;
 }
 
-// The coefficient fields of one row (w entries each), the scratch of the transposed
-// stencils and the dy^T carries from the row above (prevBf, prevTyy).
+// The coefficient fields of one row (w entries each) and the dy^T carries: Bf (this row's
+// ty + dy^T tyy + dx^T txy, the next row's prevBf) and tyyz (tyy, 0 on the last row; the
+// next row's prevTyy).
 template <typename T>
 struct Fields {
   T *t0, *tx, *ty, *txx, *txy, *tyy;
-  T *A, *Bf, *prevBf, *tyyz, *prevTyy;
+  T *Bf, *prevBf, *tyyz, *prevTyy;
   bool fx, fy, fxx, fxy, fyy;
-  bool has_rows;  // fields that need dy^T (the carries of row i-1)
 
-  static constexpr int kRows = 11;
+  static constexpr int kRows = 10;
   Fields(T* f, int w, uint32_t types)
-      : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), A(f + 6 * w),
-        Bf(f + 7 * w), prevBf(f + 8 * w), tyyz(f + 9 * w), prevTyy(f + 10 * w), fx(types & kFieldX),
-        fy(types & kFieldY), fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY),
-        has_rows(fy || fyy || fxy) {
+      : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), Bf(f + 6 * w),
+        prevBf(f + 7 * w), tyyz(f + 8 * w), prevTyy(f + 9 * w), fx(types & kFieldX), fy(types & kFieldY),
+        fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY) {
     std::fill(prevBf, prevBf + w, T(0));
     std::fill(prevTyy, prevTyy + w, T(0));
   }
@@ -313,53 +299,73 @@ MLRB_FORCE_INLINE void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, 
 
 // out += t0 + dx^T(tx + dx^T txx) + dy^T(ty + dy^T tyy + dx^T txy) for row i (dy^T reads
 // the carries of row i - 1). The last row's dy terms are 0 (replicate padding): zeroed.
+// One pass over the row for the active fields (compile-time flags): the sums of each entry
+// are those of applying the stencils one after the other, in the same order.
+template <bool FX, bool FXX, bool FY, bool FXY, bool FYY, typename T>
+MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last, int w) {
+  constexpr bool kX = FX || FXX, kRows = FY || FXY || FYY;
+  const T *__restrict t0 = fl.t0, *__restrict tx = fl.tx, *__restrict txx = fl.txx, *__restrict ty = fl.ty,
+          *__restrict txy = fl.txy, *__restrict tyy = fl.tyy, *__restrict prevBf = fl.prevBf,
+          *__restrict prevTyy = fl.prevTyy;
+  T *__restrict Bf = fl.Bf, *__restrict tyyz = fl.tyyz, *__restrict out = out_row;
+  // Transpose of d/dx (x[j] - x[j+1], 0 on the last column) at column j: x'[j] - x'[j-1]
+  // with x' = x except x'[w-1] = 0. inner: 1 <= j <= w - 2.
+  auto dxT = [&](auto inner, const T* x, int j) -> T {
+    if constexpr (decltype(inner)::value) return x[j] - x[j - 1];
+    else return w == 1 ? T(0) : j == 0 ? x[0] : j == w - 1 ? -x[w - 2] : x[j] - x[j - 1];
+  };
+  auto A = [&](auto inner, int j) -> T {  // tx + dx^T txx
+    if constexpr (FXX && FX) return dxT(inner, txx, j) + tx[j];
+    else if constexpr (FXX) return dxT(inner, txx, j);
+    else return tx[j];
+  };
+  auto column = [&](auto inner, auto inner_prev, int j) {
+    T t = t0[j];
+    if constexpr (kX) {  // dx^T(A), from A at j and j - 1
+      using I = decltype(inner);
+      if constexpr (I::value) t += A(inner, j) - A(inner_prev, j - 1);
+      else t += w == 1 ? T(0) : j == 0 ? A(inner, 0) : j == w - 1 ? -A(inner_prev, w - 2) : A(inner, j) - A(inner_prev, j - 1);
+    }
+    if constexpr (kRows) {
+      T b = FXY ? dxT(inner, txy, j) : T(0);
+      if constexpr (FY) b += ty[j];
+      if constexpr (FYY) {
+        const T z = last ? T(0) : tyy[j];
+        b += z - prevTyy[j];
+        tyyz[j] = z;
+      }
+      if (last) b = T(0);
+      t += b - prevBf[j];
+      Bf[j] = b;
+    }
+    out[j] += t;
+  };
+  using In = std::true_type;
+  using Edge = std::false_type;
+  // Columns 0, 1 and w - 1 read the borders of dx^T (A at 0 is a border value too).
+  const int lo = std::min(w, 2), hi = std::max(lo, w - 1);
+  for (int j = 0; j < lo; ++j) column(Edge{}, Edge{}, j);
+#pragma omp simd
+  for (int j = lo; j < hi; ++j) column(In{}, In{}, j);
+  for (int j = hi; j < w; ++j) column(Edge{}, Edge{}, j);
+  if constexpr (FYY) std::swap(fl.tyyz, fl.prevTyy);
+  if constexpr (kRows) std::swap(fl.Bf, fl.prevBf);
+}
+
+template <typename T, unsigned... F>
+MLRB_FORCE_INLINE void apply_stencils_of(unsigned flags, Fields<T>& fl, T* out, bool last, int w,
+                                         std::integer_sequence<unsigned, F...>) {
+  ((flags == F ? apply_stencils_pass<bool(F & 1), bool(F & 2), bool(F & 4), bool(F & 8), bool(F & 16)>(fl, out,
+                                                                                                       last, w)
+               : void()),
+   ...);
+}
+
 template <typename T>
 MLRB_FORCE_INLINE void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
-  T* t0 = fl.t0;
-  const T *tx = fl.tx, *ty = fl.ty, *txx = fl.txx, *txy = fl.txy, *tyy = fl.tyy;
-  T *A = fl.A, *Bf = fl.Bf;
-  if (fl.fx || fl.fxx) {
-    if (fl.fxx) {
-      dx_transpose(txx, w, A);
-      if (fl.fx) {
-#pragma omp simd
-        for (int j = 0; j < w; ++j) A[j] += tx[j];
-      }
-    } else {
-      std::copy(tx, tx + w, A);
-    }
-    dx_transpose(A, w, Bf);  // Bf as scratch: dx^T(A)
-#pragma omp simd
-    for (int j = 0; j < w; ++j) t0[j] += Bf[j];
-  }
-  if (fl.has_rows) {
-    // Bf = ty + dy^T(tyy) + dx^T(txy), then dy^T(Bf) = Bf' - Bf'(i-1).
-    if (fl.fxy)
-      dx_transpose(txy, w, Bf);
-    else
-      std::fill(Bf, Bf + w, T(0));
-    if (fl.fy) {
-#pragma omp simd
-      for (int j = 0; j < w; ++j) Bf[j] += ty[j];
-    }
-    if (fl.fyy) {
-      T *tyyz = fl.tyyz, *prevTyy = fl.prevTyy;
-      if (last)
-        std::fill(tyyz, tyyz + w, T(0));
-      else
-        std::copy(tyy, tyy + w, tyyz);
-#pragma omp simd
-      for (int j = 0; j < w; ++j) Bf[j] += tyyz[j] - prevTyy[j];
-      std::swap(fl.tyyz, fl.prevTyy);
-    }
-    if (last) std::fill(Bf, Bf + w, T(0));
-    const T* prevBf = fl.prevBf;
-#pragma omp simd
-    for (int j = 0; j < w; ++j) t0[j] += Bf[j] - prevBf[j];
-    std::swap(fl.Bf, fl.prevBf);
-  }
-#pragma omp simd
-  for (int j = 0; j < w; ++j) out[j] += t0[j];
+  const unsigned flags = unsigned(fl.fx) | unsigned(fl.fxx) << 1 | unsigned(fl.fy) << 2 | unsigned(fl.fxy) << 3 |
+                         unsigned(fl.fyy) << 4;
+  apply_stencils_of(flags, fl, out, last, w, std::make_integer_sequence<unsigned, 32>{});
 }
 
 // Rows [i0, i1) of gp (h x w) += d(sum_t G[t] L_t) / dD^k, the part from the per-pixel
