@@ -164,8 +164,8 @@ GRAD_GROUP_FWD = Stage("gradient types: |stencil(e)| sums (one loop)", "fwd", "s
                        O(add=8 + 5 + 5, load=6), O(add=8 + 5 + 5 + 5, mul=6 + 5, load=12),
                        whole(frozenset(GRAD)), "cpu/forward_band.h:grad_sums + loss_math.h:grad_term")
 GRAD_GROUP_BWD = Stage("gradient types: sgn(stencil(e)) into the fields (one loop)", "bwd", "scale",
-                       O(add=8 + 5 * SGN + 5, mul=5, load=6 + 5, store=5),
-                       O(add=8 + 5 * SGN + 5, mul=5 + 6 + 5, load=12 + 5, store=5),
+                       O(add=8 + 5 * SGN + 5, mul=5, load=6, store=5),  # assigns 0 + term: no field reads
+                       O(add=8 + 5 * SGN + 5, mul=5 + 6 + 5, load=12, store=5),
                        whole(frozenset(GRAD)), "cpu/backward_band.h:grad_fields + loss_math.h:dloss_grad_type")
 
 
@@ -226,7 +226,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("valid count of the row (mask)", "fwd", "scale", None, O(add=1, load=1),
           source="cpu/forward_band.h:scale_forward_band (c0)"),
     Stage("fields: clear t0 and the active fields", "bwd", "bwd_rows", O(store=1),
-          mult=lambda s: 1 + sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY)),
+          # all gradient types selected: their loop assigns the five fields (grad_first)
+          mult=lambda s: 1 + (0 if frozenset(GRAD) <= s else sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY))),
           source="cpu/backward_band.h:Fields::clear"),
     # ---- D and M
     Stage("D: |e| sums", "fwd", "scale", O(add=2, load=1), O(add=2, mul=1, load=2),
@@ -305,27 +306,19 @@ STAGES: tuple[Stage, ...] = (
           O(add=4, load=4, store=2), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
     Stage("box^T emit: Z unchanged", "bwd", "emit_none", O(add=1, load=2, store=1),
           O(add=3, load=3, store=1), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
-    # ---- transposed stencils, per row (apply_stencils)
-    Stage("stencils: dx^T(txx)", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FXX),
-          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
-    Stage("stencils: A += tx", "bwd", "bwd_rows", O(add=1, load=2, store=1),
-          mult=lambda s: int(bool(s & FXX) and bool(s & FX)), source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: copy tx", "bwd", "bwd_rows", O(load=1, store=1),
-          mult=lambda s: int(bool(s & FX) and not s & FXX), source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: t0 += dx^T(A)", "bwd", "bwd_rows", O(add=2, load=4, store=2), mult=any_of(FX | FXX),
-          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
-    Stage("stencils: dx^T(txy)", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FXY),
-          source="cpu/backward_band.h:apply_stencils, dx_transpose"),
-    Stage("stencils: clear Bf", "bwd", "bwd_rows", O(store=1),
-          mult=lambda s: int(bool(s & ROWS) and not s & FXY), source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: Bf += ty", "bwd", "bwd_rows", O(add=1, load=2, store=1), mult=any_of(FY),
-          source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: dy^T(tyy) (copy, Bf += tyy - prev)", "bwd", "bwd_rows", O(add=2, load=4, store=2),
-          mult=any_of(FYY), source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: t0 += Bf - prevBf (dy^T)", "bwd", "bwd_rows", O(add=2, load=3, store=1),
-          mult=any_of(ROWS), source="cpu/backward_band.h:apply_stencils"),
-    Stage("stencils: out += t0", "bwd", "bwd_rows", O(add=1, load=2, store=1),
-          source="cpu/backward_band.h:apply_stencils"),
+    # ---- transposed stencils, per row: one pass over the active fields (apply_stencils_pass)
+    Stage("stencils: t = t0 (+ ...), out += t", "bwd", "bwd_rows", O(add=1, load=2, store=1),
+          source="cpu/backward_band.h:apply_stencils_pass"),
+    Stage("stencils: dx^T(tx + dx^T txx) (A at j and j - 1)", "bwd", "bwd_rows", O(add=6, load=5),
+          mult=any_of(FX | FXX), source="cpu/backward_band.h:apply_stencils_pass"),
+    Stage("stencils: dy^T carry Bf - prevBf", "bwd", "bwd_rows", O(add=2, load=1, store=1),
+          mult=any_of(ROWS), source="cpu/backward_band.h:apply_stencils_pass"),
+    Stage("stencils: dx^T(txy)", "bwd", "bwd_rows", O(add=1, load=2), mult=any_of(FXY),
+          source="cpu/backward_band.h:apply_stencils_pass"),
+    Stage("stencils: + ty", "bwd", "bwd_rows", O(add=1, load=1), mult=any_of(FY),
+          source="cpu/backward_band.h:apply_stencils_pass"),
+    Stage("stencils: dy^T(tyy) (+ tyy - prevTyy, carry)", "bwd", "bwd_rows", O(add=2, load=2, store=1),
+          mult=any_of(FYY), source="cpu/backward_band.h:apply_stencils_pass"),
     Stage("halo rows of the bands", "bwd", "halo", O(add=1, load=2, store=1),
           source="cpu/drivers.h:backward_batch (halos, batches of 1-3 only)"),
     # ---- transpose of the pyramid (per level row: a scatter into a W row, 4 row updates)

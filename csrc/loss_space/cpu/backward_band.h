@@ -105,17 +105,22 @@ struct Fields {
   T *t0, *tx, *ty, *txx, *txy, *tyy;
   T *Bf, *prevBf, *tyyz, *prevTyy;
   bool fx, fy, fxx, fxy, fyy;
+  bool grad_first;  // all gradient types selected: grad_fields assigns the five fields
 
   static constexpr int kRows = 10;
   Fields(T* f, int w, uint32_t types)
       : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), Bf(f + 6 * w),
         prevBf(f + 7 * w), tyyz(f + 8 * w), prevTyy(f + 9 * w), fx(types & kFieldX), fy(types & kFieldY),
-        fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY) {
+        fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY),
+        grad_first((types & kGradBits) == kGradBits) {
     std::fill(prevBf, prevBf + w, T(0));
     std::fill(prevTyy, prevTyy + w, T(0));
   }
-  void clear(int w) {
+  // With all gradient types selected, grad_fields writes the five fields first (assigning
+  // 0 + term: the bits of adding to a cleared field), so rows with terms skip their clearing.
+  void clear(int w, bool row_has_terms) {
     std::fill(t0, t0 + w, T(0));
+    if (row_has_terms && grad_first) return;
     if (fx) std::fill(tx, tx + w, T(0));
     if (fy) std::fill(ty, ty + w, T(0));
     if (fxx) std::fill(txx, txx + w, T(0));
@@ -143,18 +148,23 @@ MLRB_FORCE_INLINE void grad_fields(const RowWindow<T, HasMask>& win, const T* wt
   T *__restrict tx = fl.tx, *__restrict ty = fl.ty, *__restrict txx = fl.txx, *__restrict txy = fl.txy,
     *__restrict tyy = fl.tyy;
   const T wR = wt[kR], wC = wt[kC], wRR = wt[kRR], wRC = wt[kRC], wCC = wt[kCC];
+  // The whole group writes its fields first (Fields::grad_first): field = 0 + term.
+  auto put = [](T& field, T term) {
+    if constexpr (Set == kGradBits) field = T(0) + term;
+    else field += term;
+  };
 #pragma omp simd
   for (int j = 0; j < w; ++j) {
     if constexpr (in(Set, kR))
-      tx[j] += wR * dloss_grad_type<kR>(E0, E1, E2, j) * (HasMask ? valid_of<kR>(M0, M1, M2, j) : T(1));
+      put(tx[j], wR * dloss_grad_type<kR>(E0, E1, E2, j) * (HasMask ? valid_of<kR>(M0, M1, M2, j) : T(1)));
     if constexpr (in(Set, kC))
-      ty[j] += wC * dloss_grad_type<kC>(E0, E1, E2, j) * (HasMask ? valid_of<kC>(M0, M1, M2, j) : T(1));
+      put(ty[j], wC * dloss_grad_type<kC>(E0, E1, E2, j) * (HasMask ? valid_of<kC>(M0, M1, M2, j) : T(1)));
     if constexpr (in(Set, kRR))
-      txx[j] += wRR * dloss_grad_type<kRR>(E0, E1, E2, j) * (HasMask ? valid_of<kRR>(M0, M1, M2, j) : T(1));
+      put(txx[j], wRR * dloss_grad_type<kRR>(E0, E1, E2, j) * (HasMask ? valid_of<kRR>(M0, M1, M2, j) : T(1)));
     if constexpr (in(Set, kRC))
-      txy[j] += wRC * dloss_grad_type<kRC>(E0, E1, E2, j) * (HasMask ? valid_of<kRC>(M0, M1, M2, j) : T(1));
+      put(txy[j], wRC * dloss_grad_type<kRC>(E0, E1, E2, j) * (HasMask ? valid_of<kRC>(M0, M1, M2, j) : T(1)));
     if constexpr (in(Set, kCC))
-      tyy[j] += wCC * dloss_grad_type<kCC>(E0, E1, E2, j) * (HasMask ? valid_of<kCC>(M0, M1, M2, j) : T(1));
+      put(tyy[j], wCC * dloss_grad_type<kCC>(E0, E1, E2, j) * (HasMask ? valid_of<kCC>(M0, M1, M2, j) : T(1)));
   }
 }
 
@@ -412,7 +422,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
   const int iend = std::min(h, i1 + 2);
   for (int i = i0; i < iend; ++i) {
-    fl.clear(w);
+    fl.clear(w, i < i1);
     if (i < i1) {
       win.seek(i, deep);
       accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, local, count, fl);
