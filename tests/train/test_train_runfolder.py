@@ -139,6 +139,17 @@ def test_truncated_or_empty_checkpoint_is_named_with_the_others(tmp_path, capsys
 
 
 # ---------------------------------------------------------------------------- Ctrl-C
+@pytest.fixture
+def ctrl_c_reaches_python():
+    # A test run started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and the trainer then (rightly) leaves it ignored: give these tests the
+    # interactive default for their duration.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_reaches_python")
 def test_ctrl_c_saves_a_resumable_run_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     real_step = Trainer.train_step
 
@@ -173,6 +184,7 @@ def test_ctrl_c_saves_a_resumable_run_and_says_how_to_resume(tmp_path, capsys, m
     assert all(line.count(",") == 4 for line in open(out / "losses.csv"))
 
 
+@pytest.mark.usefixtures("ctrl_c_reaches_python")
 def test_fit_raises_training_interrupted_between_steps(tmp_path, monkeypatch):
     tr = Trainer(tiny(tmp_path / "run"))
     real_step = Trainer.train_step
