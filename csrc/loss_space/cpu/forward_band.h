@@ -102,8 +102,9 @@ MLRB_FORCE_INLINE void normal_sums(const RowWindow<T, HasMask>& win, int w, doub
 }
 
 // Rows [i0, i1) of one scale: sum[t], cnt[t] (t = 0..12) of the per-pixel terms of the
-// types in `types`; far: the scale's normals take the scaled formula (far_depths). A band only reads its rows and their halos (box windows, i+1, i+2),
-// so bands run in any order; the caller adds them up in band order.
+// types in `types`; far: the scale's normals take the scaled formula (far_depths). A band
+// only reads its rows and their halos (box windows, i+1, i+2), so bands run in any order;
+// the caller adds them up in band order.
 template <typename T, bool HasMask>
 void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, T mu, bool far,
                         int i0, int i1, double* sum, double* cnt, Workspace<T>& ws) {
