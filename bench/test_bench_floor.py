@@ -9,21 +9,12 @@ swing by up to 5x between runs; compare numbers of one run only.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mlrb.bench import cases as B
 from mlrb.bench import floor, timers
 
 SHAPES = ("paper", "nyu", "kitti")
 FRACTION_TARGET, L1_RATIO_TARGET = 0.70, 8.0
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

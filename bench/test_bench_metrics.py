@@ -19,16 +19,6 @@ def pair():
     return pred, gt
 
 
-@pytest.fixture
-def one_thread():
-    # Single-threaded: the target must hold without intra-op parallelism, and on a busy
-    # shared machine oversubscribed OpenMP threads only add noise.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_bench_kendall_tau_480x640(benchmark, pair, one_thread):
     pred, gt = pair
     tau = benchmark.pedantic(kendall_tau, args=(pred, gt), rounds=5, iterations=1)
