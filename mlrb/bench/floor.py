@@ -241,7 +241,7 @@ STAGES: tuple[Stage, ...] = (
           O(add=SGN + 3, mul=2, load=3, store=1),
           mult=any_of({"M"}), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_M"),
     # ---- box means of M5, M17, M65: horizontal window sums of each filtered row (one
-    # doubling chain for all selected sizes), running vertical sums per size. With a mask
+    # chain of quad passes for all selected sizes), running vertical sums per size. With a mask
     # the same runs on the 0/1 map as well (S = 2 maps).
     Stage("box: row x = e - mu", "fwd+bwd", "box_rows", O(add=2, load=2, store=1), O(add=5, load=3, store=2),
           mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::filter_upto", inputs=True),
@@ -249,10 +249,14 @@ STAGES: tuple[Stage, ...] = (
           mult=any_of(BOX), source="box.h:window_sums_doubling (std::copy)"),
     Stage("box: padding fill", "fwd+bwd", "box_pad", O(store=1), O(store=2),
           mult=any_of(BOX), source="box.h:window_sums_doubling (std::fill)"),
-    Stage("box: doubling passes", "fwd+bwd", "box_doubling", O(add=1, load=2, store=1),
-          O(add=2, load=4, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling"),
-    Stage("box: window sums per size (ring rows)", "fwd+bwd", "box_rows_per_size", O(add=1, load=2, store=1),
-          O(add=2, load=4, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (outputs)"),
+    # quad passes: S_4m[u] = (S_m[u] + S_m[u+m]) + (S_m[u+2m] + S_m[u+3m]), stored but the last
+    Stage("box: quad passes", "fwd+bwd", "box_doubling", O(add=3, load=4, store=1),
+          O(add=6, load=8, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (quad_pass)"),
+    Stage("box: window sums of the smaller sizes (ring rows)", "fwd+bwd", "box_rows_smaller",
+          O(add=1, load=2, store=1), O(add=2, load=4, store=2), mult=any_of(BOX),
+          source="box.h:window_sums_doubling (outputs)"),
+    Stage("box: last quad pass into the largest size's sums", "fwd+bwd", "box_rows", O(add=4, load=5, store=1),
+          O(add=8, load=10, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (last pass)"),
     Stage("box: vertical sums, first window", "fwd+bwd", "box_vert_init", O(add=1, load=2, store=1),
           O(add=2, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
     Stage("box: vertical sums, sliding", "fwd+bwd", "box_vert_slide", O(add=2, load=3, store=1),
@@ -289,15 +293,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("normal gradients into five fields (one loop)", "bwd", "scale", O(add=6, load=5, store=5),
           mult=whole(NORMAL), source="cpu/backward_band.h:normal_fields (N, Nr, Nc: txy read and written once)"),
     # ---- B_n^T: box_row_sum_transpose of each row's tb, per selected size
-    # the first doubling pass reads t itself, the last one (s = r) adds the centre term and
-    # writes out: no padded copy of t, no separate + t or copy-out passes
+    # quad passes over t padded by zeros: the first reads t itself, the last one (S_2r) adds
+    # the centre term and writes out: no padded copy of t, no separate + t or copy-out passes
     Stage("box^T row: zero padding (first pass)", "bwd", "boxT_pad", O(store=1), mult=any_of(BOX),
           source="box.h:box_row_sum_transpose (std::fill)"),
-    Stage("box^T row: doubling passes but the last", "bwd", "boxT_doubling", O(add=1, load=2, store=1),
-          mult=any_of(BOX), source="box.h:box_row_sum_transpose (passes)"),
-    Stage("box^T row: last pass + centre term into out", "bwd", "boxT_inner", O(add=2, load=3, store=1),
+    Stage("box^T row: quad passes but the last", "bwd", "boxT_doubling", O(add=3, load=4, store=1),
+          mult=any_of(BOX), source="box.h:box_row_sum_transpose (quad_pass)"),
+    Stage("box^T row: last quad pass + centre term into out", "bwd", "boxT_inner", O(add=4, load=5, store=1),
           mult=any_of(BOX), source="box.h:box_row_sum_transpose (out[c])"),
-    Stage("box^T row: border folds", "bwd", "boxT_fold", O(add=3, load=3), mult=any_of(BOX),
+    Stage("box^T row: border folds", "bwd", "boxT_fold", O(add=5, load=5), mult=any_of(BOX),
           source="box.h:box_row_sum_transpose (fold)"),
     # B_n^T vertical: running window Z over the ring rows, out -= Z (* mask)
     Stage("box^T emit: Z += in - out", "bwd", "emit_both", O(add=3, load=4, store=2),
@@ -393,26 +397,35 @@ def _radii(types: frozenset) -> list[int]:
     return sorted(BOX_RADIUS[t] for t in types & BOX)
 
 
-def _doubling_elements_T(w: int, r: int) -> int:
-    """Elements of the doubling passes of box_row_sum_transpose but its last: the first over the
-    w - 1 inner entries of the padded row (the rest is zero fill), then s = 2, 4, .. < r over
-    len -= s entries (len = w + 4r - 1 after the first)."""
-    total, length, s = max(w - 1, 0), w + 4 * r - 1, 2
-    while s < r:
-        length -= s
+def _quad_elements_T(w: int, r: int) -> int:
+    """Elements of the stored quad passes of box_row_sum_transpose (all but the last, which
+    makes S_2r): none for 2r = 4; else the first over the w + 3 entries of the zero-padded row
+    that touch t, then m = 4, 16, .. while 16m <= 2r over len -= 3m entries (len = w + 4r - 3
+    after the first)."""
+    if 2 * r <= 4:
+        return 0
+    total, length, m = w + 3, w + 4 * r - 3, 4
+    while 16 * m <= 2 * r:
+        length -= 3 * m
         total += max(length, 0)
-        s *= 2
+        m *= 4
     return total
 
 
+def _quad_pad_T(w: int, r: int) -> int:
+    """Zero entries the first quad pass of box_row_sum_transpose fills (none for 2r = 4)."""
+    return 0 if 2 * r <= 4 else 4 * r - 6
+
+
 def _doubling_elements(n: int, two_r: int) -> int:
-    """Elements the doubling passes of a padded row of n entries process (box.h: passes
-    with steps s = 1, 2, 4, .. < 2r, each over len -= s entries)."""
-    total, length, s = 0, n, 1
-    while s < two_r:
-        length -= s
+    """Elements the stored quad passes of a padded row of n entries process (box.h
+    window_sums_doubling: m = 1, 4, .. while 4m < 2R, each over len -= 3m entries; the last,
+    S_2R, goes straight into the window sums of the largest size)."""
+    total, length, m = 0, n, 1
+    while 4 * m < two_r:
+        length -= 3 * m
         total += max(length, 0)
-        s *= 2
+        m *= 4
     return total
 
 
@@ -478,8 +491,8 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "box_doubling": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s))
         * _doubling_elements(w + 2 * _rmax(s), 2 * _rmax(s)))),
-    "box_rows_per_size": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * w * len(_radii(s)))),
+    "box_rows_smaller": ("scale", lambda g, k, s: _per_band(
+        g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * w * max(len(_radii(s)) - 1, 0))),
     "box_vert_init": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: sum(2 * r + 1 for r in _radii(s)) * w)),
     "box_vert_slide": ("scale", lambda g, k, s: _per_band(
@@ -487,9 +500,9 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "boxT_inner": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * max(w - 2, 0) * len(_radii(s)))),
     "boxT_pad": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(4 * r for r in _radii(s)))),
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_quad_pad_T(w, r) for r in _radii(s)))),
     "boxT_doubling": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_doubling_elements_T(w, r) for r in _radii(s)))),
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_quad_elements_T(w, r) for r in _radii(s)))),
     "boxT_fold": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * sum(2 * r + 2 for r in _radii(s)))),
     "emit_both": ("scale", lambda g, k, s: _per_band(
