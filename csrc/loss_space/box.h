@@ -85,76 +85,79 @@ inline int64_t box_transpose_scratch_size(int w, int r) { return 2 * (int64_t(w)
 
 template <typename T>
 void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
-  // tz[u] = t[u - 2r] on [2r, 2r + w), 0 elsewhere (n = w + 4r entries). Z[q] = S_2r[u] +
-  // tz[u + 2r] at u = q + r. The first pass reads t itself (tz is never stored) and the last
-  // one writes `out`; every entry is the sum of the zero-padded tree (0 + x is kept: it
-  // turns -0 into +0).
-  const int n = w + 4 * r, o = 2 * r;
+  // The border entries: Z[-r] + .. + Z[0] = sum_{j <= r} (r + 1 - j) t[j] (the windows of
+  // q = -r .. 0 that hold j), and the same from the right. A weighted sum rather than r + 1
+  // window sums added one after another: no chain of dependent adds per row.
+  auto border = [&](const T* x, int step) {
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int d = 0; d <= std::min(r, w - 1); ++d) acc += T(r + 1 - d) * x[step * d];
+    return acc;
+  };
+  if (w == 1) {
+    out[0] = T(2 * r + 1) * t[0];
+    return;
+  }
+  out[0] = border(t, 1);
+  out[w - 1] = border(t + w - 1, -1);
+  if (w == 2) return;
+  // Inside, Z[c] = S_2r[u] + tz[u + 2r] at u = c + r, with tz[u] = t[u - 2r] on [2r, 2r + w)
+  // and 0 elsewhere: S_2r = quad(S_M) (2r = 4M), and S_4 .. S_M are stored on the entries
+  // u in [r + 1, hi_m) that the columns 1 .. w - 2 read. The first pass reads t itself
+  // (tz is never stored) and the last one writes `out`; every entry is the sum of the
+  // zero-padded tree (0 + x is kept: it turns -0 into +0).
+  const int o = 2 * r, lo = r + 1;
   auto tz = [&](int u) { return u >= o && u < o + w ? t[u - o] : T(0); };
-  T* bufs[2] = {scratch, scratch + n};
-  const T* S = nullptr;  // S_m, stored for m = 4 .. r / 2
-  int m = 1, len = n;
-  if (2 * r > 4) {  // S_4 from t: zeros, border entries, then the inside read straight from t
-    len -= 3;
+  auto quad_tz = [&](int u) { return (tz(u) + tz(u + 1)) + (tz(u + 2) + tz(u + 3)); };
+  int M = 1;
+  while (4 * M < 2 * r) M *= 4;
+  const T* S = nullptr;  // S_M (none for r = 2: the last pass reads t)
+  if (M > 1) {
+    int hi = w - 1 + r;  // S_2r is read on [lo, w - 1 + r); S_m on [lo, hi + 3m)
+    for (int m = M; m >= 4; m /= 4) hi += 3 * m;
+    T* bufs[2] = {scratch, scratch + w + 4 * r};
+    // S_4 on [lo, hi): zeros, border entries, the inside straight from t, border, zeros
     T* A = bufs[0];
-    const int mid = o + std::max(0, w - 3);
-    std::fill(A, A + o - 3, T(0));  // (0 + 0) + (0 + 0)
-    for (int u = o - 3; u < o; ++u) A[u] = (tz(u) + tz(u + 1)) + (tz(u + 2) + tz(u + 3));
+    const int z = std::min(o - 3, hi), mid = o + std::max(0, w - 3);
+    std::fill(A + lo, A + z, T(0));  // (0 + 0) + (0 + 0)
+    for (int u = std::max(lo, o - 3); u < o; ++u) A[u] = quad_tz(u);
     {
       const T* __restrict tt = t;
       T* __restrict a = A + o;
 #pragma omp simd
       for (int c = 0; c < mid - o; ++c) a[c] = quad_sum(tt, 1, c);
     }
-    for (int u = mid; u < o + w; ++u) A[u] = (tz(u) + tz(u + 1)) + (tz(u + 2) + tz(u + 3));
-    std::fill(A + o + w, A + len, T(0));
+    for (int u = mid; u < o + w; ++u) A[u] = quad_tz(u);
+    std::fill(A + o + w, A + hi, T(0));
     S = A;
-    m = 4;
-    for (int b = 1; 16 * m <= 2 * r; m *= 4, b ^= 1) {
-      len -= 3 * m;
-      quad_pass(S, m, len, bufs[b]);
+    for (int m = 4, b = 1; m < M; m *= 4, b ^= 1) {
+      hi -= 3 * m;
+      quad_pass(S + lo, m, hi - lo, bufs[b] + lo);
       S = bufs[b];
     }
   }
-  // The last pass: S_2r from S_m (2r = 4m; S_1 = tz for r = 2).
-  auto S2r = [&](int u) {
-    return m == 1 ? (tz(u) + tz(u + 1)) + (tz(u + 2) + tz(u + 3)) : quad_sum(S, m, u);
-  };
-  auto fold = [&](int from, int count) {
-    T acc = 0;
-    for (int u = from; u < from + count; ++u) {
-      const T v = S2r(u);
-      acc += u < w ? v + t[u] : v;  // tz[u + 2r] = t[u], 0 for u >= w
-    }
-    return acc;
-  };
-  if (w == 1) {
-    out[0] = fold(0, w + 2 * r);
-    return;
-  }
-  out[0] = fold(0, r + 1);  // q = -r .. 0
+  auto S2r = [&](int u) { return M == 1 ? quad_tz(u) : quad_sum(S, M, u); };
   const int cmid = std::min(w - 2, w - 1 - r);  // out[c] reads t[c + r] while c + r < w
-  // Columns [c0, c1) read only stored entries of S_m (for r = 2: only t inside).
+  // Columns [c0, c1) go through the vector loops (for r = 2: those reading only t inside).
   int c0 = 1, c1 = w - 1;
-  if (m == 1) c0 = std::min(2, w - 1), c1 = std::max(c0, cmid + 1);
+  if (M == 1) c0 = 2, c1 = std::max(c0, cmid + 1);
   for (int c = 1; c < c0; ++c) out[c] = c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r);
   {
     const T* __restrict tr = t + r;
     T* __restrict oc = out;
-    if (m == 1) {
-      const T* __restrict tt = t + (r - o);  // tz[u] = t[u - 2r]: S_4[c + r] reads t[c - r ..]
+    if (M == 1) {
+      const T* __restrict tt = t + (r - o);  // S_4[c + r] reads tz[c + r ..] = t[c - r ..]
 #pragma omp simd
       for (int c = c0; c < c1; ++c) oc[c] = quad_sum(tt, 1, c) + tr[c];
     } else {
       const T* __restrict s = S + r;
 #pragma omp simd
-      for (int c = c0; c <= std::min(cmid, c1 - 1); ++c) oc[c] = quad_sum(s, m, c) + tr[c];
+      for (int c = c0; c <= std::min(cmid, c1 - 1); ++c) oc[c] = quad_sum(s, M, c) + tr[c];
 #pragma omp simd
-      for (int c = std::max(cmid + 1, c0); c < c1; ++c) oc[c] = quad_sum(s, m, c);
+      for (int c = std::max(cmid + 1, c0); c < c1; ++c) oc[c] = quad_sum(s, M, c);
     }
   }
   for (int c = c1; c < w - 1; ++c) out[c] = c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r);
-  out[w - 1] = fold(w - 1 + r, r + 1);  // q = w - 1 .. w - 1 + r
 }
 
 }  // namespace MLRB_CPU_ISA

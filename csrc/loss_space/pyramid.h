@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "loss_space/loss_math.h"
 
@@ -110,17 +111,29 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
     int lo, hi;
     ax.interior(lo, hi);
     for (int j = 0; j < lo; ++j) clamped(j);
-    const int st = ax.stride, f0 = ax.first0;
-    for (int j = lo; j < hi; ++j) {  // same sums as clamped(j), no index clamping
-      const T* a = tmp_p + (st * j + f0);
-      const T* b = tmp_g + (st * j + f0);
-      op[j] = wx[0] * a[0] + wx[1] * a[1] + wx[2] * a[2] + wx[3] * a[3];
-      og[j] = wx[0] * b[0] + wx[1] * b[1] + wx[2] * b[2] + wx[3] * b[3];
-    }
+    // Same sums as clamped(j), no index clamping. A compile-time stride (levels 1 and 2)
+    // lets the compiler load the taps as whole vectors and shuffle them.
+    auto inner = [&](auto stride) {
+      const int st = decltype(stride)::value ? decltype(stride)::value : ax.stride;
+      const T* __restrict a = tmp_p + ax.first0;
+      const T* __restrict b = tmp_g + ax.first0;
+#pragma omp simd
+      for (int j = lo; j < hi; ++j) {
+        const int c = st * j;
+        op[j] = wx[0] * a[c] + wx[1] * a[c + 1] + wx[2] * a[c + 2] + wx[3] * a[c + 3];
+        og[j] = wx[0] * b[c] + wx[1] * b[c + 1] + wx[2] * b[c + 2] + wx[3] * b[c + 3];
+      }
+    };
+    if (ax.stride == 2)
+      inner(std::integral_constant<int, 2>{});
+    else if (ax.stride == 4)
+      inner(std::integral_constant<int, 4>{});
+    else
+      inner(std::integral_constant<int, 0>{});
     if constexpr (HasMask) {
       uint8_t* om = out_m + (int64_t)i * ax.n_out;
       for (int j = lo; j < hi; ++j) {
-        const uint8_t* c = tmp_m + (st * j + f0);
+        const uint8_t* c = tmp_m + (ax.stride * j + ax.first0);
         om[j] = c[0] & c[1] & c[2] & c[3];
       }
     }

@@ -301,8 +301,8 @@ STAGES: tuple[Stage, ...] = (
           mult=any_of(BOX), source="box.h:box_row_sum_transpose (quad_pass)"),
     Stage("box^T row: last quad pass + centre term into out", "bwd", "boxT_inner", O(add=4, load=5, store=1),
           mult=any_of(BOX), source="box.h:box_row_sum_transpose (out[c])"),
-    Stage("box^T row: border folds", "bwd", "boxT_fold", O(add=5, load=5), mult=any_of(BOX),
-          source="box.h:box_row_sum_transpose (fold)"),
+    Stage("box^T row: border entries (weighted sums)", "bwd", "boxT_fold", O(add=1, mul=1, load=1),
+          mult=any_of(BOX), source="box.h:box_row_sum_transpose (border)"),
     # B_n^T vertical: running window Z over the ring rows, out -= Z (* mask)
     Stage("box^T emit: Z += in - out", "bwd", "emit_both", O(add=3, load=4, store=2),
           O(add=5, load=5, store=2), mult=any_of(BOX), source="cpu/backward_band.h:box_emit"),
@@ -397,24 +397,40 @@ def _radii(types: frozenset) -> list[int]:
     return sorted(BOX_RADIUS[t] for t in types & BOX)
 
 
-def _quad_elements_T(w: int, r: int) -> int:
-    """Elements of the stored quad passes of box_row_sum_transpose (all but the last, which
-    makes S_2r): none for 2r = 4; else the first over the w + 3 entries of the zero-padded row
-    that touch t, then m = 4, 16, .. while 16m <= 2r over len -= 3m entries (len = w + 4r - 3
-    after the first)."""
-    if 2 * r <= 4:
-        return 0
-    total, length, m = w + 3, w + 4 * r - 3, 4
-    while 16 * m <= 2 * r:
-        length -= 3 * m
-        total += max(length, 0)
+def _quad_levels_T(w: int, r: int) -> tuple[int, int, list[int]]:
+    """box_row_sum_transpose's stored levels S_4 .. S_M (2r = 4M): the first entry lo they
+    start at, the end hi of S_4 and the ends of the later ones (none for 2r = 4 or w <= 2)."""
+    M = 1
+    while 4 * M < 2 * r:
+        M *= 4
+    if M == 1 or w <= 2:
+        return 0, 0, []
+    lo, hi, m = r + 1, w - 1 + r, M
+    while m >= 4:
+        hi += 3 * m
+        m //= 4
+    ends, h, m = [], hi, 4
+    while m < M:
+        h -= 3 * m
+        ends.append(h)
         m *= 4
-    return total
+    return lo, hi, ends
+
+
+def _quad_elements_T(w: int, r: int) -> int:
+    """Entries the quad passes of box_row_sum_transpose compute but the last (which makes
+    S_2r): the first over the w + 3 entries of the zero-padded row that touch t, the later
+    ones over [lo, end)."""
+    lo, hi, ends = _quad_levels_T(w, r)
+    if not hi:
+        return 0
+    return w + 3 + sum(e - lo for e in ends)
 
 
 def _quad_pad_T(w: int, r: int) -> int:
-    """Zero entries the first quad pass of box_row_sum_transpose fills (none for 2r = 4)."""
-    return 0 if 2 * r <= 4 else 4 * r - 6
+    """Zero entries the first quad pass of box_row_sum_transpose fills: [lo, 2r - 3), [2r + w, hi)."""
+    lo, hi, _ = _quad_levels_T(w, r)
+    return 0 if not hi else (2 * r - 3 - lo) + (hi - 2 * r - w)
 
 
 def _doubling_elements(n: int, two_r: int) -> int:
@@ -504,7 +520,7 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "boxT_doubling": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_quad_elements_T(w, r) for r in _radii(s)))),
     "boxT_fold": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(2 * r + 2 for r in _radii(s)))),
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(2 * (min(r, w - 1) + 1) for r in _radii(s)))),
     "emit_both": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[0] for r in _radii(s)) * w)),
     "emit_one": ("scale", lambda g, k, s: _per_band(
