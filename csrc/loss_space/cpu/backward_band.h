@@ -211,7 +211,7 @@ MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* 
 template <typename T, bool HasMask>
 MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMeans<T, HasMask>& box,
                                          std::vector<BoxTranspose<T>>& bt, const ScalePrep<T>& prep, uint32_t types,
-                                         int w, int i, int i0, T* local, T* count, Fields<T>& fl) {
+                                         int w, int i, int i0, Fields<T>& fl) {
   const T* E0 = win.E[0];
   const T* M0 = win.M[0];
   const T mu = prep.mu, m_shift = prep.m_shift;
@@ -228,27 +228,38 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
     for (int j = 0; j < w; ++j) t0[j] += wm * dloss_M(E0[j], mu, m_shift) * (HasMask ? M0[j] : T(1));
   }
   if (box.nb && i > i0) box.advance(i);
-  for (size_t k = 0; k < bt.size(); ++k) {
-    BoxTranspose<T>& x = bt[k];
-    const T wb = wt[kM5 + x.b];
+  // Box losses: wb sgn(e - mu - local_n) into t0, and its share per window into tb_n (B_n^T).
+  struct Size {
+    const T* v;  // box sums of x (and of m, w entries on, with a mask)
+    T wb, iv, inv_n2;
+    T* tb;
+  };
+  Size sz[3];
+  for (size_t k = 0; k < bt.size(); ++k)
+    sz[k] = {box.sums(int(k)), wt[kM5 + bt[k].b], box.inv(int(k)),
+             T(1) / T((2 * bt[k].r + 1) * (2 * bt[k].r + 1)), bt[k].tb};
+  auto term = [&](const Size& z, int j) {
     if constexpr (HasMask) {
-      box.means(int(k), local, count);
-#pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        const T s = wb * dloss_Mn(E0[j], mu, local[j]) * M0[j];
-        t0[j] += s;
-        x.tb[j] = s / count[j];
-      }
+      const T cj = std::max(z.v[w + j], T(1));  // box(m) clamped, as BoxMeans::means
+      const T s = z.wb * dloss_Mn(E0[j], mu, z.v[j] / cj) * M0[j];
+      z.tb[j] = s / cj;
+      return s;
     } else {
-      const T inv_n2 = T(1) / T((2 * x.r + 1) * (2 * x.r + 1));
-      const T* v = box.sums(int(k));
-      const T iv = box.inv(int(k));
+      const T s = z.wb * dloss_Mn(E0[j], mu, z.v[j] * z.iv);
+      z.tb[j] = s * z.inv_n2;
+      return s;
+    }
+  };
+  if (bt.size() == 3) {  // all sizes in one loop: e and t0 read once, the same sums in the same order
 #pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        const T s = wb * dloss_Mn(E0[j], mu, v[j] * iv);
-        t0[j] += s;
-        x.tb[j] = s * inv_n2;
-      }
+    for (int j = 0; j < w; ++j) {
+      const T s0 = term(sz[0], j), s1 = term(sz[1], j), s2 = term(sz[2], j);
+      t0[j] = ((t0[j] + s0) + s1) + s2;
+    }
+  } else {
+    for (size_t k = 0; k < bt.size(); ++k) {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) t0[j] += term(sz[k], j);
     }
   }
   for_group<kR, kC, kRR, kRC, kCC>(types, [&](auto set) { grad_fields<decltype(set)::value>(win, wt, fl, w); });
@@ -340,7 +351,7 @@ MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last,
       T b = FXY ? dxT(inner, txy, j) : T(0);
       if constexpr (FY) b += ty[j];
       if constexpr (FYY) {
-        const T z = last ? T(0) : tyy[j];
+        const T z = tyy[j];  // on the last row only tyyz reads it, and no row reads that
         b += z - prevTyy[j];
         tyyz[j] = z;
       }
@@ -385,21 +396,20 @@ template <typename T, bool HasMask>
 void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
                          const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws) {
   const int i0 = out_rows.i0, i1 = out_rows.i1;
-  // Scratch: row window, box means, fields, local and count, per box Z and tb, the rings
+  // Scratch: row window, box means, fields, per box Z and tb, the rings
   // of the box transposes, the scratch of box_row_sum_transpose.
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
   int64_t ring_rows = 0;
   for (int b = 0; b < 3; ++b)
     if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
-  const int nfields = Fields<T>::kRows + 2;
+  const int nfields = Fields<T>::kRows;
   T* buf = ws.tbuf(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
                    box_transpose_scratch_size(w, kBoxRadius[2]));
   double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
   T* f = buf + wsz + bsz;
   Fields<T> fl(f, w, types);
-  T *local = f + Fields<T>::kRows * w, *count = local + w;
   T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)
   T* ring_base = zrun_base + 3 * 2 * w;
   T* tscratch = ring_base + ring_rows * w;
@@ -425,7 +435,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     fl.clear(w, i < i1);
     if (i < i1) {
       win.seek(i, deep);
-      accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, local, count, fl);
+      accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, fl);
       transpose_boxes<T, HasMask>(bt, i, i0, out_rows, m, h, w, tscratch);
     }
     apply_stencils(fl, out_rows.row(i), i == h - 1, w);
