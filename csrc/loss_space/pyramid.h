@@ -163,12 +163,37 @@ void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T
       for (int b = 0; b < 4; ++b) tmp[ax.tap(j, b)] += wx[b] * v;
     };
     for (int j = 0; j < lo; ++j) clamped(j);
-    // One pass per tap: within a pass no two outputs hit the same entry, so the updates
-    // do not wait on each other (a per-output loop would chain through memory at stride 2).
+    // Outputs j in [lo, hi) in one pass per tap, in tap order: within a pass no two outputs
+    // hit the same entry, so the updates do not wait on each other. Entries [c0, c1) are
+    // instead gathered in one vectorized pass (levels 1 and 2: strides 2 and 4), with the
+    // same sums in the same order; the tap passes then skip them.
+    int c0 = 0, c1 = 0;
+    if (ax.stride == 2 && ax.first0 == -1 && hi - lo >= 3) {
+      // entry 2m: taps 1 (output m), 3 (m - 1); entry 2m + 1: taps 0 (m + 1), 2 (m)
+      const T* __restrict gg = gi;
+      T* __restrict tt = tmp;
+#pragma omp simd
+      for (int m = lo + 1; m < hi - 1; ++m) {
+        tt[2 * m] = (T(0) + wx[1] * gg[m]) + wx[3] * gg[m - 1];
+        tt[2 * m + 1] = (T(0) + wx[0] * gg[m + 1]) + wx[2] * gg[m];
+      }
+      c0 = 2 * lo + 2, c1 = 2 * hi - 2;
+    } else if (ax.stride == 4 && ax.first0 == 0 && hi > lo && hi == ax.n_out) {
+      const T* __restrict gg = gi;
+      T* __restrict tt = tmp;
+#pragma omp simd
+      for (int m = lo; m < hi; ++m)
+        for (int b = 0; b < 4; ++b) tt[4 * m + b] = T(0) + wx[b] * gg[m];
+      c0 = 4 * lo, c1 = 4 * hi;
+    }
     for (int b = 0; b < 4; ++b) {
       const T wb = wx[b];
       const int st = ax.stride, f0 = ax.first0 + b;
-      for (int j = lo; j < hi; ++j) tmp[st * j + f0] += wb * gi[j];
+      for (int j = lo; j < hi; ++j) {
+        const int c = st * j + f0;
+        if (c < c0 || c >= c1) tmp[c] += wb * gi[j];
+        else j = std::max(j, (c1 - f0 + st - 1) / st - 1);  // skip to the first output past c1
+      }
     }
     for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
     for (int a = 0; a < 4; ++a) {
