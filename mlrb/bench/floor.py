@@ -328,8 +328,10 @@ STAGES: tuple[Stage, ...] = (
     # ---- transpose of the pyramid (per level row: a scatter into a W row, 4 row updates)
     Stage("pyramid^T: clear the row buffer", "bwd", "transpose_hits_x_W", O(store=1),
           source="pyramid.h:add_level_transpose (std::fill tmp)"),
-    Stage("pyramid^T: row taps (strided scatter)", "bwd", "transpose_hits", O(add=4, mul=4, load=8, store=4),
-          source="pyramid.h:add_level_transpose (per tap)"),
+    # levels 1, 2 gather each entry's taps (level 1: two entries per output, two taps each);
+    # the per-tap scatter of the deeper levels is counted the same (they are 1/16 of the work)
+    Stage("pyramid^T: row taps (gathered)", "bwd", "transpose_hits", O(add=4, mul=4, load=4, store=2),
+          source="pyramid.h:add_level_transpose (gather, tap passes)"),
     Stage("pyramid^T: column taps into 4 gradient rows", "bwd", "level_rows_x_W",
           O(add=4, mul=4, load=8, store=4), source="pyramid.h:add_level_transpose (row += wa tmp)"),
     Stage("zero the gradient at invalid pixels (mask)", "bwd", "full", None, O(add=2, load=2, store=1),
