@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/peaks.h"
+#include "checks/count_nonfinite.h"
 #include "loss_space/loss_math.h"
 #include "loss_space/loss_space.h"
 
@@ -128,6 +129,29 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
   return grad;
 }
 
+// (NaN/Inf in pred, NaN/Inf in gt) at the valid pixels: the input check of the Python API.
+template <typename T>
+py::tuple count_nonfinite(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, int num_threads) {
+  const py::buffer_info p = pred.request(), g = gt.request();
+  if (g.shape != p.shape)
+    throw std::invalid_argument("pred and gt shapes differ: " + shape_str(p.shape) + " vs " + shape_str(g.shape));
+  if (mask && mask->request().shape != p.shape)
+    throw std::invalid_argument("mask shape differs from pred: " + shape_str(mask->request().shape) + " vs " +
+                                shape_str(p.shape));
+  if (num_threads < 1 || num_threads > kMaxThreads)
+    throw std::invalid_argument("num_threads must be in 1.." + std::to_string(kMaxThreads) + ", got " +
+                                std::to_string(num_threads));
+  const T* pp = pred.data();
+  const T* gp = gt.data();
+  const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
+  int64_t counts[2] = {0, 0};
+  {
+    py::gil_scoped_release release;
+    mlrb::count_nonfinite<T>(pp, gp, m, int64_t(p.size), num_threads, counts);
+  }
+  return py::make_tuple(counts[0], counts[1]);
+}
+
 // Peaks of this machine for the floor model (csrc/bench/peaks.h), measured on the calling
 // thread with the GIL released.
 constexpr double kPeakSecondsDefault = 0.6, kPeakSecondsMin = 0.05, kPeakSecondsMax = 60.0;
@@ -173,6 +197,13 @@ PYBIND11_MODULE(_C, mod) {
           "div (the divider), load, store (L1-resident), dram (streaming read far beyond L3). Best of\n"
           "six interleaved runs per peak on the thread's CPU time, about `seconds` in all (0.05..60).",
           py::arg("dtype") = "float32", py::arg("seconds") = kPeakSecondsDefault);
+  const char* cdoc =
+      "count_nonfinite(pred, gt, mask, num_threads) -> (NaN/Inf entries of pred, of gt) where mask is True\n"
+      "(everywhere if None); pred, gt: C-contiguous arrays of one shape and dtype (float32/float64).";
+  mod.def("count_nonfinite", &count_nonfinite<double>, cdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
+          py::arg("mask").none(true), py::arg("num_threads"));
+  mod.def("count_nonfinite", &count_nonfinite<float>, cdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
+          py::arg("mask").none(true), py::arg("num_threads"));
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
           py::arg("si_scale"), py::arg("num_threads"));

@@ -112,12 +112,25 @@ def _check_inputs(pred, gt, mask):
     return pred4, _as_b1hw(gt, "gt"), None if mask is None else _as_b1hw(mask, "mask")
 
 
-def _check_finite(pred, gt, mask) -> None:
-    # One device sync for both tensors; values at invalid pixels are allowed to be anything.
+def _nonfinite_counts(pred, gt, mask) -> list[int]:
+    """NaN/Inf entries of pred and of gt at valid pixels (values at invalid pixels may be anything)."""
+    if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64) and gt.dtype == pred.dtype:
+        from mlrb.ops import cpu  # the extension, if built: one read of each map, no temporaries
+
+        maps = [x.detach().reshape(-1) for x in (pred, gt)] + ([] if mask is None else [mask.reshape(-1)])
+        if cpu._C is not None and all(x.is_contiguous() for x in maps):
+            n = cpu._C.count_nonfinite(maps[0].numpy(), maps[1].numpy(), None if mask is None else maps[2].numpy(),
+                                       cpu._threads())
+            return list(n)
+    # One device sync for both tensors.
     bad = [~torch.isfinite(x.detach()) for x in (pred, gt)]
     if mask is not None:
         bad = [b & mask for b in bad]
-    counts = torch.stack([b.sum() for b in bad]).tolist()
+    return torch.stack([b.sum() for b in bad]).tolist()
+
+
+def _check_finite(pred, gt, mask) -> None:
+    counts = _nonfinite_counts(pred, gt, mask)
     for what, n in zip(("pred", "gt"), counts):
         if n:
             where = "valid " if mask is not None else ""

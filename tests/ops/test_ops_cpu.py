@@ -149,6 +149,12 @@ _C_CASES = {
     "float mask": "_C.loss_space_forward(p, g, m.astype(np.float32), [0], 1.0, False, 1.0, 1)",
     "huge map": "_C.loss_space_forward(big, big, None, [0], 1.0, False, 1.0, 1)",
     "fine": "_C.loss_space_forward(p, g, m, list(range(80)), 1.0, False, 1.0, 1)",
+    "count_nonfinite, shapes differ": "_C.count_nonfinite(p, g[:, :4].copy(), None, 1)",
+    "count_nonfinite, mask shape": "_C.count_nonfinite(p, g, m[:, :4].copy(), 1)",
+    "count_nonfinite, 0 threads": "_C.count_nonfinite(p, g, None, 0)",
+    "count_nonfinite, non-contiguous": "_C.count_nonfinite(p[:, :, ::2], g[:, :, ::2], None, 1)",
+    "count_nonfinite, mixed dtypes": "_C.count_nonfinite(p, g.astype(np.float64), None, 1)",
+    "count_nonfinite, empty": "_C.count_nonfinite(z, z, None, 1)",
 }
 _C_EXPECTED = {
     "empty batch, forward": ("ValueError", "empty"),
@@ -173,6 +179,12 @@ _C_EXPECTED = {
     "float mask": ("TypeError", "incompatible function arguments"),
     "huge map": ("ValueError", "too large"),
     "fine": ("ok", ""),
+    "count_nonfinite, shapes differ": ("ValueError", "shapes differ"),
+    "count_nonfinite, mask shape": ("ValueError", "mask shape"),
+    "count_nonfinite, 0 threads": ("ValueError", "num_threads"),
+    "count_nonfinite, non-contiguous": ("TypeError", "incompatible function arguments"),
+    "count_nonfinite, mixed dtypes": ("TypeError", "incompatible function arguments"),
+    "count_nonfinite, empty": ("ok", ""),
 }
 
 
@@ -204,6 +216,34 @@ def test_extension_and_cpu_ops_raise_instead_of_crashing(tmp_path):
         assert got[name].startswith(kind), f"{name}: {got[name]}"
         if match:
             assert re.search(match, got[name]), f"{name}: {got[name]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_count_nonfinite_matches_torch_at_valid_pixels(dtype):
+    """The C++ input check of fused_loss_space (check_finite=True on CPU tensors) counts
+    exactly what isfinite does, over several blocks, with and without a mask, any threads."""
+    from mlrb import _C
+    from mlrb.loss_space import _nonfinite_counts
+
+    gen = torch.Generator().manual_seed(3)
+    n = 3 * 65536 + 17  # several blocks and a partial one
+    p, g = torch.rand(n, generator=gen, dtype=dtype), torch.rand(n, generator=gen, dtype=dtype)
+    for x, k in ((p, 40), (g, 25)):
+        at = torch.randperm(n, generator=gen)[:k]
+        x[at] = torch.tensor([float("nan"), float("inf"), -float("inf"), torch.finfo(dtype).max], dtype=dtype).repeat(k)[:k]
+    m = torch.rand(n, generator=gen) > 0.4
+    for mask in (None, m):
+        want = [int((~torch.isfinite(x) & (True if mask is None else mask)).sum()) for x in (p, g)]
+        assert 0 < want[0] and 0 < want[1]
+        for threads in (1, 2):
+            got = _C.count_nonfinite(p.numpy(), g.numpy(), None if mask is None else mask.numpy(), threads)
+            assert list(got) == want
+        # through the API's check: the C++ path for contiguous maps, torch's for strided ones
+        assert _nonfinite_counts(p.view(1, 1, -1, 1), g.view(1, 1, -1, 1), None if mask is None else mask.view(1, 1, -1, 1)) == want
+        strided = torch.stack([p, p], dim=1)[:, 0].reshape(1, 1, 1, -1)
+        assert not strided.is_contiguous()
+        m4 = None if mask is None else mask.view(1, 1, 1, -1)
+        assert _nonfinite_counts(strided, g.view(1, 1, 1, -1), m4) == want
 
 
 def test_cpu_op_never_asks_for_more_threads_than_the_extension_allows(monkeypatch):
