@@ -68,6 +68,18 @@ def test_row_bands_match_reference_float64(shape, mask):
     assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
 
 
+# box_row_sum_transpose: border entries as weighted sums, quad passes over the entries the
+# inner columns read, r = 2 read straight from the row; widths around each 2r and below 3.
+BOX_LOSSES = [n for n in ALL_NAMES if n.split("@")[0] in ("M5", "M17", "M65")]
+
+
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 5, 6, 17, 33, 66, 67])
+@pytest.mark.parametrize("mask", [None, "holes"])
+def test_box_transposes_at_narrow_widths_match_reference_float64(W, mask):
+    pred, gt, m = make_inputs(2, 11, W, dtype=torch.float64, mask=mask)
+    assert_close_to_reference("cpu", pred, gt, m, BOX_LOSSES, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("mask", [None, "sparse"])
 def test_batch_one_bitwise_identical_across_threads(mask):
     """B = 1 runs its row bands on all threads; the bits must not depend on how many."""
