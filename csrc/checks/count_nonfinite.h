@@ -19,13 +19,24 @@ void count_nonfinite(const T* p, const T* g, const uint8_t* m, int64_t n, int nu
   int64_t cp = 0, cg = 0;
 #pragma omp parallel for num_threads(num_threads) reduction(+ : cp, cg) schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t e0 = b * kBlock, e1 = e0 + kBlock < n ? e0 + kBlock : n;
+    const int64_t e0 = b * kBlock;
+    const int len = int(e0 + kBlock < n ? kBlock : n - e0);
+    const T* pb = p + e0;
+    const T* gb = g + e0;
     int bp = 0, bg = 0;  // < 2^16 per block
 #pragma omp simd reduction(+ : bp, bg)
-    for (int64_t e = e0; e < e1; ++e) {
-      const int v = m ? int(m[e] != 0) : 1;
-      bp += int(!(std::abs(p[e]) <= kMax)) & v;
-      bg += int(!(std::abs(g[e]) <= kMax)) & v;
+    for (int e = 0; e < len; ++e) {
+      bp += int(!(std::abs(pb[e]) <= kMax));
+      bg += int(!(std::abs(gb[e]) <= kMax));
+    }
+    if (m && (bp | bg)) {  // NaN/Inf are rare: the mask is read only where a block has some
+      const uint8_t* mb = m + e0;
+      bp = bg = 0;
+      for (int e = 0; e < len; ++e) {
+        if (!mb[e]) continue;
+        bp += int(!(std::abs(pb[e]) <= kMax));
+        bg += int(!(std::abs(gb[e]) <= kMax));
+      }
     }
     cp += bp;
     cg += bg;
