@@ -117,10 +117,10 @@ def _nonfinite_counts(pred, gt, mask) -> list[int]:
     if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64) and gt.dtype == pred.dtype:
         from mlrb.ops import cpu  # the extension, if built: one read of each map, no temporaries
 
+        count = getattr(cpu._C, "count_nonfinite", None)  # None: not built (or an older build)
         maps = [x.detach().reshape(-1) for x in (pred, gt)] + ([] if mask is None else [mask.reshape(-1)])
-        if cpu._C is not None and all(x.is_contiguous() for x in maps):
-            n = cpu._C.count_nonfinite(maps[0].numpy(), maps[1].numpy(), None if mask is None else maps[2].numpy(),
-                                       cpu._threads())
+        if count is not None and all(x.is_contiguous() for x in maps):
+            n = count(maps[0].numpy(), maps[1].numpy(), None if mask is None else maps[2].numpy(), cpu._threads())
             return list(n)
     # One device sync for both tensors.
     bad = [~torch.isfinite(x.detach()) for x in (pred, gt)]
