@@ -122,7 +122,11 @@ def _nonfinite_counts(pred, gt, mask) -> list[int]:
         if count is not None and all(x.is_contiguous() for x in maps):
             n = count(maps[0].numpy(), maps[1].numpy(), None if mask is None else maps[2].numpy(), cpu._threads())
             return list(n)
-    # One device sync for both tensors.
+    return _nonfinite_counts_torch(pred, gt, mask)
+
+
+def _nonfinite_counts_torch(pred, gt, mask) -> list[int]:
+    """The same in torch, for any device and dtype: one device sync for both tensors."""
     bad = [~torch.isfinite(x.detach()) for x in (pred, gt)]
     if mask is not None:
         bad = [b & mask for b in bad]
