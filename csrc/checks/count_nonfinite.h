@@ -15,6 +15,7 @@ template <typename T>
 void count_nonfinite(const T* p, const T* g, const uint8_t* m, int64_t n, int num_threads, int64_t counts[2]) {
   constexpr T kMax = std::numeric_limits<T>::max();
   constexpr int64_t kBlock = int64_t(1) << 16;
+  auto bad = [](T x) { return int(!(std::abs(x) <= kMax)); };
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   int64_t cp = 0, cg = 0;
 #pragma omp parallel for num_threads(num_threads) reduction(+ : cp, cg) schedule(static)
@@ -26,16 +27,16 @@ void count_nonfinite(const T* p, const T* g, const uint8_t* m, int64_t n, int nu
     int bp = 0, bg = 0;  // < 2^16 per block
 #pragma omp simd reduction(+ : bp, bg)
     for (int e = 0; e < len; ++e) {
-      bp += int(!(std::abs(pb[e]) <= kMax));
-      bg += int(!(std::abs(gb[e]) <= kMax));
+      bp += bad(pb[e]);
+      bg += bad(gb[e]);
     }
     if (m && (bp | bg)) {  // NaN/Inf are rare: the mask is read only where a block has some
       const uint8_t* mb = m + e0;
       bp = bg = 0;
       for (int e = 0; e < len; ++e) {
         if (!mb[e]) continue;
-        bp += int(!(std::abs(pb[e]) <= kMax));
-        bg += int(!(std::abs(gb[e]) <= kMax));
+        bp += bad(pb[e]);
+        bg += bad(gb[e]);
       }
     }
     cp += bp;

@@ -141,7 +141,8 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
   // Columns [c0, c1) go through the vector loops (for r = 2: those reading only t inside).
   int c0 = 1, c1 = w - 1;
   if (M == 1) c0 = 2, c1 = std::max(c0, cmid + 1);
-  for (int c = 1; c < c0; ++c) out[c] = c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r);
+  auto column = [&](int c) { return c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r); };  // outside [c0, c1)
+  for (int c = 1; c < c0; ++c) out[c] = column(c);
   {
     const T* __restrict tr = t + r;
     T* __restrict oc = out;
@@ -157,7 +158,7 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
       for (int c = std::max(cmid + 1, c0); c < c1; ++c) oc[c] = quad_sum(s, M, c);
     }
   }
-  for (int c = c1; c < w - 1; ++c) out[c] = c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r);
+  for (int c = c1; c < w - 1; ++c) out[c] = column(c);
 }
 
 }  // namespace MLRB_CPU_ISA
