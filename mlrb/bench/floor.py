@@ -187,14 +187,6 @@ NORMAL_GROUP_ARGS = Stage("normal arguments (pred, gt), N, Nr, Nc in one loop", 
                           "backward_band.h:normal_fields)")
 
 
-def _count_valid(t: str) -> Stage:
-    pts = NORMAL_STENCIL.get(t, GRAD_STENCIL.get(t, (1, 0)))[0]
-    # c += valid_of<t>(M0, M1, M2, j): pts reads of the 0/1 rows, pts - 1 products
-    return Stage(f"{t}: count of the valid set (mask)", "bwd", "scale", None,
-                 O(add=1, mul=pts - 1, load=pts), each_of({t}),
-                 "cpu/backward_band.h:scale_backward_prep")
-
-
 STAGES: tuple[Stage, ...] = (
     # ---- backward: the gradient starts at 0
     Stage("zero the gradient", "bwd", "full", O(store=1),
@@ -216,9 +208,12 @@ STAGES: tuple[Stage, ...] = (
           mult=any_of(MEAN), source="cpu/scale_mean.h:mean_error", inputs=True),
     Stage("M: sign shift sum(sgn(e - mu))", "bwd", "scale", O(add=2 + SGN + 1, load=2),
           O(add=2 + SGN + 3, load=3), mult=any_of({"M"}), source="cpu/backward_band.h:scale_backward_prep"),
-    Stage("mask rows of the counting pass", "bwd", "window_rows_prep", None, O(add=2, load=1, store=1),
-          source="cpu/row_window.h:RowWindow::load (only_mask)"),
-    *(_count_valid(t) for t in LOSS_TYPES),
+    Stage("mask rows of the counting pass (0/1 bytes)", "bwd", "window_rows_prep", None, O(add=1, load=1, store=1),
+          source="cpu/backward_band.h:valid_counts (load)"),
+    # every footprint in one loop over the byte rows: 6 points read, 9 counts (D's set serves
+    # M and the box losses), one product per further point of each footprint
+    Stage("valid counts of the types, one loop (mask)", "bwd", "scale", None, O(add=9, mul=19, load=6),
+          source="cpu/backward_band.h:valid_counts"),
     # ---- per row of a band: the row window and the fields
     Stage("row window: rows of p, g, e (padded)", "fwd+bwd", "window_rows",
           O(add=1, load=2, store=3), O(add=5, load=3, store=4),

@@ -36,6 +36,46 @@ constexpr uint32_t kFieldXX = bit(kRR) | bit(kNr);
 constexpr uint32_t kFieldXY = bit(kRC) | bit(kNr) | bit(kNc);
 constexpr uint32_t kFieldYY = bit(kCC) | bit(kNc);
 
+// Counts of the valid sets of the types with a mask (valid_of, with D, M and the box
+// losses reading the pixel itself): one pass over the mask rows as 0/1 bytes (rows i, i+1,
+// i+2, padded like RowWindow's), every footprint in one loop. rows: 3 (w + 2) bytes.
+inline void valid_counts(const uint8_t* m, int h, int w, double* cnt, uint8_t* rows) {
+  uint8_t* R[3] = {rows, rows + (w + 2), rows + 2 * (w + 2)};
+  auto load = [&](uint8_t* __restrict dst, int row) {
+    const uint8_t* __restrict mi = m + int64_t(row) * w;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) dst[j] = mi[j] != 0;
+    dst[w] = dst[w + 1] = dst[w - 1];
+  };
+  for (int r = 0; r < 3; ++r) load(R[r], std::min(r, h - 1));
+  int64_t c[9] = {};
+  for (int i = 0; i < h; ++i) {
+    if (i > 0) {
+      std::rotate(R, R + 1, R + 3);
+      load(R[2], std::min(i + 2, h - 1));
+    }
+    const uint8_t *M0 = R[0], *M1 = R[1], *M2 = R[2];
+    int32_t cD = 0, cR = 0, cC = 0, cRR = 0, cRC = 0, cCC = 0, cN = 0, cNr = 0, cNc = 0;
+#pragma omp simd reduction(+ : cD, cR, cC, cRR, cRC, cCC, cN, cNr, cNc)
+    for (int j = 0; j < w; ++j) {
+      cD += valid_of<kD>(M0, M1, M2, j);
+      cR += valid_of<kR>(M0, M1, M2, j);
+      cC += valid_of<kC>(M0, M1, M2, j);
+      cRR += valid_of<kRR>(M0, M1, M2, j);
+      cRC += valid_of<kRC>(M0, M1, M2, j);
+      cCC += valid_of<kCC>(M0, M1, M2, j);
+      cN += valid_of<kN>(M0, M1, M2, j);
+      cNr += valid_of<kNr>(M0, M1, M2, j);
+      cNc += valid_of<kNc>(M0, M1, M2, j);
+    }
+    const int32_t row[9] = {cD, cR, cC, cRR, cRC, cCC, cN, cNr, cNc};
+    for (int k = 0; k < 9; ++k) c[k] += row[k];
+  }
+  const int of[9] = {kD, kR, kC, kRR, kRC, kCC, kN, kNr, kNc};
+  for (int k = 0; k < 9; ++k) cnt[of[k]] = double(c[k]);
+  for (int t : {kM, kM5, kM17, kM65}) cnt[t] = cnt[kD];
+}
+
 template <typename T>
 struct ScalePrep {
   T mu = 0;              // global mean of e
@@ -54,22 +94,7 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
   double cnt[kNumTypes];
   for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
   const T mu = scale_mean<T, HasMask>(p, g, m, h, w, types);
-  const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
-  if constexpr (HasMask) {
-    RowWindow<T, HasMask> win(p, g, m, h, w, ws.tbuf(wsz));
-    win.only_mask = true;
-    std::fill(cnt, cnt + kNumTypes, 0.0);
-    for (int i = 0; i < h; ++i) {
-      win.seek(i, true);
-      for_types<kD, kM, kM5, kM17, kM65, kR, kC, kRR, kRC, kCC, kN, kNr, kNc>(types, [&](auto tc) {
-        constexpr int t = decltype(tc)::value;
-        T c = 0;
-#pragma omp simd reduction(+ : c)
-        for (int j = 0; j < w; ++j) c += valid_of<t>(win.M[0], win.M[1], win.M[2], j);
-        cnt[t] += c;
-      });
-    }
-  }
+  if constexpr (HasMask) valid_counts(m, h, w, cnt, reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8)));
   T* wt = prep.wt;
   for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
   // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m;

@@ -28,7 +28,6 @@ struct RowWindow {
   T* E[3];
   T* M[3];
   int loaded = -1;  // the row i currently in slot 0
-  bool only_mask = false;  // load the mask rows only (the backward's counting pass)
 
   RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer)
       : p(p_), g(g_), m(m_), h(h_), w(w_) {
@@ -46,13 +45,6 @@ struct RowWindow {
     const T* pi = p + int64_t(row) * w;
     const T* gi = g + int64_t(row) * w;
     T *Ps = P[slot], *Gs = G[slot], *Es = E[slot], *Ms = M[slot];
-    if (HasMask && only_mask) {
-      const uint8_t* mi = m + int64_t(row) * w;
-#pragma omp simd
-      for (int j = 0; j < w; ++j) Ms[j] = mi[j] ? T(1) : T(0);
-      Ms[w] = Ms[w + 1] = Ms[w - 1];
-      return;
-    }
     if constexpr (HasMask) {
       const uint8_t* mi = m + int64_t(row) * w;
 #pragma omp simd
