@@ -256,12 +256,11 @@ STAGES: tuple[Stage, ...] = (
           O(add=2, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
     Stage("box: vertical sums, sliding", "fwd+bwd", "box_vert_slide", O(add=2, load=3, store=1),
           O(add=4, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::advance"),
-    Stage("box: local means box(x) / box(m) (mask)", "fwd+bwd", "scale", None,
-          O(add=1, div=1, load=2, store=2), mult=each_of(BOX), source="cpu/box_means.h:BoxMeans::means"),
-    Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=2), O(add=4, mul=1, load=3),
+    # with a mask local = box(x) / max(box(m), 1), fused into the loops below (BoxMeans::count)
+    Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=2), O(add=5, mul=1, div=1, load=4),
           mult=each_of(BOX), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_Mn"),
     Stage("M_n: sgn into t0 and tb", "bwd", "scale", O(add=2 + SGN + 1, mul=3, load=3, store=2),
-          O(add=2 + SGN + 1, mul=2, div=1, load=5, store=2),
+          O(add=2 + SGN + 2, mul=2, div=2, load=5, store=2),  # local and tb: two divisions by the count
           mult=each_of(BOX), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_Mn"),
     # ---- gradient types
     *(_grad_fwd(t) for t in GRAD),

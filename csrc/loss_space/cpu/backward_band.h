@@ -265,7 +265,7 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
              T(1) / T((2 * bt[k].r + 1) * (2 * bt[k].r + 1)), bt[k].tb};
   auto term = [&](const Size& z, int j) {
     if constexpr (HasMask) {
-      const T cj = std::max(z.v[w + j], T(1));  // box(m) clamped, as BoxMeans::means
+      const T cj = box.count(z.v, j);
       const T s = z.wb * dloss_Mn(E0[j], mu, z.v[j] / cj) * M0[j];
       z.tb[j] = s / cj;
       return s;

@@ -123,28 +123,13 @@ struct BoxMeans {
     }
   }
 
-  // Size k without a mask: local[j] = sums(k)[j] * inv(k) (callers fuse it into their loop).
+  // The box sums of size k: box(x) (and box(m), w entries on, with a mask). The local mean
+  // at column j is box(x) / count(v, j) with a mask, box(x) * inv(k) without (callers fuse
+  // it into their loops).
   const T* sums(int k) const { return V + int64_t(k) * S * w; }
   T inv(int k) const { return T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1))); }
-
-  // Size k: local[j] = mean of e - mu over the valid pixels of the window of (i, j);
-  // count[j] = box(m) clamped to >= 1 (with a mask).
-  void means(int k, T* local, T* count) const {
-    const T* v = V + int64_t(k) * S * w;
-    if constexpr (HasMask) {
-      const T* c = v + w;
-#pragma omp simd
-      for (int j = 0; j < w; ++j) {
-        const T cj = std::max(c[j], T(1));
-        local[j] = v[j] / cj;
-        count[j] = cj;
-      }
-    } else {
-      const T iv = inv(k);
-#pragma omp simd
-      for (int j = 0; j < w; ++j) local[j] = v[j] * iv;
-    }
-  }
+  // box(m) clamped to >= 1: a window without valid pixels has local mean 0.
+  MLRB_FORCE_INLINE T count(const T* v, int j) const { return std::max(v[w + j], T(1)); }
 };
 
 }  // namespace

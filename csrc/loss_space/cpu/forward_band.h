@@ -112,11 +112,9 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
   std::fill(cnt, cnt + kNumTypes, 0.0);
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
-  T* buf = ws.tbuf(wsz + bsz + 2 * int64_t(w));
+  T* buf = ws.tbuf(wsz + bsz);
   double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
   RowWindow<T, HasMask> win(p, g, m, h, w, buf);
-  T* local = buf + wsz + bsz;
-  T* count = local + w;
   BoxMeans<T, HasMask> box(p, g, m, h, w, types, mu, buf + wsz, dbuf, i0);
   const bool deep = types & kRowWindowBits;
 
@@ -148,12 +146,11 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
     if (box.nb && i > i0) box.advance(i);
     for (int k = 0; k < box.nb; ++k) {
       T acc = 0;
+      const T* v = box.sums(k);
       if constexpr (HasMask) {
-        box.means(k, local, count);
 #pragma omp simd reduction(+ : acc)
-        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, local[j]) * M0[j];
+        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, v[j] / box.count(v, j)) * M0[j];
       } else {
-        const T* v = box.sums(k);
         const T iv = box.inv(k);
 #pragma omp simd reduction(+ : acc)
         for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, v[j] * iv);
