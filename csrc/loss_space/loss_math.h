@@ -54,6 +54,13 @@ constexpr double kLogEps = 1e-6;     // pred is clamped to >= kLogEps before the
 // fractional part 0.5, so cubic convolution (A = -0.75) gives these weights.
 constexpr double kCubicHalf[4] = {-3.0 / 32.0, 19.0 / 32.0, 19.0 / 32.0, -3.0 / 32.0};
 
+// x at a valid pixel (mask byte set), else 0. A function, so that x is evaluated (loaded)
+// whatever the mask: a load under the condition keeps compilers from vectorizing the loop.
+template <typename T>
+MLRB_HOST_DEVICE T where_valid(uint8_t valid, T x) {
+  return valid ? x : T(0);
+}
+
 // Subgradient of |x| with sign(0) = 0 (PyTorch's convention), branch-free.
 template <typename T>
 MLRB_HOST_DEVICE T sgn(T x) {

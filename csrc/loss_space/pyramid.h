@@ -86,11 +86,10 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
                     *m3 = m + (int64_t)r[3] * W;
 #pragma omp simd
       for (int c = 0; c < W; ++c) {
-        const T z = T(0);
-        tmp_p[c] = wy[0] * (m0[c] ? p0[c] : z) + wy[1] * (m1[c] ? p1[c] : z) + wy[2] * (m2[c] ? p2[c] : z) +
-                   wy[3] * (m3[c] ? p3[c] : z);
-        tmp_g[c] = wy[0] * (m0[c] ? g0[c] : z) + wy[1] * (m1[c] ? g1[c] : z) + wy[2] * (m2[c] ? g2[c] : z) +
-                   wy[3] * (m3[c] ? g3[c] : z);
+        tmp_p[c] = wy[0] * where_valid(m0[c], p0[c]) + wy[1] * where_valid(m1[c], p1[c]) +
+                   wy[2] * where_valid(m2[c], p2[c]) + wy[3] * where_valid(m3[c], p3[c]);
+        tmp_g[c] = wy[0] * where_valid(m0[c], g0[c]) + wy[1] * where_valid(m1[c], g1[c]) +
+                   wy[2] * where_valid(m2[c], g2[c]) + wy[3] * where_valid(m3[c], g3[c]);
         tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
       }
     } else {

@@ -108,7 +108,7 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
       if constexpr (HasMask) {
         const uint8_t* mi = m + int64_t(i) * w;
 #pragma omp simd reduction(+ : acc)
-        for (int j = 0; j < w; ++j) acc += mi[j] ? sgn((pi[j] - gi[j]) - mu) : T(0);
+        for (int j = 0; j < w; ++j) acc += where_valid(mi[j], sgn((pi[j] - gi[j]) - mu));
       } else {
 #pragma omp simd reduction(+ : acc)
         for (int j = 0; j < w; ++j) acc += sgn((pi[j] - gi[j]) - mu);

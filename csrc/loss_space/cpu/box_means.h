@@ -83,7 +83,7 @@ struct BoxMeans {
         const uint8_t* mi = m + int64_t(s) * w;
 #pragma omp simd
         for (int j = 0; j < w; ++j) {
-          x[j] = mi[j] ? (pi[j] - gi[j]) - mu : T(0);
+          x[j] = where_valid(mi[j], (pi[j] - gi[j]) - mu);
           mr[j] = mi[j] ? T(1) : T(0);
         }
       } else {

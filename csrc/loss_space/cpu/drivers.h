@@ -59,7 +59,7 @@ template <typename T, bool HasMask>
 inline void zero_invalid(T* gb, const uint8_t* mb, int64_t e0, int64_t e1) {
   if constexpr (HasMask) {
 #pragma omp simd
-    for (int64_t e = e0; e < e1; ++e) gb[e] = mb[e] ? gb[e] : T(0);
+    for (int64_t e = e0; e < e1; ++e) gb[e] = where_valid(mb[e], gb[e]);
   }
 }
 

@@ -50,8 +50,8 @@ struct RowWindow {
 #pragma omp simd
       for (int j = 0; j < w; ++j) {
         const bool v = mi[j] != 0;
-        Ps[j] = v ? pi[j] : T(0);
-        Gs[j] = v ? gi[j] : T(0);
+        Ps[j] = where_valid(v, pi[j]);
+        Gs[j] = where_valid(v, gi[j]);
         Es[j] = Ps[j] - Gs[j];
         Ms[j] = v ? T(1) : T(0);
       }

@@ -24,7 +24,7 @@ void mean_error(const T* p, const T* g, const uint8_t* m, int64_t n, double& sum
     if constexpr (HasMask) {
 #pragma omp simd reduction(+ : acc, c)
       for (int64_t j = s; j < e; ++j) {
-        acc += m[j] ? p[j] - g[j] : T(0);
+        acc += where_valid(m[j], p[j] - g[j]);
         c += m[j] ? 1 : 0;
       }
     } else {
