@@ -205,7 +205,7 @@ STAGES: tuple[Stage, ...] = (
           source="cpu/drivers.h:backward_batch (std::fill of gk)"),
     # ---- global mean of e (M and the box losses)
     Stage("global mean of e", "fwd+bwd", "scale", O(add=2, load=2), O(add=6, load=3),
-          mult=any_of(MEAN), source="cpu/scale_mean.h:mean_error", inputs=True),
+          mult=any_of(MEAN), source="cpu/scale_stats.h:scale_stats_pass", inputs=True),
     Stage("M: sign shift sum(sgn(e - mu))", "bwd", "scale", O(add=2 + SGN + 1, load=2),
           O(add=2 + SGN + 3, load=3), mult=any_of({"M"}), source="cpu/backward_band.h:scale_backward_prep"),
     Stage("mask rows of the counting pass (0/1 bytes)", "bwd", "window_rows_prep", None, O(add=1, load=1, store=1),
@@ -268,8 +268,12 @@ STAGES: tuple[Stage, ...] = (
     *(_grad_bwd(t) for t in GRAD),
     GRAD_GROUP_BWD,
     # ---- normal types: the overflow check (once per scale), the arguments, the formulas
+    # in the pass of the global mean when M or a box loss is selected (the loads are shared)
     Stage("normals: far-depth check of the scale", "fwd+bwd", "scale", O(add=7, load=2), O(add=8, load=3),
-          mult=any_of(NORMAL), source="cpu/row_window.h:far_depths"),
+          mult=lambda s: int(bool(s & NORMAL) and not s & MEAN), source="cpu/scale_stats.h:depth_magnitude",
+          inputs=True),
+    Stage("normals: far-depth check in the pass of the mean", "fwd+bwd", "scale", O(add=7), O(add=8),
+          mult=lambda s: int(bool(s & NORMAL) and bool(s & MEAN)), source="cpu/scale_stats.h:depth_magnitude"),
     *(_normal_args(t) for t in ("N", "Nr", "Nc")),
     NORMAL_GROUP_ARGS,
     # normal_loss<Scaled=false>: num 2 mul 2 add; |a|^2 |b|^2: 5 mul 4 add; sqrt; 1 - num / (AB + eps): 2 add, div

@@ -19,7 +19,7 @@
 #include "loss_space/cpu/box_means.h"
 #include "loss_space/cpu/plan.h"
 #include "loss_space/cpu/row_window.h"
-#include "loss_space/cpu/scale_mean.h"
+#include "loss_space/cpu/scale_stats.h"
 #include "loss_space/cpu/selection.h"
 #include "loss_space/cpu/workspace.h"
 #include "loss_space/loss_math.h"
@@ -81,7 +81,7 @@ struct ScalePrep {
   T mu = 0;              // global mean of e
   T wt[kNumTypes] = {};  // G[t] / count of the valid set of t
   T m_shift = 0;         // M: mean of sign(e - mu) over the valid pixels
-  bool far = false;      // the normals take the scaled formula (far_depths)
+  bool far = false;      // the normals take the scaled formula (scale_stats)
 };
 
 // Pre-passes of one scale: the global mean, the counts of the valid sets, the M shift.
@@ -93,7 +93,8 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
   // Counts of the valid sets (without a mask they are h w).
   double cnt[kNumTypes];
   for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
-  const T mu = scale_mean<T, HasMask>(p, g, m, h, w, types);
+  const ScaleStats<T> st = scale_stats<T, HasMask>(p, g, m, h, w, types);
+  const T mu = st.mu;
   if constexpr (HasMask) valid_counts(m, h, w, cnt, reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8)));
   T* wt = prep.wt;
   for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
@@ -118,7 +119,7 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
     prep.m_shift = static_cast<T>(s / cnt[kM]);
   }
   prep.mu = mu;
-  prep.far = (types & kNormalBits) && far_depths<T, HasMask>(p, g, m, n);
+  prep.far = st.far;
   return prep;
 }
 
@@ -194,7 +195,7 @@ MLRB_FORCE_INLINE void grad_fields(const RowWindow<T, HasMask>& win, const T* wt
 }
 
 // The same for the normal types in Set (normal_loss_grad w.r.t. the pred derivatives):
-// N into (tx, ty), Nr into (txx, txy), Nc into (txy, tyy). Scaled: see far_depths.
+// N into (tx, ty), Nr into (txx, txy), Nc into (txy, tyy). Scaled: see scale_stats.
 template <uint32_t Set, bool Scaled, typename T, bool HasMask>
 MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* wt, Fields<T>& fl, int w) {
   const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];

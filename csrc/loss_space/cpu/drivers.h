@@ -25,7 +25,7 @@
 #include "loss_space/cpu/backward_band.h"
 #include "loss_space/cpu/forward_band.h"
 #include "loss_space/cpu/plan.h"
-#include "loss_space/cpu/scale_mean.h"
+#include "loss_space/cpu/scale_stats.h"
 #include "loss_space/cpu/selection.h"
 #include "loss_space/cpu/workspace.h"
 #include "loss_space/loss_space.h"
@@ -101,9 +101,10 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
       if (!sel.types[k]) continue;
-      const int64_t n = int64_t(plan.L[k].h) * plan.L[k].w;
-      mus[q] = scale_mean<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
-      fars[q] = (sel.types[k] & kNormalBits) && far_depths<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), n);
+      const ScaleStats<T> st =
+          scale_stats<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
+      mus[q] = st.mu;
+      fars[q] = st.far;
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {

@@ -61,7 +61,7 @@ MLRB_FORCE_INLINE void grad_sums(const RowWindow<T, HasMask>& win, int w, double
 }
 
 // Row i's sums and counts of the normal types in Set (Eq. 7-8), in one loop (shared loads
-// and differences, as above). Scaled: the overflow-safe formula (far_depths).
+// and differences, as above). Scaled: the overflow-safe formula (scale_stats).
 template <uint32_t Set, bool Scaled, typename T, bool HasMask>
 MLRB_FORCE_INLINE void normal_sums(const RowWindow<T, HasMask>& win, int w, double* sum, double* cnt) {
   const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
@@ -102,7 +102,7 @@ MLRB_FORCE_INLINE void normal_sums(const RowWindow<T, HasMask>& win, int w, doub
 }
 
 // Rows [i0, i1) of one scale: sum[t], cnt[t] (t = 0..12) of the per-pixel terms of the
-// types in `types`; far: the scale's normals take the scaled formula (far_depths). A band
+// types in `types`; far: the scale's normals take the scaled formula (scale_stats). A band
 // only reads its rows and their halos (box windows, i+1, i+2), so bands run in any order;
 // the caller adds them up in band order.
 template <typename T, bool HasMask>

@@ -91,23 +91,6 @@ struct RowWindow {
   }
 };
 
-// Whether the normal types of a scale need the scaled formula (loss_math.h): some valid depth
-// of the scale (n entries) reaches kNormalPlainMax (or is NaN / inf). Checked once per scale,
-// so ordinary depths keep the plain formula's speed; both give the same bits below the bound.
-template <typename T, bool HasMask>
-inline bool far_depths(const T* p, const T* g, const uint8_t* m, int64_t n) {
-  T mx = 0;
-#pragma omp simd reduction(max : mx)
-  for (int64_t e = 0; e < n; ++e) {
-    const T a = std::abs(p[e]), b = std::abs(g[e]);
-    // NaN compares false: count it as large. Invalid pixels read as 0 (RowWindow).
-    T v = (a < T(kNormalPlainMax) && b < T(kNormalPlainMax)) ? std::max(a, b) : T(kNormalPlainMax);
-    if constexpr (HasMask) v = m[e] ? v : T(0);
-    mx = std::max(mx, v);
-  }
-  return !(mx < T(kNormalPlainMax));
-}
-
 }  // namespace
 }  // namespace MLRB_CPU_ISA
 }  // namespace cpu
