@@ -254,13 +254,14 @@ STAGES: tuple[Stage, ...] = (
           O(add=8, load=10, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (last pass)"),
     Stage("box: vertical sums, first window", "fwd+bwd", "box_vert_init", O(add=1, load=2, store=1),
           O(add=2, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
+    # v += in - out inside the loops below (Slide): their own read of v is this one
     Stage("box: vertical sums, sliding", "fwd+bwd", "box_vert_slide", O(add=2, load=3, store=1),
-          O(add=4, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::advance"),
+          O(add=4, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::Slide"),
     # with a mask local = box(x) / max(box(m), 1), fused into the loops below (BoxMeans::count)
-    Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=2), O(add=5, mul=1, div=1, load=4),
+    Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=1), O(add=5, mul=1, div=1, load=2),
           mult=each_of(BOX), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_Mn"),
-    Stage("M_n: sgn into t0 and tb", "bwd", "scale", O(add=2 + SGN + 1, mul=3, load=3, store=2),
-          O(add=2 + SGN + 2, mul=2, div=2, load=5, store=2),  # local and tb: two divisions by the count
+    Stage("M_n: sgn into t0 and tb", "bwd", "scale", O(add=2 + SGN + 1, mul=3, load=2, store=2),
+          O(add=2 + SGN + 2, mul=2, div=2, load=3, store=2),  # local and tb: two divisions by the count
           mult=each_of(BOX), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_Mn"),
     # ---- gradient types
     *(_grad_fwd(t) for t in GRAD),
@@ -512,7 +513,7 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "box_vert_init": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: sum(2 * r + 1 for r in _radii(s)) * w)),
     "box_vert_slide": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: (i1 - i0 - 1) * w * len(_radii(s)))),
+        g, k, lambda h, w, i0, i1: (i1 - i0) * w * len(_radii(s)))),  # the first row slides by zero rows
     "boxT_inner": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * max(w - 2, 0) * len(_radii(s)))),
     "boxT_pad": ("scale", lambda g, k, s: _per_band(

@@ -253,30 +253,33 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
 #pragma omp simd
     for (int j = 0; j < w; ++j) t0[j] += wm * dloss_M(E0[j], mu, m_shift) * (HasMask ? M0[j] : T(1));
   }
-  if (box.nb && i > i0) box.advance(i);
+  if (box.nb) box.advance(i, i0);
   // Box losses: wb sgn(e - mu - local_n) into t0, and its share per window into tb_n (B_n^T).
+  using Slide = typename BoxMeans<T, HasMask>::Slide;
   struct Size {
-    const T* v;  // box sums of x (and of m, w entries on, with a mask)
+    Slide x, m;  // box sums of x (and of m, with a mask)
     T wb, iv, inv_n2;
     T* tb;
   };
   Size sz[3];
   for (size_t k = 0; k < bt.size(); ++k)
-    sz[k] = {box.sums(int(k)), wt[kM5 + bt[k].b], box.inv(int(k)),
+    sz[k] = {box.slide(int(k), 0), box.slide(int(k), HasMask ? 1 : 0), wt[kM5 + bt[k].b], box.inv(int(k)),
              T(1) / T((2 * bt[k].r + 1) * (2 * bt[k].r + 1)), bt[k].tb};
   auto term = [&](const Size& z, int j) {
     if constexpr (HasMask) {
-      const T cj = box.count(z.v, j);
-      const T s = z.wb * dloss_Mn(E0[j], mu, z.v[j] / cj) * M0[j];
+      const T cj = box.count(z.m(j));
+      const T s = z.wb * dloss_Mn(E0[j], mu, z.x(j) / cj) * M0[j];
       z.tb[j] = s / cj;
       return s;
     } else {
-      const T s = z.wb * dloss_Mn(E0[j], mu, z.v[j] * z.iv);
+      const T s = z.wb * dloss_Mn(E0[j], mu, z.x(j) * z.iv);
       z.tb[j] = s * z.inv_n2;
       return s;
     }
   };
-  if (bt.size() == 3) {  // all sizes in one loop: e and t0 read once, the same sums in the same order
+  // All sizes in one loop (e and t0 read once, the same sums in the same order); with a mask
+  // the six running sums in one loop would leave too few registers: a loop per size.
+  if (!HasMask && bt.size() == 3) {
 #pragma omp simd
     for (int j = 0; j < w; ++j) {
       const T s0 = term(sz[0], j), s1 = term(sz[1], j), s2 = term(sz[2], j);

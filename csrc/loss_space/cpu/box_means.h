@@ -34,12 +34,15 @@ struct BoxMeans {
   T* V;                 // nb x S x w running vertical sums
   T* row;               // 2 x w scratch (x and m of one row)
   T* hs;                // 3 padded rows: scratch of window_sums_doubling
+  T* zero;              // w zeros: the slide of a band's first row
+  const T* in[3][2];    // per size and map: the rows entering and leaving the window of
+  const T* out[3][2];   // the current row (Slide)
 
   static int64_t buffer_size(int w, uint32_t types) {
     int nb = 0, rmax = 0;
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
-    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 2) * w;
+    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 3) * w;
   }
   // In doubles (the scratch of window_sums_doubling, 3 padded rows of T).
   static int64_t dbuffer_size(int w) {
@@ -61,9 +64,13 @@ struct BoxMeans {
     ring = buf;
     V = ring + int64_t(R) * nb * S * w;
     row = V + int64_t(nb) * S * w;
+    zero = row + 2 * int64_t(w);
     hs = reinterpret_cast<T*>(dbuf);
     if (nb == 0) return;
     std::fill(V, V + int64_t(nb) * S * w, T(0));
+    std::fill(zero, zero + w, T(0));
+    for (int k = 0; k < 3; ++k)
+      for (int q = 0; q < 2; ++q) in[k][q] = out[k][q] = zero;
     computed = std::max(-1, i0 - rmax - 1);
     filter_upto(std::min(h - 1, i0 + rmax));
     for (int k = 0; k < nb; ++k)
@@ -107,29 +114,38 @@ struct BoxMeans {
     }
   }
 
-  // Slide every window from row i - 1 to row i (i > i0).
-  void advance(int i) {
+  // Row i's slide of every window from row i - 1 (i > i0; none on the band's first row):
+  // the rows entering and leaving, which the callers add in the loops that use the sums
+  // (Slide), so the running sums are read and written once per row.
+  void advance(int i, int i0) {
+    if (i == i0) return;
     filter_upto(std::min(h - 1, i + rmax));
     for (int k = 0; k < nb; ++k) {
-      const int in = std::min(i + rad[k], h - 1), out = std::max(i - 1 - rad[k], 0);
-      if (in == out) continue;
+      const int rin = std::min(i + rad[k], h - 1), rout = std::max(i - 1 - rad[k], 0);
       for (int q = 0; q < S; ++q) {
-        T* v = V + (int64_t(k) * S + q) * w;
-        const T* hi = H(in, k, q);
-        const T* ho = H(out, k, q);
-#pragma omp simd
-        for (int j = 0; j < w; ++j) v[j] += hi[j] - ho[j];
+        in[k][q] = rin == rout ? zero : H(rin, k, q);
+        out[k][q] = rin == rout ? zero : H(rout, k, q);
       }
     }
   }
 
-  // The box sums of size k: box(x) (and box(m), w entries on, with a mask). The local mean
-  // at column j is box(x) / count(v, j) with a mask, box(x) * inv(k) without (callers fuse
-  // it into their loops).
-  const T* sums(int k) const { return V + int64_t(k) * S * w; }
+  // The running box sum of size k, map q (x; m with a mask) at column j of the current row:
+  // v += in - out, stored back. Each (row, size, map) is slid exactly once.
+  struct Slide {
+    T* __restrict v;
+    const T* in;
+    const T* out;
+    MLRB_FORCE_INLINE T operator()(int j) const {
+      const T s = v[j] + (in[j] - out[j]);
+      v[j] = s;
+      return s;
+    }
+  };
+  Slide slide(int k, int q) const { return {V + (int64_t(k) * S + q) * w, in[k][q], out[k][q]}; }
+  // The local mean at column j: box(x) / count(box(m)) with a mask, box(x) * inv(k) without.
   T inv(int k) const { return T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1))); }
   // box(m) clamped to >= 1: a window without valid pixels has local mean 0.
-  MLRB_FORCE_INLINE T count(const T* v, int j) const { return std::max(v[w + j], T(1)); }
+  static MLRB_FORCE_INLINE T count(T box_m) { return std::max(box_m, T(1)); }
 };
 
 }  // namespace

@@ -143,17 +143,18 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
       sum[kM] += acc;
       cnt[kM] += c0;
     }
-    if (box.nb && i > i0) box.advance(i);
+    if (box.nb) box.advance(i, i0);
     for (int k = 0; k < box.nb; ++k) {
       T acc = 0;
-      const T* v = box.sums(k);
+      const auto x = box.slide(k, 0);
       if constexpr (HasMask) {
+        const auto c = box.slide(k, 1);
 #pragma omp simd reduction(+ : acc)
-        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, v[j] / box.count(v, j)) * M0[j];
+        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, x(j) / box.count(c(j))) * M0[j];
       } else {
         const T iv = box.inv(k);
 #pragma omp simd reduction(+ : acc)
-        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, v[j] * iv);
+        for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, x(j) * iv);
       }
       sum[box.type[k]] += acc;
       cnt[box.type[k]] += c0;
