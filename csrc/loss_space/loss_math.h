@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // Forced inlining: the CPU kernels call these in vectorized loops of large functions,
 // where GCC's size limits would otherwise leave some calls out of line (no vectorization).
@@ -156,17 +157,24 @@ MLRB_HOST_DEVICE void normal_loss_grad(T a1, T a2, T b1, T b2, T w, T& g1, T& g2
 // ---------------------------------------------------------------- footprint validity
 // A term at (i, j) is valid iff every pixel of its stencil is (spec, "Masks"). M0, M1, M2
 // are the 0/1 mask rows i, i+1, i+2, each padded by two copies of its last entry (like the
-// value rows below); D, M and the box losses read (i, j) only.
+// value rows below); D, M and the box losses read (i, j) only. The rows hold floats (the
+// product of the entries) or bytes (their bitwise and: the backward's counts).
+template <typename T>
+MLRB_HOST_DEVICE T valid_both(T a, T b) {
+  if constexpr (std::is_integral_v<T>) return T(a & b);
+  else return a * b;
+}
 template <int t, typename T>
 MLRB_HOST_DEVICE T valid_of(const T* M0, const T* M1, const T* M2, int j) {
-  if constexpr (t == kR) return M0[j] * M0[j + 1];
-  else if constexpr (t == kC) return M0[j] * M1[j];
-  else if constexpr (t == kRR) return M0[j] * M0[j + 1] * M0[j + 2];
-  else if constexpr (t == kRC) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1];
-  else if constexpr (t == kCC) return M0[j] * M1[j] * M2[j];
-  else if constexpr (t == kN) return M0[j] * M0[j + 1] * M1[j];
-  else if constexpr (t == kNr) return M0[j] * M0[j + 1] * M0[j + 2] * M1[j] * M1[j + 1];
-  else if constexpr (t == kNc) return M0[j] * M0[j + 1] * M1[j] * M1[j + 1] * M2[j];
+  auto all = [](T a, auto... b) { ((a = valid_both(a, T(b))), ...); return a; };
+  if constexpr (t == kR) return all(M0[j], M0[j + 1]);
+  else if constexpr (t == kC) return all(M0[j], M1[j]);
+  else if constexpr (t == kRR) return all(M0[j], M0[j + 1], M0[j + 2]);
+  else if constexpr (t == kRC) return all(M0[j], M0[j + 1], M1[j], M1[j + 1]);
+  else if constexpr (t == kCC) return all(M0[j], M1[j], M2[j]);
+  else if constexpr (t == kN) return all(M0[j], M0[j + 1], M1[j]);
+  else if constexpr (t == kNr) return all(M0[j], M0[j + 1], M0[j + 2], M1[j], M1[j + 1]);
+  else if constexpr (t == kNc) return all(M0[j], M0[j + 1], M1[j], M1[j + 1], M2[j]);
   else return M0[j];
 }
 

@@ -211,8 +211,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("mask rows of the counting pass (0/1 bytes)", "bwd", "window_rows_prep", None, O(add=1, load=1, store=1),
           source="cpu/backward_band.h:valid_counts (load)"),
     # every footprint in one loop over the byte rows: 6 points read, 9 counts (D's set serves
-    # M and the box losses), one product per further point of each footprint
-    Stage("valid counts of the types, one loop (mask)", "bwd", "scale", None, O(add=9, mul=19, load=6),
+    # M and the box losses), one `and` per further point of each footprint (19); byte lanes
+    # hold 4 pixels per float lane, so a quarter of that per pixel
+    Stage("valid counts of the types, one loop (mask)", "bwd", "scale", None, O(add=(9 + 19) / 4, load=6 / 4),
           source="cpu/backward_band.h:valid_counts"),
     # ---- per row of a band: the row window and the fields
     Stage("row window: rows of p, g, e (padded)", "fwd+bwd", "window_rows",

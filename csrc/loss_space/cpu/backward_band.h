@@ -55,21 +55,25 @@ inline void valid_counts(const uint8_t* m, int h, int w, double* cnt, uint8_t* r
       load(R[2], std::min(i + 2, h - 1));
     }
     const uint8_t *M0 = R[0], *M1 = R[1], *M2 = R[2];
-    int32_t cD = 0, cR = 0, cC = 0, cRR = 0, cRC = 0, cCC = 0, cN = 0, cNr = 0, cNc = 0;
+    // Byte counters over blocks of 255 columns (exact): the loop stays in byte lanes.
+    for (int j0 = 0; j0 < w; j0 += 255) {
+      const int j1 = std::min(w, j0 + 255);
+      uint8_t cD = 0, cR = 0, cC = 0, cRR = 0, cRC = 0, cCC = 0, cN = 0, cNr = 0, cNc = 0;
 #pragma omp simd reduction(+ : cD, cR, cC, cRR, cRC, cCC, cN, cNr, cNc)
-    for (int j = 0; j < w; ++j) {
-      cD += valid_of<kD>(M0, M1, M2, j);
-      cR += valid_of<kR>(M0, M1, M2, j);
-      cC += valid_of<kC>(M0, M1, M2, j);
-      cRR += valid_of<kRR>(M0, M1, M2, j);
-      cRC += valid_of<kRC>(M0, M1, M2, j);
-      cCC += valid_of<kCC>(M0, M1, M2, j);
-      cN += valid_of<kN>(M0, M1, M2, j);
-      cNr += valid_of<kNr>(M0, M1, M2, j);
-      cNc += valid_of<kNc>(M0, M1, M2, j);
+      for (int j = j0; j < j1; ++j) {
+        cD += valid_of<kD>(M0, M1, M2, j);
+        cR += valid_of<kR>(M0, M1, M2, j);
+        cC += valid_of<kC>(M0, M1, M2, j);
+        cRR += valid_of<kRR>(M0, M1, M2, j);
+        cRC += valid_of<kRC>(M0, M1, M2, j);
+        cCC += valid_of<kCC>(M0, M1, M2, j);
+        cN += valid_of<kN>(M0, M1, M2, j);
+        cNr += valid_of<kNr>(M0, M1, M2, j);
+        cNc += valid_of<kNc>(M0, M1, M2, j);
+      }
+      const uint8_t block[9] = {cD, cR, cC, cRR, cRC, cCC, cN, cNr, cNc};
+      for (int k = 0; k < 9; ++k) c[k] += block[k];
     }
-    const int32_t row[9] = {cD, cR, cC, cRR, cRC, cCC, cN, cNr, cNc};
-    for (int k = 0; k < 9; ++k) c[k] += row[k];
   }
   const int of[9] = {kD, kR, kC, kRR, kRC, kCC, kN, kNr, kNc};
   for (int k = 0; k < 9; ++k) cnt[of[k]] = double(c[k]);
