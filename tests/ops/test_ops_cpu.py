@@ -80,6 +80,17 @@ def test_box_transposes_at_narrow_widths_match_reference_float64(W, mask):
     assert_close_to_reference("cpu", pred, gt, m, BOX_LOSSES, rtol=1e-10, atol=1e-12)
 
 
+# The backward counts the valid set of each type from the mask bytes with byte counters over
+# blocks of 255 columns: rows of 255 and more, holes and all valid (a full block counts 255).
+@pytest.mark.parametrize("W", [255, 256, 600])
+@pytest.mark.parametrize("mask", ["holes", "all valid"])
+def test_masked_wide_rows_match_reference_float64(W, mask):
+    pred, gt, m = make_inputs(1, 4, W, dtype=torch.float64, mask="holes")
+    if mask == "all valid":
+        m = torch.ones_like(m)
+    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("mask", [None, "sparse"])
 def test_batch_one_bitwise_identical_across_threads(mask):
     """B = 1 runs its row bands on all threads; the bits must not depend on how many."""
