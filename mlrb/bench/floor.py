@@ -272,7 +272,7 @@ STAGES: tuple[Stage, ...] = (
     # ---- normal types: the overflow check (once per scale), the arguments, the formulas
     # in the pass of the global mean when M or a box loss is selected (the loads are shared)
     Stage("normals: far-depth check of the scale", "fwd+bwd", "scale", O(add=7, load=2), O(add=8, load=3),
-          mult=lambda s: int(bool(s & NORMAL) and not s & MEAN), source="cpu/scale_stats.h:depth_magnitude",
+          mult=lambda s: int(bool(s & NORMAL) and not (s & MEAN)), source="cpu/scale_stats.h:depth_magnitude",
           inputs=True),
     Stage("normals: far-depth check in the pass of the mean", "fwd+bwd", "scale", O(add=7), O(add=8),
           mult=lambda s: int(bool(s & NORMAL) and bool(s & MEAN)), source="cpu/scale_stats.h:depth_magnitude"),

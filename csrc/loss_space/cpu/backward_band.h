@@ -99,7 +99,10 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
   for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
   const ScaleStats<T> st = scale_stats<T, HasMask>(p, g, m, h, w, types);
   const T mu = st.mu;
-  if constexpr (HasMask) valid_counts(m, h, w, cnt, reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8)));
+  if constexpr (HasMask) {
+    uint8_t* rows = reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8));
+    valid_counts(m, h, w, cnt, rows);
+  }
   T* wt = prep.wt;
   for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
   // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m;
@@ -261,7 +264,7 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   // Box losses: wb sgn(e - mu - local_n) into t0, and its share per window into tb_n (B_n^T).
   using Slide = typename BoxMeans<T, HasMask>::Slide;
   struct Size {
-    Slide x, m;  // box sums of x (and of m, with a mask)
+    Slide x, m;  // box sums of x and, with a mask, of m (without one m is not used)
     T wb, iv, inv_n2;
     T* tb;
   };
