@@ -37,18 +37,25 @@ MLRB_FORCE_INLINE void quad_pass(const T* src, int m, int len, T* __restrict dst
   for (int u = 0; u < len; ++u) dst[u] = quad_sum(s, m, u);
 }
 
-// Replicate-padded window sums of the radii rad[0] < .. < rad[nb-1] = R (2r a power of
-// four: 4, 16, 64) of the row v: out[k][j] = sum_{a=-r..r} v[clamp(j + a)]. With the padded
-// row A (A[u] = v[clamp(u - R)]), the window of radius r is S_2r[j + R - r] + A[j + R + r];
-// one chain of quad passes serves all sizes, and the last one (S_2R) goes straight into
-// its window sums. scratch: 3 (w + 2R) entries of T.
+// Where the caller writes the row v of window_sums_doubling (w entries): inside its scratch,
+// between the paddings, so that the row is not copied.
 template <typename T>
-void window_sums_doubling(const T* v, int w, int R, int nb, const int* rad, T* const* out, T* scratch) {
+T* window_sums_row(T* scratch, int R) {
+  return scratch + R;
+}
+
+// Replicate-padded window sums of the radii rad[0] < .. < rad[nb-1] = R (2r a power of
+// four: 4, 16, 64) of the row v (at window_sums_row): out[k][j] = sum_{a=-r..r} v[clamp(j + a)].
+// With the padded row A (A[u] = v[clamp(u - R)]), the window of radius r is
+// S_2r[j + R - r] + A[j + R + r]; one chain of quad passes serves all sizes, and the last
+// one (S_2R) goes straight into its window sums. scratch: 3 (w + 2R) entries of T.
+template <typename T>
+void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T* scratch) {
   const int n = w + 2 * R;
   T* A0 = scratch;
-  std::fill(A0, A0 + R, v[0]);
-  std::copy(v, v + w, A0 + R);
-  std::fill(A0 + R + w, A0 + n, v[w - 1]);
+  const T first = A0[R], last = A0[R + w - 1];
+  std::fill(A0, A0 + R, first);
+  std::fill(A0 + R + w, A0 + n, last);
   T* bufs[2] = {scratch + n, scratch + 2 * n};
   const T* src = A0;  // S_m
   int len = n, k = 0;

@@ -239,10 +239,9 @@ STAGES: tuple[Stage, ...] = (
     # ---- box means of M5, M17, M65: horizontal window sums of each filtered row (one
     # chain of quad passes for all selected sizes), running vertical sums per size. With a mask
     # the same runs on the 0/1 map as well (S = 2 maps).
+    # written straight into the padded row of the filter (box.h:window_sums_row): no copy
     Stage("box: row x = e - mu", "fwd+bwd", "box_rows", O(add=2, load=2, store=1), O(add=5, load=3, store=2),
           mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::filter_upto", inputs=True),
-    Stage("box: padded copy of the row", "fwd+bwd", "box_rows", O(load=1, store=1), O(load=2, store=2),
-          mult=any_of(BOX), source="box.h:window_sums_doubling (std::copy)"),
     Stage("box: padding fill", "fwd+bwd", "box_pad", O(store=1), O(store=2),
           mult=any_of(BOX), source="box.h:window_sums_doubling (std::fill)"),
     # quad passes: S_4m[u] = (S_m[u] + S_m[u+m]) + (S_m[u+2m] + S_m[u+3m]), stored but the last

@@ -32,7 +32,6 @@ struct BoxMeans {
   int computed = -1;    // rows 0..computed are filtered (the last R of them in the ring)
   T* ring;              // R rows x nb sizes x S maps x w
   T* V;                 // nb x S x w running vertical sums
-  T* row;               // 2 x w scratch (x and m of one row)
   T* hs;                // 3 padded rows: scratch of window_sums_doubling
   T* zero;              // w zeros: the slide of a band's first row
   const T* in[3][2];    // per size and map: the rows entering and leaving the window of
@@ -42,7 +41,7 @@ struct BoxMeans {
     int nb = 0, rmax = 0;
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
-    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 3) * w;
+    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 1) * w;
   }
   // In doubles (the scratch of window_sums_doubling, 3 padded rows of T).
   static int64_t dbuffer_size(int w) {
@@ -63,8 +62,7 @@ struct BoxMeans {
     R = 2 * rmax + 2;
     ring = buf;
     V = ring + int64_t(R) * nb * S * w;
-    row = V + int64_t(nb) * S * w;
-    zero = row + 2 * int64_t(w);
+    zero = V + int64_t(nb) * S * w;
     hs = reinterpret_cast<T*>(dbuf);
     if (nb == 0) return;
     std::fill(V, V + int64_t(nb) * S * w, T(0));
@@ -82,24 +80,23 @@ struct BoxMeans {
   // Horizontal window sums of rows computed+1 .. last, for every size.
   void filter_upto(int last) {
     for (int s = computed + 1; s <= last; ++s) {
-      const T* pi = p + int64_t(s) * w;
-      const T* gi = g + int64_t(s) * w;
-      T* x = row;
-      T* mr = row + w;
-      if constexpr (HasMask) {
-        const uint8_t* mi = m + int64_t(s) * w;
+      const T* __restrict pi = p + int64_t(s) * w;
+      const T* __restrict gi = g + int64_t(s) * w;
+      const uint8_t* __restrict mi = HasMask ? m + int64_t(s) * w : nullptr;
+      for (int q = 0; q < S; ++q) {  // x, then m: written straight into the filter's scratch
+        T* __restrict a = window_sums_row(hs, rmax);
+        if (q == 0) {
 #pragma omp simd
-        for (int j = 0; j < w; ++j) {
-          x[j] = where_valid(mi[j], (pi[j] - gi[j]) - mu);
-          mr[j] = mi[j] ? T(1) : T(0);
+          for (int j = 0; j < w; ++j) {
+            const T x = (pi[j] - gi[j]) - mu;
+            a[j] = HasMask ? where_valid(mi[j], x) : x;
+          }
+        } else {
+#pragma omp simd
+          for (int j = 0; j < w; ++j) a[j] = mi[j] ? T(1) : T(0);
         }
-      } else {
-#pragma omp simd
-        for (int j = 0; j < w; ++j) x[j] = (pi[j] - gi[j]) - mu;
-      }
-      for (int q = 0; q < S; ++q) {
         T* outs[3] = {H(s, 0, q), nb > 1 ? H(s, 1, q) : nullptr, nb > 2 ? H(s, 2, q) : nullptr};
-        window_sums_doubling(q == 0 ? x : mr, w, rmax, nb, rad, outs, hs);
+        window_sums_doubling(w, rmax, nb, rad, outs, hs);
       }
     }
     computed = std::max(computed, last);
