@@ -80,8 +80,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
   const int nbands = int(plan.bands.size());
-  std::vector<T> mus(size_t(B) * kNumScales);
-  std::vector<uint8_t> fars(size_t(B) * kNumScales);
+  std::vector<ScaleStats<T>> stats(size_t(B) * kNumScales);
   std::vector<double> part(size_t(nbands) * 2 * kNumTypes);
   std::vector<double> amlr(size_t(B) * 2);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
@@ -101,18 +100,15 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
       if (!sel.types[k]) continue;
-      const ScaleStats<T> st =
-          scale_stats<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
-      mus[q] = st.mu;
-      fars[q] = st.far;
+      stats[q] = scale_stats<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
       double* s = part.data() + size_t(t) * 2 * kNumTypes;
+      const ScaleStats<T>& st = stats[d.k * B + d.b];
       scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
-                                     sel.types[d.k], mus[d.k * B + d.b], fars[d.k * B + d.b] != 0, d.i0, d.i1, s,
-                                     s + kNumTypes, ws);
+                                     sel.types[d.k], st.mu, st.far, d.i0, d.i1, s, s + kNumTypes, ws);
     }
     if (sel.amlr) {
 #pragma omp for schedule(dynamic, 1)
