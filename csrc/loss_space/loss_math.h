@@ -16,8 +16,12 @@
 // where GCC's size limits would otherwise leave some calls out of line (no vectorization).
 #if defined(__GNUC__) || defined(__clang__)
 #define MLRB_FORCE_INLINE inline __attribute__((always_inline))
+// Lambdas called in vector loops: GCC may keep a lambda out of line (a call in the loop,
+// which then stays scalar), so they are marked too: [&](int j) MLRB_INLINE_LAMBDA { ... }.
+#define MLRB_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define MLRB_FORCE_INLINE inline
+#define MLRB_INLINE_LAMBDA
 #endif
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -166,7 +170,7 @@ MLRB_HOST_DEVICE T valid_both(T a, T b) {
 }
 template <int t, typename T>
 MLRB_HOST_DEVICE T valid_of(const T* M0, const T* M1, const T* M2, int j) {
-  auto all = [](T a, auto... b) { ((a = valid_both(a, T(b))), ...); return a; };
+  auto all = [](T a, auto... b) MLRB_INLINE_LAMBDA { ((a = valid_both(a, T(b))), ...); return a; };
   if constexpr (t == kR) return all(M0[j], M0[j + 1]);
   else if constexpr (t == kC) return all(M0[j], M1[j]);
   else if constexpr (t == kRR) return all(M0[j], M0[j + 1], M0[j + 2]);

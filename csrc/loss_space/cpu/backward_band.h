@@ -182,7 +182,7 @@ MLRB_FORCE_INLINE void grad_fields(const RowWindow<T, HasMask>& win, const T* wt
     *__restrict tyy = fl.tyy;
   const T wR = wt[kR], wC = wt[kC], wRR = wt[kRR], wRC = wt[kRC], wCC = wt[kCC];
   // The whole group writes its fields first (Fields::grad_first): field = 0 + term.
-  auto put = [](T& field, T term) {
+  auto put = [](T& field, T term) MLRB_INLINE_LAMBDA {
     if constexpr (Set == kGradBits) field = T(0) + term;
     else field += term;
   };
@@ -272,7 +272,7 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   for (size_t k = 0; k < bt.size(); ++k)
     sz[k] = {box.slide(int(k), 0), box.slide(int(k), HasMask ? 1 : 0), wt[kM5 + bt[k].b], box.inv(int(k)),
              T(1) / T((2 * bt[k].r + 1) * (2 * bt[k].r + 1)), bt[k].tb};
-  auto term = [&](const Size& z, int j) {
+  auto term = [&](const Size& z, int j) MLRB_INLINE_LAMBDA {
     if constexpr (HasMask) {
       const T cj = box.count(z.m(j));
       const T s = z.wb * dloss_Mn(E0[j], mu, z.x(j) / cj) * M0[j];
@@ -316,7 +316,7 @@ MLRB_FORCE_INLINE void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const 
   T* __restrict out = out_rows.row(row);
   T* __restrict Z = x.Z;
   const uint8_t* mi = HasMask ? m + int64_t(row) * w : nullptr;
-  auto put = [&](int j, T z) { out[j] -= HasMask ? (mi[j] ? z : T(0)) : z; };
+  auto put = [&](int j, T z) MLRB_INLINE_LAMBDA { out[j] -= HasMask ? (mi[j] ? z : T(0)) : z; };
   if (U_in && U_out) {
 #pragma omp simd
     for (int j = 0; j < w; ++j) {
@@ -367,16 +367,16 @@ MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last,
   T *__restrict Bf = fl.Bf, *__restrict tyyz = fl.tyyz, *__restrict out = out_row;
   // Transpose of d/dx (x[j] - x[j+1], 0 on the last column) at column j: x'[j] - x'[j-1]
   // with x' = x except x'[w-1] = 0. inner: 1 <= j <= w - 2.
-  auto dxT = [&](auto inner, const T* x, int j) -> T {
+  auto dxT = [&](auto inner, const T* x, int j) MLRB_INLINE_LAMBDA -> T {
     if constexpr (decltype(inner)::value) return x[j] - x[j - 1];
     else return w == 1 ? T(0) : j == 0 ? x[0] : j == w - 1 ? -x[w - 2] : x[j] - x[j - 1];
   };
-  auto A = [&](auto inner, int j) -> T {  // tx + dx^T txx
+  auto A = [&](auto inner, int j) MLRB_INLINE_LAMBDA -> T {  // tx + dx^T txx
     if constexpr (FXX && FX) return dxT(inner, txx, j) + tx[j];
     else if constexpr (FXX) return dxT(inner, txx, j);
     else return tx[j];
   };
-  auto column = [&](auto inner, auto inner_prev, int j) {
+  auto column = [&](auto inner, auto inner_prev, int j) MLRB_INLINE_LAMBDA {
     T t = t0[j];
     if constexpr (kX) {  // dx^T(A), from A at j and j - 1
       using I = decltype(inner);

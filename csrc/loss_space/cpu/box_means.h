@@ -28,20 +28,27 @@ struct BoxMeans {
   T mu;
   int nb = 0;           // number of selected sizes
   int type[3], rad[3];  // their loss types and radii
-  int rmax = 0, R = 1;  // largest radius, ring rows
-  int computed = -1;    // rows 0..computed are filtered (the last R of them in the ring)
-  T* ring;              // R rows x nb sizes x S maps x w
+  int rmax = 0;         // largest radius
+  int computed = -1;    // rows 0..computed are filtered (the last R[k] of them in the rings)
+  int R[3];             // ring rows of size k: ring_rows(rad[k], rmax)
+  T* ring[3];           // per size: R[k] rows x S maps x w
   T* V;                 // nb x S x w running vertical sums
   T* hs;                // 3 padded rows: scratch of window_sums_doubling
   T* zero;              // w zeros: the slide of a band's first row
   const T* in[3][2];    // per size and map: the rows entering and leaving the window of
   const T* out[3][2];   // the current row (Slide)
 
+  // Rows are filtered rmax ahead of the current row i and size k reads rows i - r - 1 ..
+  // i + r (clamped; row 0 until i = r + 1): a row lives r + rmax + 2 rows, not 2 rmax + 2
+  // (the small sizes' rings then take less of the cache).
+  static int ring_rows(int r, int rmax) { return r + rmax + 2; }
   static int64_t buffer_size(int w, uint32_t types) {
-    int nb = 0, rmax = 0;
+    int nb = 0, rmax = 0, rows = 0;
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
-    return (int64_t(2 * rmax + 2) * nb * S + nb * S + 1) * w;
+    for (int b = 0; b < 3; ++b)
+      if (types & (1u << (kM5 + b))) rows += ring_rows(kBoxRadius[b], rmax);
+    return (int64_t(rows) * S + nb * S + 1) * w;
   }
   // In doubles (the scratch of window_sums_doubling, 3 padded rows of T).
   static int64_t dbuffer_size(int w) {
@@ -59,9 +66,13 @@ struct BoxMeans {
         rmax = kBoxRadius[b];
         nb++;
       }
-    R = 2 * rmax + 2;
-    ring = buf;
-    V = ring + int64_t(R) * nb * S * w;
+    T* next = buf;
+    for (int k = 0; k < nb; ++k) {
+      R[k] = ring_rows(rad[k], rmax);
+      ring[k] = next;
+      next += int64_t(R[k]) * S * w;
+    }
+    V = next;
     zero = V + int64_t(nb) * S * w;
     hs = reinterpret_cast<T*>(dbuf);
     if (nb == 0) return;
@@ -75,7 +86,7 @@ struct BoxMeans {
       for (int a = -rad[k]; a <= rad[k]; ++a) add(k, std::clamp(i0 + a, 0, h - 1), T(1));
   }
 
-  T* H(int r, int k, int s) { return ring + ((int64_t(r % R) * nb + k) * S + s) * w; }
+  T* H(int r, int k, int s) { return ring[k] + (int64_t(r % R[k]) * S + s) * w; }
 
   // Horizontal window sums of rows computed+1 .. last, for every size.
   void filter_upto(int last) {
