@@ -66,10 +66,12 @@ MLRB_HOST_DEVICE T where_valid(uint8_t valid, T x) {
   return valid ? x : T(0);
 }
 
-// Subgradient of |x| with sign(0) = 0 (PyTorch's convention), branch-free.
+// Subgradient of |x| with sign(0) = 0 (PyTorch's convention), branch-free: +-1 with the
+// sign bit of x where x < 0 or x > 0, else +0 (also for NaN), the same values as
+// (x > 0) - (x < 0); vectorized it is one compare and bit logic (no blends, no subtract).
 template <typename T>
 MLRB_HOST_DEVICE T sgn(T x) {
-  return static_cast<T>(x > T(0)) - static_cast<T>(x < T(0));
+  return (x < T(0) || x > T(0)) ? std::copysign(T(1), x) : T(0);
 }
 
 // Finite differences of the spec (replicate padding makes them 0 on the last column /

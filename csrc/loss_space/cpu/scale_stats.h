@@ -38,13 +38,13 @@ ScaleStats<T> scale_stats_pass(const T* p, const T* g, const uint8_t* m, int64_t
   for (int64_t s = 0; s < n; s += block) {
     const int64_t e = std::min(n, s + block);
     T acc = 0, bmx = 0;
-    int64_t c = 0;
+    int32_t c = 0;  // not int64_t: the loop runs 32 lanes (mask bytes), in 64-bit lanes they spill
     if constexpr (HasMask) {
 #pragma omp simd reduction(+ : acc, c) reduction(max : bmx)
       for (int64_t j = s; j < e; ++j) {
         if constexpr (Mean) {
           acc += where_valid(m[j], p[j] - g[j]);
-          c += m[j] ? 1 : 0;
+          c += m[j] != 0;
         }
         if constexpr (Far) bmx = std::max(bmx, where_valid(m[j], depth_magnitude(p[j], g[j])));
       }
@@ -54,7 +54,7 @@ ScaleStats<T> scale_stats_pass(const T* p, const T* g, const uint8_t* m, int64_t
         if constexpr (Mean) acc += p[j] - g[j];
         if constexpr (Far) bmx = std::max(bmx, depth_magnitude(p[j], g[j]));
       }
-      c = e - s;
+      c = int32_t(e - s);
     }
     sum += acc;
     count += double(c);
