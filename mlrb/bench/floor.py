@@ -86,7 +86,7 @@ BOX_RADIUS = {"M5": 2, "M17": 8, "M65": 32}  # loss_math.h kBoxRadius
 # (points read per map, subtractions). The mask footprint is the same set of points.
 GRAD_STENCIL = {"r": (2, 1), "c": (2, 1), "rr": (3, 3), "rc": (4, 3), "cc": (3, 3)}
 NORMAL_STENCIL = {"N": (3, 2), "Nr": (5, 6), "Nc": (5, 6)}
-SGN = 5  # sgn(x) = (x > 0) - (x < 0): 2 compares, 2 mask-to-float ands, 1 sub (loss_math.h)
+SGN = 4  # sgn(x): 1 compare (x < 0 or x > 0), copysign(1, x) as and + or, and with the compare (loss_math.h)
 
 
 def always(types: frozenset) -> int:
