@@ -216,9 +216,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("valid counts of the types, one loop (mask)", "bwd", "scale", None, O(add=(9 + 19) / 4, load=6 / 4),
           source="cpu/backward_band.h:valid_counts"),
     # ---- per row of a band: the row window and the fields
-    Stage("row window: rows of p, g, e (padded)", "fwd+bwd", "window_rows",
+    Stage("row window: rows of p, g, e (padded)", "fwd", "window_rows",
           O(add=1, load=2, store=3), O(add=5, load=3, store=4),
           source="cpu/row_window.h:RowWindow::load", inputs=True),
+    # the backward's window reads p and g in place without a mask (RowWindow::direct)
+    Stage("row window: row of e (padded; p, g in place)", "bwd", "window_rows",
+          O(add=1, load=2, store=1), O(add=5, load=3, store=4),
+          source="cpu/row_window.h:RowWindow::load (direct)", inputs=True),
     Stage("valid count of the row (mask)", "fwd", "scale", None, O(add=1, load=1),
           source="cpu/forward_band.h:scale_forward_band (c0)"),
     Stage("fields: clear t0 and the active fields", "bwd", "bwd_rows", O(store=1),

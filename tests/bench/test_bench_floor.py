@@ -85,10 +85,12 @@ def test_counts_of_the_simplest_case_match_the_code():
     assert set(fwd) == {"row window: rows of p, g, e (padded)", "D: |e| sums"}
     assert sum(fwd.values(), floor.Ops()) == floor.Ops(add=3 * n, load=3 * n, store=3 * n)
     # the backward also zeroes the gradient and accumulates sgn(e) into t0 (field clear,
-    # out += t0)
+    # out += t0): sgn is a compare, and, or, and (4), plus the add into t0; its row window
+    # stores only e (p and g are read in place)
     bwd = totals(g, "bwd")
     assert bwd["zero the gradient"] == floor.Ops(store=n)
-    assert bwd["D: sgn(e) into t0"] == floor.Ops(add=6 * n, mul=n, load=2 * n, store=n)
+    assert bwd["D: sgn(e) into t0"] == floor.Ops(add=5 * n, mul=n, load=2 * n, store=n)
+    assert bwd["row window: row of e (padded; p, g in place)"] == floor.Ops(add=n, load=2 * n, store=n)
     assert "pyramid: column taps (4 rows of pred, gt)" not in bwd
 
 

@@ -202,17 +202,18 @@ MLRB_FORCE_INLINE void grad_fields(const RowWindow<T, HasMask>& win, const T* wt
 }
 
 // The same for the normal types in Set (normal_loss_grad w.r.t. the pred derivatives):
-// N into (tx, ty), Nr into (txx, txy), Nc into (txy, tyy). Scaled: see scale_stats.
+// N into (tx, ty), Nr into (txx, txy), Nc into (txy, tyy), columns [j0, j1) with the rows
+// P*, G* of pred and gt. Scaled: see scale_stats.
 template <uint32_t Set, bool Scaled, typename T, bool HasMask>
-MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* wt, Fields<T>& fl, int w) {
-  const T *P0 = win.P[0], *P1 = win.P[1], *P2 = win.P[2];
-  const T *G0 = win.G[0], *G1 = win.G[1], *G2 = win.G[2];
+MLRB_FORCE_INLINE void normal_fields_cols(const RowWindow<T, HasMask>& win, const T* P0, const T* P1, const T* P2,
+                                          const T* G0, const T* G1, const T* G2, const T* wt, Fields<T>& fl, int j0,
+                                          int j1) {
   const T *M0 = win.M[0], *M1 = win.M[1], *M2 = win.M[2];
   T *__restrict tx = fl.tx, *__restrict ty = fl.ty, *__restrict txx = fl.txx, *__restrict txy = fl.txy,
     *__restrict tyy = fl.tyy;
   const T wN = wt[kN], wNr = wt[kNr], wNc = wt[kNc];
 #pragma omp simd
-  for (int j = 0; j < w; ++j) {
+  for (int j = j0; j < j1; ++j) {
     T a1, a2, b1, b2, g1, g2;
     if constexpr (in(Set, kN)) {
       normal_args<kN>(P0, P1, P2, j, a1, a2);
@@ -236,6 +237,17 @@ MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* 
       tyy[j] += g2;
     }
   }
+}
+
+// Every column of the row: the input rows up to the window's tail (RowWindow::direct), then
+// its padded copies (each column's terms are computed alone: the same bits either way).
+template <uint32_t Set, bool Scaled, typename T, bool HasMask>
+MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* wt, Fields<T>& fl, int w) {
+  const int t = win.tail_from();
+  if (t > 0)
+    normal_fields_cols<Set, Scaled>(win, win.PD[0], win.PD[1], win.PD[2], win.GD[0], win.GD[1], win.GD[2], wt, fl,
+                                    0, t);
+  normal_fields_cols<Set, Scaled>(win, win.P[0], win.P[1], win.P[2], win.G[0], win.G[1], win.G[2], wt, fl, t, w);
 }
 
 // Row i's per-pixel derivatives (loss_math.h) times G[t] / count and the validity of the
@@ -443,7 +455,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   T* buf = ws.tbuf(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
                    box_transpose_scratch_size(w, kBoxRadius[2]));
   double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
-  RowWindow<T, HasMask> win(p, g, m, h, w, buf);
+  RowWindow<T, HasMask> win(p, g, m, h, w, buf, /*direct=*/true);
   T* f = buf + wsz + bsz;
   Fields<T> fl(f, w, types);
   T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)

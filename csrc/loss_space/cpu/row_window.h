@@ -16,29 +16,42 @@ namespace {
 // Rows i, i+1, i+2 (clamped) of p, g, e = p - g and the mask (0/1), each padded with two
 // copies of its last entry so that d/dx at the last column reads x[w-1] - x[w-1] = 0.
 // With a mask, invalid pixels read as 0: values there never reach a loss or a gradient.
+//
+// direct (without a mask): p and g are not copied. PD, GD are the input rows, and P, G hold
+// only columns tail_from() .. w - 1 and the padding: loops that read p and g at j + 1, j + 2
+// take columns [0, tail_from()) from PD, GD and the rest from P, G (normal_fields). Copying
+// p and g was two of the three stores per pixel of the window. Otherwise PD = P, GD = G.
 template <typename T, bool HasMask>
 struct RowWindow {
   const T* p;
   const T* g;
   const uint8_t* m;
   int h, w;
-  std::vector<T> store;
+  bool direct;
   T* P[3];
   T* G[3];
   T* E[3];
   T* M[3];
+  const T* PD[3];
+  const T* GD[3];
   int loaded = -1;  // the row i currently in slot 0
 
-  RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer)
-      : p(p_), g(g_), m(m_), h(h_), w(w_) {
+  RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer, bool direct_ = false)
+      : p(p_), g(g_), m(m_), h(h_), w(w_), direct(!HasMask && direct_) {
     const int s = w + 2;
     for (int r = 0; r < 3; ++r) {
       P[r] = buffer + (4 * r + 0) * s;
       G[r] = buffer + (4 * r + 1) * s;
       E[r] = buffer + (4 * r + 2) * s;
       M[r] = buffer + (4 * r + 3) * s;
+      PD[r] = P[r];
+      GD[r] = G[r];
     }
   }
+  // The first column that P, G hold: all of them, or (direct) the last 2 to 9 columns, so
+  // that the columns before it fill whole vectors of 8 floats or 4 doubles (no scalar
+  // remainder of the normals' loop in each part).
+  int tail_from() const { return direct ? std::max(0, w - 2) / 8 * 8 : 0; }
   static int64_t buffer_size(int w) { return 12 * int64_t(w + 2); }
 
   void load(int slot, int row) {
@@ -55,6 +68,15 @@ struct RowWindow {
         Es[j] = Ps[j] - Gs[j];
         Ms[j] = v ? T(1) : T(0);
       }
+    } else if (direct) {
+      PD[slot] = pi;
+      GD[slot] = gi;
+      for (int j = tail_from(); j < w; ++j) {
+        Ps[j] = pi[j];
+        Gs[j] = gi[j];
+      }
+#pragma omp simd
+      for (int j = 0; j < w; ++j) Es[j] = pi[j] - gi[j];
     } else {
 #pragma omp simd
       for (int j = 0; j < w; ++j) {
@@ -81,6 +103,8 @@ struct RowWindow {
     if (loaded >= 0 && i == loaded + 1) {
       std::rotate(P, P + 1, P + 3);
       std::rotate(G, G + 1, G + 3);
+      std::rotate(PD, PD + 1, PD + 3);
+      std::rotate(GD, GD + 1, GD + 3);
       std::rotate(E, E + 1, E + 3);
       std::rotate(M, M + 1, M + 3);
       load(2, std::min(i + 2, h - 1));
