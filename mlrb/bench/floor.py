@@ -324,7 +324,7 @@ STAGES: tuple[Stage, ...] = (
           source="cpu/backward_band.h:apply_stencils_pass"),
     Stage("stencils: + ty", "bwd", "bwd_rows", O(add=1, load=1), mult=any_of(FY),
           source="cpu/backward_band.h:apply_stencils_pass"),
-    Stage("stencils: dy^T(tyy) (+ tyy - prevTyy, carry)", "bwd", "bwd_rows", O(add=2, load=2, store=1),
+    Stage("stencils: dy^T(tyy) (+ tyy - prevTyy; the carry is a row swap)", "bwd", "bwd_rows", O(add=2, load=2),
           mult=any_of(FYY), source="cpu/backward_band.h:apply_stencils_pass"),
     Stage("halo rows of the bands", "bwd", "halo", O(add=1, load=2, store=1),
           source="cpu/drivers.h:backward_batch (halos, batches of 1-3 only)"),

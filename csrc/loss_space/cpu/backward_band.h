@@ -131,19 +131,19 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
 }
 
 // The coefficient fields of one row (w entries each) and the dy^T carries: Bf (this row's
-// ty + dy^T tyy + dx^T txy, the next row's prevBf) and tyyz (tyy, 0 on the last row; the
-// next row's prevTyy).
+// ty + dy^T tyy + dx^T txy, the next row's prevBf) and prevTyy (the row before's tyy: the
+// two rows swap after the stencils, no copy).
 template <typename T>
 struct Fields {
   T *t0, *tx, *ty, *txx, *txy, *tyy;
-  T *Bf, *prevBf, *tyyz, *prevTyy;
+  T *Bf, *prevBf, *prevTyy;
   bool fx, fy, fxx, fxy, fyy;
   bool grad_first;  // all gradient types selected: grad_fields assigns the five fields
 
-  static constexpr int kRows = 10;
+  static constexpr int kRows = 9;
   Fields(T* f, int w, uint32_t types)
       : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), Bf(f + 6 * w),
-        prevBf(f + 7 * w), tyyz(f + 8 * w), prevTyy(f + 9 * w), fx(types & kFieldX), fy(types & kFieldY),
+        prevBf(f + 7 * w), prevTyy(f + 8 * w), fx(types & kFieldX), fy(types & kFieldY),
         fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY),
         grad_first((types & kGradBits) == kGradBits) {
     std::fill(prevBf, prevBf + w, T(0));
@@ -376,7 +376,7 @@ MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last,
   const T *__restrict t0 = fl.t0, *__restrict tx = fl.tx, *__restrict txx = fl.txx, *__restrict ty = fl.ty,
           *__restrict txy = fl.txy, *__restrict tyy = fl.tyy, *__restrict prevBf = fl.prevBf,
           *__restrict prevTyy = fl.prevTyy;
-  T *__restrict Bf = fl.Bf, *__restrict tyyz = fl.tyyz, *__restrict out = out_row;
+  T *__restrict Bf = fl.Bf, *__restrict out = out_row;
   // Transpose of d/dx (x[j] - x[j+1], 0 on the last column) at column j: x'[j] - x'[j-1]
   // with x' = x except x'[w-1] = 0. inner: 1 <= j <= w - 2.
   auto dxT = [&](auto inner, const T* x, int j) MLRB_INLINE_LAMBDA -> T {
@@ -398,11 +398,7 @@ MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last,
     if constexpr (kRows) {
       T b = FXY ? dxT(inner, txy, j) : T(0);
       if constexpr (FY) b += ty[j];
-      if constexpr (FYY) {
-        const T z = tyy[j];  // on the last row only tyyz reads it, and no row reads that
-        b += z - prevTyy[j];
-        tyyz[j] = z;
-      }
+      if constexpr (FYY) b += tyy[j] - prevTyy[j];
       if (last) b = T(0);
       t += b - prevBf[j];
       Bf[j] = b;
@@ -417,7 +413,7 @@ MLRB_FORCE_INLINE void apply_stencils_pass(Fields<T>& fl, T* out_row, bool last,
 #pragma omp simd
   for (int j = lo; j < hi; ++j) column(In{}, In{}, j);
   for (int j = hi; j < w; ++j) column(Edge{}, Edge{}, j);
-  if constexpr (FYY) std::swap(fl.tyyz, fl.prevTyy);
+  if constexpr (FYY) std::swap(fl.tyy, fl.prevTyy);  // the fields of the next row are rewritten
   if constexpr (kRows) std::swap(fl.Bf, fl.prevBf);
 }
 
