@@ -77,6 +77,7 @@ MEAN = BOX | {"M"}  # kMeanBits: need the global mean of e
 DEEP = frozenset(LOSS_TYPES) - MEAN - {"D"}  # kRowWindowBits: read rows i+1, i+2
 NORMAL = frozenset({"N", "Nr", "Nc"})
 GRAD = ("r", "c", "rr", "rc", "cc")
+T0_ONE_LOOP = frozenset({"D", "M"}) | BOX  # backward_band.h:t0_in_one_loop (without a mask)
 FX, FY = frozenset({"r", "N"}), frozenset({"c", "N"})  # backward coefficient fields
 FXX, FXY, FYY = frozenset({"rr", "Nr"}), frozenset({"rc", "Nr", "Nc"}), frozenset({"cc", "Nc"})
 ROWS = FY | FYY | FXY  # fields that need dy^T (Fields::has_rows)
@@ -225,15 +226,19 @@ STAGES: tuple[Stage, ...] = (
           source="cpu/row_window.h:RowWindow::load (direct)", inputs=True),
     Stage("valid count of the row (mask)", "fwd", "scale", None, O(add=1, load=1),
           source="cpu/forward_band.h:scale_forward_band (c0)"),
-    Stage("fields: clear t0 and the active fields", "bwd", "bwd_rows", O(store=1),
+    Stage("fields: clear t0", "bwd", "bwd_rows_t0", O(store=1),
+          source="cpu/backward_band.h:Fields::clear"),
+    Stage("fields: clear the active fields", "bwd", "bwd_rows", O(store=1),
           # all gradient types selected: their loop assigns the five fields (grad_first)
-          mult=lambda s: 1 + (0 if frozenset(GRAD) <= s else sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY))),
+          mult=lambda s: 0 if frozenset(GRAD) <= s else sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY)),
           source="cpu/backward_band.h:Fields::clear"),
     # ---- D and M
     Stage("D: |e| sums", "fwd", "scale", O(add=2, load=1), O(add=2, mul=1, load=2),
           mult=any_of({"D"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_D"),
     Stage("M: |e - mu| sums", "fwd", "scale", O(add=3, load=1), O(add=3, mul=1, load=2),
           mult=any_of({"M"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_M"),
+    # With D, M and the three box sizes (t0_in_one_loop) D and M run in the M_n loop, which
+    # assigns t0: their e load and t0 load / store are shared there (their FP work binds).
     Stage("D: sgn(e) into t0", "bwd", "scale", O(add=SGN + 1, mul=1, load=2, store=1),
           O(add=SGN + 1, mul=2, load=3, store=1),
           mult=any_of({"D"}), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_D"),
@@ -505,6 +510,9 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
         g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
     "window_rows_prep": ("scale", lambda g, k, s: g.B * (g.size(k)[0] + 2) * g.size(k)[1]),
     "bwd_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)),
+    # rows whose t0 is cleared: only the rows after a band's own when its loop assigns t0
+    "bwd_rows_t0": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (
+        min(h, i1 + 2) - (i1 if not g.masked and T0_ONE_LOOP <= s else i0)) * w)),
     "box_rows": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: _filtered_rows(h, i0, i1, _rmax(s)) * w)),
     "box_pad": ("scale", lambda g, k, s: _per_band(

@@ -150,9 +150,10 @@ struct Fields {
     std::fill(prevTyy, prevTyy + w, T(0));
   }
   // With all gradient types selected, grad_fields writes the five fields first (assigning
-  // 0 + term: the bits of adding to a cleared field), so rows with terms skip their clearing.
-  void clear(int w, bool row_has_terms) {
-    std::fill(t0, t0 + w, T(0));
+  // 0 + term: the bits of adding to a cleared field), so rows with terms skip their clearing;
+  // t0 likewise where accumulate_fields assigns it (t0_assigned: t0_in_one_loop).
+  void clear(int w, bool row_has_terms, bool t0_assigned) {
+    if (!(row_has_terms && t0_assigned)) std::fill(t0, t0 + w, T(0));
     if (row_has_terms && grad_first) return;
     if (fx) std::fill(tx, tx + w, T(0));
     if (fy) std::fill(ty, ty + w, T(0));
@@ -250,6 +251,14 @@ MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* 
   normal_fields_cols<Set, Scaled>(win, win.P[0], win.P[1], win.P[2], win.G[0], win.G[1], win.G[2], wt, fl, t, w);
 }
 
+// Without a mask and with D, M and the three box sizes selected (the whole space), their
+// terms go into t0 in one loop that assigns it (no clearing, one write per pixel).
+template <bool HasMask>
+constexpr bool t0_in_one_loop(uint32_t types) {
+  constexpr uint32_t all = bit(kD) | bit(kM) | bit(kM5) | bit(kM17) | bit(kM65);
+  return !HasMask && (types & all) == all;
+}
+
 // Row i's per-pixel derivatives (loss_math.h) times G[t] / count and the validity of the
 // footprint: D, M and the box losses into t0, the box losses also into tb_n (for B_n^T),
 // the gradient and normal types into the fields of their stencils.
@@ -262,12 +271,13 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   const T mu = prep.mu, m_shift = prep.m_shift;
   const T* wt = prep.wt;
   T* t0 = fl.t0;
-  if (types & bit(kD)) {
+  const bool one_loop = t0_in_one_loop<HasMask>(types);
+  if ((types & bit(kD)) && !one_loop) {
     const T wd = wt[kD];
 #pragma omp simd
     for (int j = 0; j < w; ++j) t0[j] += wd * dloss_D(E0[j]) * (HasMask ? M0[j] : T(1));
   }
-  if (types & bit(kM)) {
+  if ((types & bit(kM)) && !one_loop) {
     const T wm = wt[kM];
 #pragma omp simd
     for (int j = 0; j < w; ++j) t0[j] += wm * dloss_M(E0[j], mu, m_shift) * (HasMask ? M0[j] : T(1));
@@ -298,7 +308,15 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   };
   // All sizes in one loop (e and t0 read once, the same sums in the same order); with a mask
   // the six running sums in one loop would leave too few registers: a loop per size.
-  if (!HasMask && bt.size() == 3) {
+  if (one_loop) {  // D and M too: t0 assigned, the sums of the loops one after the other
+    const T wd = wt[kD], wm = wt[kM];
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      const T d = wd * dloss_D(E0[j]), mm = wm * dloss_M(E0[j], mu, m_shift);
+      const T s0 = term(sz[0], j), s1 = term(sz[1], j), s2 = term(sz[2], j);
+      t0[j] = ((((T(0) + d) + mm) + s0) + s1) + s2;
+    }
+  } else if (!HasMask && bt.size() == 3) {
 #pragma omp simd
     for (int j = 0; j < w; ++j) {
       const T s0 = term(sz[0], j), s1 = term(sz[1], j), s2 = term(sz[2], j);
@@ -476,7 +494,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
   const int iend = std::min(h, i1 + 2);
   for (int i = i0; i < iend; ++i) {
-    fl.clear(w, i < i1);
+    fl.clear(w, i < i1, t0_in_one_loop<HasMask>(types));
     if (i < i1) {
       win.seek(i, deep);
       accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, fl);
