@@ -38,7 +38,7 @@ struct RowWindow {
 
   RowWindow(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, T* buffer, bool direct_ = false)
       : p(p_), g(g_), m(m_), h(h_), w(w_), direct(!HasMask && direct_) {
-    const int s = w + 2;
+    const int64_t s = stride(w);
     for (int r = 0; r < 3; ++r) {
       P[r] = buffer + (4 * r + 0) * s;
       G[r] = buffer + (4 * r + 1) * s;
@@ -52,7 +52,10 @@ struct RowWindow {
   // that the columns before it fill whole vectors of 8 floats or 4 doubles (no scalar
   // remainder of the normals' loop in each part).
   int tail_from() const { return direct ? std::max(0, w - 2) / 8 * 8 : 0; }
-  static int64_t buffer_size(int w) { return 12 * int64_t(w + 2); }
+  // Rows of w + 2 entries, each starting at a multiple of 16 entries (64 bytes of floats):
+  // the vector loops' loads at j do not split cache lines, nor do the buffers after these.
+  static int64_t stride(int w) { return (int64_t(w) + 2 + 15) / 16 * 16; }
+  static int64_t buffer_size(int w) { return 12 * stride(w); }
 
   void load(int slot, int row) {
     const T* pi = p + int64_t(row) * w;
