@@ -255,7 +255,7 @@ MLRB_FORCE_INLINE void normal_fields(const RowWindow<T, HasMask>& win, const T* 
 // terms go into t0 in one loop that assigns it (no clearing, one write per pixel).
 template <bool HasMask>
 constexpr bool t0_in_one_loop(uint32_t types) {
-  constexpr uint32_t all = bit(kD) | bit(kM) | bit(kM5) | bit(kM17) | bit(kM65);
+  constexpr uint32_t all = bit(kD) | kMeanBits;
   return !HasMask && (types & all) == all;
 }
 
