@@ -65,13 +65,42 @@ inline Axis level_axis(int n_in, int k, bool fallback) {
   return a;
 }
 
-// Rows [i_lo, i_hi) of one level of pred and gt (and of the mask: valid iff the whole 4x4
-// footprint is valid); rows are independent, so tasks may split them.
-// With a mask, invalid full-resolution pixels read as 0 so that NaN/Inf there never reach
-// a value. tmp_p, tmp_g: W scratch entries each; tmp_m: W bytes.
+// Rows [i_lo, i_hi) of one level of the mask: valid iff the whole 4x4 footprint is valid
+// (spec, "Masks"); returns whether any of them is. The mask levels are built before the
+// values: a level without a valid pixel has no terms, so its values are never needed.
+// tmp_m: W bytes.
+inline bool build_level_mask(const uint8_t* m, const Axis& ay, const Axis& ax, uint8_t* out_m, uint8_t* tmp_m,
+                             int i_lo, int i_hi) {
+  const int W = ax.n_in;
+  uint8_t any = 0;
+  for (int i = i_lo; i < i_hi; ++i) {
+    const uint8_t *__restrict m0 = m + (int64_t)ay.tap(i, 0) * W, *__restrict m1 = m + (int64_t)ay.tap(i, 1) * W,
+                  *__restrict m2 = m + (int64_t)ay.tap(i, 2) * W, *__restrict m3 = m + (int64_t)ay.tap(i, 3) * W;
+#pragma omp simd
+    for (int c = 0; c < W; ++c) tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
+    uint8_t* om = out_m + (int64_t)i * ax.n_out;
+    int lo, hi;
+    ax.interior(lo, hi);
+    auto clamped = [&](int j) {
+      om[j] = tmp_m[ax.tap(j, 0)] & tmp_m[ax.tap(j, 1)] & tmp_m[ax.tap(j, 2)] & tmp_m[ax.tap(j, 3)];
+    };
+    for (int j = 0; j < lo; ++j) clamped(j);
+    for (int j = lo; j < hi; ++j) {
+      const uint8_t* c = tmp_m + (ax.stride * j + ax.first0);
+      om[j] = c[0] & c[1] & c[2] & c[3];
+    }
+    for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
+    for (int j = 0; j < ax.n_out; ++j) any |= om[j];
+  }
+  return any != 0;
+}
+
+// Rows [i_lo, i_hi) of one level of pred and gt; rows are independent, so tasks may split
+// them. With a mask, invalid full-resolution pixels read as 0 so that NaN/Inf there never
+// reach a value. tmp_p, tmp_g: W scratch entries each.
 template <typename T, bool HasMask>
-void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const Axis& ax,
-                 T* out_p, T* out_g, uint8_t* out_m, T* tmp_p, T* tmp_g, uint8_t* tmp_m, int i_lo, int i_hi) {
+void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const Axis& ax, T* out_p, T* out_g,
+                 T* tmp_p, T* tmp_g, int i_lo, int i_hi) {
   const int W = ax.n_in;
   const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
   const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
@@ -90,7 +119,6 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
                    wy[2] * where_valid(m2[c], p2[c]) + wy[3] * where_valid(m3[c], p3[c]);
         tmp_g[c] = wy[0] * where_valid(m0[c], g0[c]) + wy[1] * where_valid(m1[c], g1[c]) +
                    wy[2] * where_valid(m2[c], g2[c]) + wy[3] * where_valid(m3[c], g3[c]);
-        tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
       }
     } else {
 #pragma omp simd
@@ -105,7 +133,6 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
       const int c0 = ax.tap(j, 0), c1 = ax.tap(j, 1), c2 = ax.tap(j, 2), c3 = ax.tap(j, 3);
       op[j] = wx[0] * tmp_p[c0] + wx[1] * tmp_p[c1] + wx[2] * tmp_p[c2] + wx[3] * tmp_p[c3];
       og[j] = wx[0] * tmp_g[c0] + wx[1] * tmp_g[c1] + wx[2] * tmp_g[c2] + wx[3] * tmp_g[c3];
-      if constexpr (HasMask) out_m[(int64_t)i * ax.n_out + j] = tmp_m[c0] & tmp_m[c1] & tmp_m[c2] & tmp_m[c3];
     };
     int lo, hi;
     ax.interior(lo, hi);
@@ -129,13 +156,6 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
       inner(std::integral_constant<int, 4>{});
     else
       inner(std::integral_constant<int, 0>{});
-    if constexpr (HasMask) {
-      uint8_t* om = out_m + (int64_t)i * ax.n_out;
-      for (int j = lo; j < hi; ++j) {
-        const uint8_t* c = tmp_m + (ax.stride * j + ax.first0);
-        om[j] = c[0] & c[1] & c[2] & c[3];
-      }
-    }
     for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
   }
 }

@@ -91,6 +91,24 @@ def test_masked_wide_rows_match_reference_float64(W, mask):
     assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
 
 
+# A level k >= 1 whose mask has no valid pixel is skipped (drivers.h mark_live_levels), per
+# sample, in both backward paths (whole samples for B >= 4, row bands below). Sample 0 is all
+# valid (every level live), sample 1 has an 8x8 valid corner (levels 1-3 live, 4-5 dead), the
+# rest a 5% mask (every level k >= 1 dead: a 4x4 footprint is never all valid).
+@pytest.mark.parametrize("B,H", [(4, 40), (2, 140)])
+def test_levels_without_valid_pixels_are_skipped_per_sample(B, H):
+    pred, gt, m = make_inputs(B, H, 36, dtype=torch.float64, mask="sparse")
+    m[0] = True
+    m[1, :, :8, :8] = True
+    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
+    L = _losses(pred, gt, m, EVERY)
+    scale = torch.tensor([int(n.split("@")[1]) if "@" in n else 0 for n in EVERY])
+    assert all((L[0, scale == k] != 0).any() for k in range(1, 6))  # live levels have terms
+    assert all((L[1, scale == k] != 0).any() for k in range(1, 4))
+    assert (L[1, scale >= 4] == 0).all() and (L[2:, scale >= 1] == 0).all()
+    _assert_bitwise_across_threads(pred.float(), gt.float(), m)
+
+
 @pytest.mark.parametrize("mask", [None, "sparse"])
 def test_batch_one_bitwise_identical_across_threads(mask):
     """B = 1 runs its row bands on all threads; the bits must not depend on how many."""

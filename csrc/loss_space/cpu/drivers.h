@@ -41,10 +41,25 @@ namespace {
 // two row passes): the transposed pyramid of the level gradients added to rows [lo, hi)
 // (coarsest first), then the AMLR pair, then invalid pixels zeroed.
 template <typename T, typename LevelGrad>
-inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, LevelGrad&& level_grad, T* gb, T* tmp,
-                                   int lo, int hi) {
+inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, const uint8_t* live, LevelGrad&& level_grad,
+                                   T* gb, T* tmp, int lo, int hi) {
   for (int k = kNumScales - 1; k >= 1; --k)
-    if (sel.types[k]) add_level_transpose(level_grad(k), plan.L[k].ay, plan.L[k].ax, gb, tmp, lo, hi);
+    if (sel.types[k] && live[k]) add_level_transpose(level_grad(k), plan.L[k].ay, plan.L[k].ax, gb, tmp, lo, hi);
+}
+
+// Live levels. A level k >= 1 whose mask has no valid pixel has no terms: its losses are 0
+// and it adds nothing to the gradient (spec, "Masks"). With sparse ground truth (KITTI's
+// LiDAR points: a 4x4 footprint is rarely all valid) that is every level k >= 1, so the
+// mask levels are built first and a dead level's values, scale passes and transpose are
+// skipped, with the same results. live[b * kNumScales + k]; 1 for k = 0 and without a mask.
+// any[q]: whether level task q's rows of the mask have a valid pixel (build_level_mask).
+inline void mark_live_levels(const Plan& plan, const std::vector<uint8_t>& any, uint8_t* live) {
+  for (int b = 0; b < plan.B; ++b)
+    for (int k = 1; k < kNumScales; ++k) live[b * kNumScales + k] = 0;
+  for (size_t q = 0; q < plan.level_tasks.size(); ++q) {
+    const auto [b, k, lo, hi] = plan.level_tasks[q];
+    live[b * kNumScales + k] |= any[q];
+  }
 }
 
 template <typename T, bool HasMask>
@@ -81,30 +96,43 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   };
   const int nbands = int(plan.bands.size());
   std::vector<ScaleStats<T>> stats(size_t(B) * kNumScales);
-  std::vector<double> part(size_t(nbands) * 2 * kNumTypes);
+  std::vector<double> part(size_t(nbands) * 2 * kNumTypes);  // a dead level's bands stay 0: losses 0
   std::vector<double> amlr(size_t(B) * 2);
+  std::vector<uint8_t> live(size_t(B) * kNumScales, 1), any(HasMask ? plan.level_tasks.size() : 0);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
+    if constexpr (HasMask) {
+#pragma omp for schedule(dynamic, 1)
+      for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // mask levels
+        const auto [b, k, lo, hi] = plan.level_tasks[q];
+        any[q] = build_level_mask(mask + b * N, plan.L[k].ay, plan.L[k].ax, const_cast<uint8_t*>(lm(b, k)),
+                                  tmpm.data(), lo, hi);
+      }
+#pragma omp single
+      mark_live_levels(plan, any, live.data());
+    }
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
       const auto [b, k, lo, hi] = plan.level_tasks[q];
+      if (!live[b * kNumScales + k]) continue;
       const Level& L = plan.L[k];
       build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax,
-                              const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), const_cast<uint8_t*>(lm(b, k)),
-                              tmp.data(), tmp.data() + W, tmpm.data(), lo, hi);
+                              const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), tmp.data(), tmp.data() + W, lo,
+                              hi);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
-      if (!sel.types[k]) continue;
+      if (!sel.types[k] || !live[b * kNumScales + k]) continue;
       stats[q] = scale_stats<T, HasMask>(lp(b, k), lg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w, sel.types[k]);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
+      if (!live[d.b * kNumScales + d.k]) continue;
       double* s = part.data() + size_t(t) * 2 * kNumTypes;
       const ScaleStats<T>& st = stats[d.k * B + d.b];
       scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
@@ -179,15 +207,24 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         std::fill(gb, gb + N, T(0));
         T* lvp = aligned(lvl, 3 * per);
         uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
+        uint8_t live[kNumScales];  // mark_live_levels, for this sample
+        std::fill(live, live + kNumScales, uint8_t(1));
+        if constexpr (HasMask) {
+          std::fill(live + 1, live + kNumScales, uint8_t(0));
+          for (int q = plan.level_first[b]; q < plan.level_first[b + 1]; ++q) {
+            const auto [tb, k, lo, hi] = plan.level_tasks[q];
+            live[k] |= build_level_mask(mb, plan.L[k].ay, plan.L[k].ax, lmp + plan.off[k], tmpm.data(), lo, hi);
+          }
+        }
         for (int q = plan.level_first[b]; q < plan.level_first[b + 1]; ++q) {  // the levels, in cache order
           const auto [tb, k, lo, hi] = plan.level_tasks[q];
+          if (!live[k]) continue;
           const Level& L = plan.L[k];
-          build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lvp + plan.off[k], lvp + plan.off[k] + per,
-                                  HasMask ? lmp + plan.off[k] : nullptr, tmp.data(), tmp.data() + W, tmpm.data(), lo,
-                                  hi);
+          build_level<T, HasMask>(pb, gtb, mb, L.ay, L.ax, lvp + plan.off[k], lvp + plan.off[k] + per, tmp.data(),
+                                  tmp.data() + W, lo, hi);
         }
         for (int k = kNumScales - 1; k >= 0; --k) {
-          if (!sel.types[k]) continue;
+          if (!sel.types[k] || !live[k]) continue;
           const Level& L = plan.L[k];
           const T* pp = pb;
           const T* gg = gtb;
@@ -207,7 +244,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
                                           BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
         }
-        add_pyramid_transposes(plan, sel, [&](int k) { return lvp + plan.off[k] + 2 * per; }, gb, tmp.data(), 0, H);
+        add_pyramid_transposes(plan, sel, live, [&](int k) { return lvp + plan.off[k] + 2 * per; }, gb, tmp.data(), 0,
+                               H);
         add_amlr_grad<T, HasMask>(pb, gtb, mb, a, sel, G80, gb, ws);
         zero_invalid<T, HasMask>(gb, mb, 0, N);
       }
@@ -236,6 +274,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
   halo.assign(plan.halo_size, T(0));
   T* const hd = halo.data();  // inside the parallel region `halo` would name each thread's own
   std::vector<ScalePrep<T>> preps(size_t(B) * kNumScales);
+  std::vector<uint8_t> live(size_t(B) * kNumScales, 1), any(HasMask ? plan.level_tasks.size() : 0);
+  auto dead = [&](int b, int k) { return !live[b * kNumScales + k]; };
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
@@ -246,25 +286,36 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       const auto [b, lo, hi] = plan.row_tasks[q];
       std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
     }
+    if constexpr (HasMask) {
+#pragma omp for schedule(dynamic, 1)
+      for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // mask levels
+        const auto [b, k, lo, hi] = plan.level_tasks[q];
+        any[q] = build_level_mask(mask + b * N, plan.L[k].ay, plan.L[k].ax, const_cast<uint8_t*>(lm(b, k)),
+                                  tmpm.data(), lo, hi);
+      }
+#pragma omp single
+      mark_live_levels(plan, any, live.data());
+    }
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
       const auto [b, k, lo, hi] = plan.level_tasks[q];
+      if (dead(b, k)) continue;
       const Level& L = plan.L[k];
       build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
-                              lg(b, k), const_cast<uint8_t*>(lm(b, k)), tmp.data(), tmp.data() + W, tmpm.data(), lo,
-                              hi);
+                              lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
       std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
     }
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
-      if (sel.types[k])
+      if (sel.types[k] && !dead(b, k))
         preps[q] = scale_backward_prep<T, HasMask>(cp(b, k), cg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w,
                                                    sel.types[k], G.data() + size_t(b) * kNumAll + kNumTypes * k, ws);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
+      if (dead(d.b, d.k)) continue;
       const int w = plan.L[d.k].w;
       const BandOut<T> o{lgrad(d.b, d.k), hd + d.halo, d.i0, d.i1, w, d.i0 > 0 ? kHaloTop : 0};
       scale_backward_band<T, HasMask>(cp(d.b, d.k), cg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, w, sel.types[d.k],
@@ -274,6 +325,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
+      if (dead(d.b, d.k)) continue;
       const int w = plan.L[d.k].w;
       const int f = plan.first[d.k] + d.b * plan.nb[d.k];
       T* gk = lgrad(d.b, d.k);
@@ -293,7 +345,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // the sample tail, by row chunks
       const auto [b, lo, hi] = plan.row_tasks[q];
-      add_pyramid_transposes(plan, sel, [&](int k) { return lgrad(b, k); }, grad + b * N, tmp.data(), lo, hi);
+      add_pyramid_transposes(plan, sel, live.data() + b * kNumScales, [&](int k) { return lgrad(b, k); },
+                             grad + b * N, tmp.data(), lo, hi);
     }
     if (sel.amlr) {
 #pragma omp for schedule(dynamic, 1)
