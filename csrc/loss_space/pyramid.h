@@ -76,9 +76,17 @@ inline bool build_level_mask(const uint8_t* m, const Axis& ay, const Axis& ax, u
   for (int i = i_lo; i < i_hi; ++i) {
     const uint8_t *__restrict m0 = m + (int64_t)ay.tap(i, 0) * W, *__restrict m1 = m + (int64_t)ay.tap(i, 1) * W,
                   *__restrict m2 = m + (int64_t)ay.tap(i, 2) * W, *__restrict m3 = m + (int64_t)ay.tap(i, 3) * W;
-#pragma omp simd
-    for (int c = 0; c < W; ++c) tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
+    uint8_t col_any = 0;
+#pragma omp simd reduction(| : col_any)
+    for (int c = 0; c < W; ++c) {
+      tmp_m[c] = m0[c] & m1[c] & m2[c] & m3[c];
+      col_any |= tmp_m[c];
+    }
     uint8_t* om = out_m + (int64_t)i * ax.n_out;
+    if (!col_any) {  // sparse masks: the row is invalid before its (strided, scalar) row taps
+      std::fill(om, om + ax.n_out, uint8_t(0));
+      continue;
+    }
     int lo, hi;
     ax.interior(lo, hi);
     auto clamped = [&](int j) {

@@ -192,15 +192,18 @@ STAGES: tuple[Stage, ...] = (
     # ---- backward: the gradient starts at 0
     Stage("zero the gradient", "bwd", "full", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of grad)"),
-    # ---- pyramid D^k, k >= 1 (built in both passes)
+    # ---- pyramid D^k, k >= 1 (built in both passes); with a mask its levels come first, for
+    # every sample (bytes: a quarter of a float lane's work per entry)
+    Stage("pyramid: mask levels, column taps (4 mask rows, and)", "fwd+bwd", "mask_level_rows_x_W", None,
+          O(add=3 / 4, load=4 / 4, store=1 / 4), source="pyramid.h:build_level_mask (column pass)"),
+    Stage("pyramid: mask levels, row taps and the any-valid test", "fwd+bwd", "mask_level", None,
+          O(add=4 / 4, load=5 / 4, store=1 / 4), source="pyramid.h:build_level_mask (row pass)"),
     Stage("pyramid: column taps (4 rows of pred, gt)", "fwd+bwd", "level_rows_x_W",
           O(add=6, mul=8, load=8, store=2),
-          # + 4 mask reads, 4 compares, 8 selects, 3 ands, the tmp_m store
-          O(add=21, mul=8, load=12, store=3),
+          O(add=18, mul=8, load=12, store=2),  # + 4 mask reads, 4 compares, 8 selects
           source="pyramid.h:build_level (column pass)", inputs=True),
     Stage("pyramid: row taps (strided reads of the column pass)", "fwd+bwd", "level",
           O(add=6, mul=8, load=8, store=2),
-          O(add=9, mul=8, load=12, store=3),  # + the footprint's 4 mask reads, 3 ands, 1 store
           source="pyramid.h:build_level (row pass)"),
     Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of gk)"),
@@ -380,6 +383,9 @@ class Geometry:
     types: tuple  # frozenset of type names per scale k
     masked: bool
     itemsize: int = 4
+    # samples whose level k has a valid pixel (None: all B); the kernels skip the others'
+    # levels k >= 1 (drivers.h mark_live_levels), so their work is not counted
+    live: tuple | None = None
     bands: dict = field(default_factory=dict)  # k -> [(i0, i1)] of one sample
 
     def __post_init__(self):
@@ -393,6 +399,10 @@ class Geometry:
 
     def size(self, k: int) -> tuple[int, int]:
         return level_size(self.H, self.W, k)
+
+    def n(self, k: int | None) -> int:
+        """Samples that run scale k (k None: full resolution)."""
+        return self.B if k is None or k == 0 or self.live is None else self.live[k]
 
     @property
     def whole_samples(self) -> bool:
@@ -495,20 +505,23 @@ def _transpose_hits(g: Geometry, k: int) -> int:
 
 def _per_band(g: Geometry, k: int, fn) -> int:
     h, w = g.size(k)
-    return g.B * sum(fn(h, w, i0, i1) for i0, i1 in g.bands[k])
+    return g.n(k) * sum(fn(h, w, i0, i1) for i0, i1 in g.bands[k])
 
 
 # name -> (scope, elements(geometry, k, types)); scope "full": once per pass (k is None),
 # "scale": each selected scale, "level": each selected scale k >= 1.
 PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "full": ("full", lambda g, k, s: g.B * g.H * g.W),
-    "scale": ("scale", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
-    "level": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
-    "level_rows_x_W": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.W),
+    "scale": ("scale", lambda g, k, s: g.n(k) * g.size(k)[0] * g.size(k)[1]),
+    "level": ("level", lambda g, k, s: g.n(k) * g.size(k)[0] * g.size(k)[1]),
+    "level_rows_x_W": ("level", lambda g, k, s: g.n(k) * g.size(k)[0] * g.W),
+    # the mask levels: every sample's, live or not (drivers.h mark_live_levels)
+    "mask_level": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
+    "mask_level_rows_x_W": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.W),
     # RowWindow::seek: one row per band row, plus rows i+1, i+2 at a band's start (deep types)
     "window_rows": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
-    "window_rows_prep": ("scale", lambda g, k, s: g.B * (g.size(k)[0] + 2) * g.size(k)[1]),
+    "window_rows_prep": ("scale", lambda g, k, s: g.n(k) * (g.size(k)[0] + 2) * g.size(k)[1]),
     "bwd_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)),
     # rows whose t0 is cleared: only the rows after a band's own when its loop assigns t0
     "bwd_rows_t0": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (
@@ -540,9 +553,9 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
         g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[1] for r in _radii(s)) * w)),
     "emit_none": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: sum(_emit_rows(i0, i1, r)[2] for r in _radii(s)) * w)),
-    "halo": ("scale", lambda g, k, s: g.B * _halo_rows(g.bands[k], g.size(k)[0]) * g.size(k)[1]),
-    "transpose_hits": ("level", lambda g, k, s: g.B * _transpose_hits(g, k) * g.size(k)[1]),
-    "transpose_hits_x_W": ("level", lambda g, k, s: g.B * _transpose_hits(g, k) * g.W),
+    "halo": ("scale", lambda g, k, s: g.n(k) * _halo_rows(g.bands[k], g.size(k)[0]) * g.size(k)[1]),
+    "transpose_hits": ("level", lambda g, k, s: g.n(k) * _transpose_hits(g, k) * g.size(k)[1]),
+    "transpose_hits_x_W": ("level", lambda g, k, s: g.n(k) * _transpose_hits(g, k) * g.W),
 }
 
 # ---------------------------------------------------------------------------- the model
@@ -637,9 +650,16 @@ def floor_model(g: Geometry, peaks: dict) -> dict:
     return out
 
 
-def geometry(shape, indices, dtype: str = "float32") -> Geometry:
+def geometry(shape, indices, dtype: str = "float32", mask=None) -> Geometry:
+    """mask: the case's (B, 1, H, W) bool mask, if the shape has one: its levels decide which
+    samples' levels run (Geometry.live); without it every level counts."""
     B, _, H, W, density = shape
-    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4)
+    live = None
+    if mask is not None:
+        from mlrb.reference import mask_level
+
+        live = (B,) + tuple(int(mask_level(mask, k).flatten(1).any(1).sum()) for k in range(1, NUM_SCALES))
+    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4, live)
 
 
 # ---------------------------------------------------------------------------- measurement
@@ -721,7 +741,8 @@ def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str 
 
     sh = cases.parse_shape(shape)
     indices = resolve_select(select)
-    g = geometry(sh, indices, dtype)
+    mask = cases.make_case(sh)[2]  # measure()'s case (the same seed)
+    g = geometry(sh, indices, dtype, mask)
     subs = {t: [i for i in indices if LOSS_TYPES[i % NUM_TYPES] == t] for t in LOSS_TYPES}
     subs = {t: sub for t, sub in subs.items() if sub}
     fixed_peaks = peaks is not None
@@ -742,7 +763,7 @@ def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str 
     if by_type:
         rows = []
         for (t, sub), meas in zip(subs.items(), times):
-            m = floor_model(geometry(sh, sub, dtype), peaks)
+            m = floor_model(geometry(sh, sub, dtype, mask), peaks)
             rows.append({"type": t, "losses": list(names_of(sub)),
                          **{f"{p}_{key}": val for p in ("fwd", "bwd") for key, val in (
                              ("floor_ms", m[p]["floor_ms"]), ("measured_ms", meas[p] * 1e3),

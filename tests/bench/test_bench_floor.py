@@ -117,6 +117,32 @@ def test_counts_scale_exactly_with_the_pixel_counts():
         assert full
 
 
+def test_levels_without_valid_pixels_are_not_counted():
+    # drivers.h mark_live_levels: a level k >= 1 whose mask has no valid pixel is skipped,
+    # per sample; the mask levels themselves are built for every sample
+    import torch
+
+    from mlrb.bench.cases import parse_shape
+
+    mask = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) < 0.05
+    mask[0] = True  # sample 0: every level live; sample 1 (5% valid): every level k >= 1 dead
+    shape = parse_shape("2x1x64x96@0.05")
+    g = floor.geometry(shape, resolve_select("all"), "float32", mask)
+    every = floor.geometry(shape, resolve_select("all"), "float32")  # no mask given: all counted
+    assert g.live == (2, 1, 1, 1, 1, 1) and every.live is None
+    for pass_ in ("fwd", "bwd"):
+        for sg, se in zip(floor.count(g, pass_), floor.count(every, pass_)):
+            assert sg.stage.name == se.stage.name
+            for k, ops in se.by_scale.items():
+                if k in (None, 0) or sg.stage.over.startswith("mask_level"):
+                    assert sg.by_scale[k] == ops, (sg.stage.name, k)
+                else:  # one of the two samples
+                    assert sg.by_scale[k] == ops * 0.5, (sg.stage.name, k)
+        names = [sc.stage.name for sc in floor.count(g, pass_)]
+        assert "pyramid: mask levels, column taps (4 mask rows, and)" in names
+    assert "pyramid: mask levels, column taps (4 mask rows, and)" not in totals(geometry("2x1x64x96"), "fwd")
+
+
 def test_the_band_partition_of_a_small_batch_is_modelled():
     one, four = geometry("1x1x288x384"), geometry("4x1x288x384")
     assert not one.whole_samples and four.whole_samples

@@ -297,9 +297,11 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   auto term = [&](const Size& z, int j) MLRB_INLINE_LAMBDA {
     if constexpr (HasMask) {
       const T cj = box.count(z.m(j));
-      const T s = z.wb * dloss_Mn(E0[j], mu, z.x(j) / cj) * M0[j];
-      z.tb[j] = s / cj;
-      return s;
+      const T d = dloss_Mn(E0[j], mu, z.x(j) / cj);
+      // (d M0) (wb / cj) is s / cj bit for bit (d M0 is +-1 or a zero, and the rounding is
+      // symmetric), but its division does not wait for the first one and the sign.
+      z.tb[j] = (d * M0[j]) * (z.wb / cj);
+      return z.wb * d * M0[j];
     } else {
       const T s = z.wb * dloss_Mn(E0[j], mu, z.x(j) * z.iv);
       z.tb[j] = s * z.inv_n2;
