@@ -143,7 +143,7 @@ class Stage:
 def _grad_fwd(t: str) -> Stage:
     pts, subs = GRAD_STENCIL[t]
     # forward_band.h:grad_sums, one type alone: acc += |stencil(e)| (* valid; c += valid)
-    return Stage(f"{t}: |stencil(e)| sums", "fwd", "scale",
+    return Stage(f"{t}: |stencil(e)| sums", "fwd", "grad_rows",
                  O(add=subs + 2, load=pts),
                  O(add=subs + 3, mul=pts, load=2 * pts),  # valid_of: pts mask reads, pts - 1 products; * v
                  alone_in(t, frozenset(GRAD)), "cpu/forward_band.h:grad_sums + loss_math.h:grad_term")
@@ -152,7 +152,7 @@ def _grad_fwd(t: str) -> Stage:
 def _grad_bwd(t: str) -> Stage:
     pts, subs = GRAD_STENCIL[t]
     # grad_fields, one type alone: field[j] += wg * sgn(stencil(e)) (* valid): the field row is read and written
-    return Stage(f"{t}: sgn(stencil(e)) into its field", "bwd", "scale",
+    return Stage(f"{t}: sgn(stencil(e)) into its field", "bwd", "grad_rows",
                  O(add=subs + SGN + 1, mul=1, load=pts + 1, store=1),
                  O(add=subs + SGN + 1, mul=1 + pts, load=2 * pts + 1, store=1),
                  alone_in(t, frozenset(GRAD)), "cpu/backward_band.h:grad_fields + loss_math.h:dloss_grad_type")
@@ -161,10 +161,10 @@ def _grad_bwd(t: str) -> Stage:
 # All five gradient types in one loop: the 6 points e(i..i+2, j..j+2) they read are loaded
 # once and the shared differences (dx, dy of row i) computed once: 8 subtractions instead of
 # 11; with a mask 6 mask reads and 6 products for the five footprints.
-GRAD_GROUP_FWD = Stage("gradient types: |stencil(e)| sums (one loop)", "fwd", "scale",
+GRAD_GROUP_FWD = Stage("gradient types: |stencil(e)| sums (one loop)", "fwd", "grad_rows",
                        O(add=8 + 5 + 5, load=6), O(add=8 + 5 + 5 + 5, mul=6 + 5, load=12),
                        whole(frozenset(GRAD)), "cpu/forward_band.h:grad_sums + loss_math.h:grad_term")
-GRAD_GROUP_BWD = Stage("gradient types: sgn(stencil(e)) into the fields (one loop)", "bwd", "scale",
+GRAD_GROUP_BWD = Stage("gradient types: sgn(stencil(e)) into the fields (one loop)", "bwd", "grad_rows",
                        O(add=8 + 5 * SGN + 5, mul=5, load=6, store=5),  # assigns 0 + term: no field reads
                        O(add=8 + 5 * SGN + 5, mul=5 + 6 + 5, load=12, store=5),
                        whole(frozenset(GRAD)), "cpu/backward_band.h:grad_fields + loss_math.h:dloss_grad_type")
@@ -174,7 +174,7 @@ def _normal_args(t: str) -> Stage:
     pts, subs = NORMAL_STENCIL[t]
     # the two derivatives of pred and of gt; with a mask also the footprint's validity (pts
     # mask reads, pts - 1 products) and its product with the loss / the weight (1 mul)
-    return Stage(f"{t}: normal arguments (pred, gt)", "fwd+bwd", "scale",
+    return Stage(f"{t}: normal arguments (pred, gt)", "fwd+bwd", "normal_rows",
                  O(add=2 * subs, load=2 * pts),
                  O(add=2 * subs, mul=pts, load=3 * pts),
                  alone_in(t, NORMAL), "loss_math.h:normal_args, valid_of")
@@ -182,7 +182,7 @@ def _normal_args(t: str) -> Stage:
 
 # N, Nr, Nc in one loop: 6 points per map loaded once, 8 subtractions per map instead of 14
 # (dx, dy and rc shared); with a mask 6 mask reads and 7 products for the three footprints.
-NORMAL_GROUP_ARGS = Stage("normal arguments (pred, gt), N, Nr, Nc in one loop", "fwd+bwd", "scale",
+NORMAL_GROUP_ARGS = Stage("normal arguments (pred, gt), N, Nr, Nc in one loop", "fwd+bwd", "normal_rows",
                           O(add=16, load=12), O(add=16, mul=7 + 3, load=18),
                           whole(NORMAL), "loss_math.h:normal_args, valid_of (forward_band.h:normal_sums, "
                           "backward_band.h:normal_fields)")
@@ -231,10 +231,15 @@ STAGES: tuple[Stage, ...] = (
           source="cpu/forward_band.h:scale_forward_band (c0)"),
     Stage("fields: clear t0", "bwd", "bwd_rows_t0", O(store=1),
           source="cpu/backward_band.h:Fields::clear"),
-    Stage("fields: clear the active fields", "bwd", "bwd_rows", O(store=1),
-          # all gradient types selected: their loop assigns the five fields (grad_first)
-          mult=lambda s: 0 if frozenset(GRAD) <= s else sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY)),
+    Stage("fields: clear the active fields", "bwd", "cleared_rows", O(store=1),
+          # all gradient types selected: their loop assigns the five fields (grad_first) where it runs
+          mult=lambda s: sum(bool(s & f) for f in (FX, FY, FXX, FXY, FYY)),
           source="cpu/backward_band.h:Fields::clear"),
+    # with a mask, per row: can a footprint of the gradient or normal group be valid (3 mask
+    # rows read; M0 (M0' + M1) and M0 M0' M1 summed)
+    Stage("row test: valid footprints of the groups (mask)", "fwd+bwd", "scale", None,
+          O(add=3, mul=3, load=3), mult=lambda s: int(bool(s & (frozenset(GRAD) | NORMAL))),
+          source="cpu/row_window.h:RowWindow::row_types"),
     # ---- D and M
     Stage("D: |e| sums", "fwd", "scale", O(add=2, load=1), O(add=2, mul=1, load=2),
           mult=any_of({"D"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_D"),
@@ -290,18 +295,18 @@ STAGES: tuple[Stage, ...] = (
     *(_normal_args(t) for t in ("N", "Nr", "Nc")),
     NORMAL_GROUP_ARGS,
     # normal_loss<Scaled=false>: num 2 mul 2 add; |a|^2 |b|^2: 5 mul 4 add; sqrt; 1 - num / (AB + eps): 2 add, div
-    Stage("normal_loss formula", "fwd", "scale", O(add=8, mul=7, sqrt=1, div=1),
+    Stage("normal_loss formula", "fwd", "normal_rows", O(add=8, mul=7, sqrt=1, div=1),
           mult=each_of(NORMAL), source="loss_math.h:normal_loss"),
-    Stage("normal sums (acc, count)", "fwd", "scale", O(add=2), mult=each_of(NORMAL),
+    Stage("normal sums (acc, count)", "fwd", "normal_rows", O(add=2), mult=each_of(NORMAL),
           source="cpu/forward_band.h:scale_forward_band (normal types)"),
     # normal_loss_grad<Scaled=false>: num, A2, B2: 6 mul 6 add; AB: 1 mul, sqrt; den: 1 add;
     # inv: 1 mul, div; c, s: 4 mul; g1, g2: 4 mul, 2 add
-    Stage("normal_loss_grad formula", "bwd", "scale", O(add=9, mul=16, sqrt=1, div=1),
+    Stage("normal_loss_grad formula", "bwd", "normal_rows", O(add=9, mul=16, sqrt=1, div=1),
           mult=each_of(NORMAL), source="loss_math.h:normal_loss_grad"),
-    Stage("normal gradient into two fields", "bwd", "scale", O(add=2, load=2, store=2),
+    Stage("normal gradient into two fields", "bwd", "normal_rows", O(add=2, load=2, store=2),
           mult=lambda s: 0 if NORMAL <= s else len(s & NORMAL),
           source="cpu/backward_band.h:normal_fields (one type)"),
-    Stage("normal gradients into five fields (one loop)", "bwd", "scale", O(add=6, load=5, store=5),
+    Stage("normal gradients into five fields (one loop)", "bwd", "normal_rows", O(add=6, load=5, store=5),
           mult=whole(NORMAL), source="cpu/backward_band.h:normal_fields (N, Nr, Nc: txy read and written once)"),
     # ---- B_n^T: box_row_sum_transpose of each row's tb, per selected size
     # quad passes over t padded by zeros: the first reads t itself, the last one (S_2r) adds
@@ -386,6 +391,10 @@ class Geometry:
     # samples whose level k has a valid pixel (None: all B); the kernels skip the others'
     # levels k >= 1 (drivers.h mark_live_levels), so their work is not counted
     live: tuple | None = None
+    # {"grad": rows per scale k, "normal": ...}: the rows of the live samples in which the group
+    # has a footprint that can be valid (None: every row); the kernels skip it elsewhere
+    # (row_window.h RowWindow::row_types)
+    group_rows: dict | None = None
     bands: dict = field(default_factory=dict)  # k -> [(i0, i1)] of one sample
 
     def __post_init__(self):
@@ -403,6 +412,10 @@ class Geometry:
     def n(self, k: int | None) -> int:
         """Samples that run scale k (k None: full resolution)."""
         return self.B if k is None or k == 0 or self.live is None else self.live[k]
+
+    def rows(self, group: str, k: int) -> int:
+        """Rows of scale k in which the gradient ("grad") or normal group runs."""
+        return self.n(k) * self.size(k)[0] if self.group_rows is None else self.group_rows[group][k]
 
     @property
     def whole_samples(self) -> bool:
@@ -523,6 +536,12 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
         g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
     "window_rows_prep": ("scale", lambda g, k, s: g.n(k) * (g.size(k)[0] + 2) * g.size(k)[1]),
     "bwd_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)),
+    # the rows in which a group runs (Geometry.rows), and the band rows whose fields are cleared:
+    # all of them, but where the whole gradient group runs (it assigns the fields)
+    "grad_rows": ("scale", lambda g, k, s: g.rows("grad", k) * g.size(k)[1]),
+    "normal_rows": ("scale", lambda g, k, s: g.rows("normal", k) * g.size(k)[1]),
+    "cleared_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)
+                     - (g.rows("grad", k) * g.size(k)[1] if frozenset(GRAD) <= s else 0)),
     # rows whose t0 is cleared: only the rows after a band's own when its loop assigns t0
     "bwd_rows_t0": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (
         min(h, i1 + 2) - (i1 if not g.masked and T0_ONE_LOOP <= s else i0)) * w)),
@@ -654,12 +673,23 @@ def geometry(shape, indices, dtype: str = "float32", mask=None) -> Geometry:
     """mask: the case's (B, 1, H, W) bool mask, if the shape has one: its levels decide which
     samples' levels run (Geometry.live); without it every level counts."""
     B, _, H, W, density = shape
-    live = None
+    live = rows = None
     if mask is not None:
+        import torch
+
         from mlrb.reference import mask_level
 
-        live = (B,) + tuple(int(mask_level(mask, k).flatten(1).any(1).sum()) for k in range(1, NUM_SCALES))
-    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4, live)
+        live, rows = [], {"grad": [], "normal": []}
+        for k in range(NUM_SCALES):
+            m = mask_level(mask, k)[:, 0]  # (B, h, w); row i + 1 and column j + 1 clamped
+            alive = m.flatten(1).any(1) if k else torch.ones(B, dtype=torch.bool)
+            below, right = torch.cat([m[:, 1:], m[:, -1:]], 1), torch.cat([m[:, :, 1:], m[:, :, -1:]], 2)
+            live.append(int(alive.sum()))
+            rows["grad"].append(int((m & (right | below)).any(2)[alive].sum()))
+            rows["normal"].append(int((m & right & below).any(2)[alive].sum()))
+        live = tuple(live)
+    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4, live,
+                    rows)
 
 
 # ---------------------------------------------------------------------------- measurement

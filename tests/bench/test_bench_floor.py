@@ -124,9 +124,10 @@ def test_levels_without_valid_pixels_are_not_counted():
 
     from mlrb.bench.cases import parse_shape
 
-    mask = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0)) < 0.05
-    mask[0] = True  # sample 0: every level live; sample 1 (5% valid): every level k >= 1 dead
-    shape = parse_shape("2x1x64x96@0.05")
+    mask = torch.zeros(2, 1, 64, 96, dtype=torch.bool)
+    mask[0] = True  # sample 0: every level live
+    mask[1, :, :, :2] = True  # sample 1: two valid columns; every level k >= 1 dead (4x4 footprints),
+    shape = parse_shape("2x1x64x96@0.05")  # every row of scale 0 with gradient and normal terms
     g = floor.geometry(shape, resolve_select("all"), "float32", mask)
     every = floor.geometry(shape, resolve_select("all"), "float32")  # no mask given: all counted
     assert g.live == (2, 1, 1, 1, 1, 1) and every.live is None
@@ -141,6 +142,31 @@ def test_levels_without_valid_pixels_are_not_counted():
         names = [sc.stage.name for sc in floor.count(g, pass_)]
         assert "pyramid: mask levels, column taps (4 mask rows, and)" in names
     assert "pyramid: mask levels, column taps (4 mask rows, and)" not in totals(geometry("2x1x64x96"), "fwd")
+
+
+def test_rows_without_valid_footprints_are_not_counted():
+    # row_window.h RowWindow::row_types: with a mask, a row where no footprint of the gradient
+    # (normal) group can be valid skips the group; such rows clear the five fields instead
+    import torch
+
+    from mlrb.bench.cases import parse_shape
+
+    shape, sel = parse_shape("1x1x16x24@0.5"), resolve_select("L^0")
+    mask = torch.zeros(1, 1, 16, 24, dtype=torch.bool)
+    mask[0, 0, 4, 5:7] = True  # row 4: r (a horizontal pair); no vertical pair, no normal footprint
+    mask[0, 0, 9:11, 2:4] = True  # rows 9, 10: gradient terms; row 9 also normal terms
+    g = floor.geometry(shape, sel, "float32", mask)
+    assert g.group_rows["grad"][0] == 3 and g.group_rows["normal"][0] == 1
+    full = floor.geometry(shape, sel, "float32", torch.ones_like(mask))
+    assert full.group_rows["grad"][0] == full.group_rows["normal"][0] == 16
+    a, b = totals(g, "bwd"), totals(full, "bwd")
+    assert a["normal_loss_grad formula"] == b["normal_loss_grad formula"] * (1 / 16)
+    assert a["gradient types: sgn(stencil(e)) into the fields (one loop)"] == \
+        b["gradient types: sgn(stencil(e)) into the fields (one loop)"] * (3 / 16)
+    # the band's rows (16, none below it) less the 3 where the whole gradient group assigns
+    assert a["fields: clear the active fields"] == floor.Ops(store=5 * (16 - 3) * 24)
+    assert "fields: clear the active fields" not in b
+    assert totals(g, "fwd")["row test: valid footprints of the groups (mask)"] == floor.Ops(add=3, mul=3, load=3) * 384
 
 
 def test_the_band_partition_of_a_small_batch_is_modelled():

@@ -109,6 +109,23 @@ def test_levels_without_valid_pixels_are_skipped_per_sample(B, H):
     _assert_bitwise_across_threads(pred.float(), gt.float(), m)
 
 
+# With a mask, a row where no footprint of the gradient (normal) group can be valid skips the
+# group (row_window.h RowWindow::row_types): rows holding one horizontal pair (r only), one
+# vertical pair (c only), an L (N), a 2x2 block, a row of three; across a band border (B = 1).
+@pytest.mark.parametrize("B,H", [(4, 20), (1, 140)])
+def test_rows_with_few_valid_footprints_match_reference_float64(B, H):
+    pred, gt, _ = make_inputs(B, H, 24, dtype=torch.float64)
+    m = torch.zeros(B, 1, H, 24, dtype=torch.bool)
+    m[:, :, 2, 5:7] = True
+    m[:, :, 5:7, 20] = True
+    m[:, :, 9, 2:4] = m[:, :, 10, 2] = True
+    m[:, :, 13:15, 8:10] = True
+    m[:, :, 17, 3:6] = True
+    if H > 64:
+        m[:, :, 63:65, 11] = True
+    assert_close_to_reference("cpu", pred, gt, m, EVERY, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("mask", [None, "sparse"])
 def test_batch_one_bitwise_identical_across_threads(mask):
     """B = 1 runs its row bands on all threads; the bits must not depend on how many."""

@@ -150,11 +150,11 @@ struct Fields {
     std::fill(prevTyy, prevTyy + w, T(0));
   }
   // With all gradient types selected, grad_fields writes the five fields first (assigning
-  // 0 + term: the bits of adding to a cleared field), so rows with terms skip their clearing;
-  // t0 likewise where accumulate_fields assigns it (t0_assigned: t0_in_one_loop).
-  void clear(int w, bool row_has_terms, bool t0_assigned) {
-    if (!(row_has_terms && t0_assigned)) std::fill(t0, t0 + w, T(0));
-    if (row_has_terms && grad_first) return;
+  // 0 + term: the bits of adding to a cleared field), so rows where it runs (grads_run) skip
+  // their clearing; t0 likewise where accumulate_fields assigns it (t0_in_one_loop).
+  void clear(int w, bool grads_run, bool t0_assigned) {
+    if (!t0_assigned) std::fill(t0, t0 + w, T(0));
+    if (grads_run && grad_first) return;
     if (fx) std::fill(tx, tx + w, T(0));
     if (fy) std::fill(ty, ty + w, T(0));
     if (fxx) std::fill(txx, txx + w, T(0));
@@ -496,10 +496,12 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
   const int iend = std::min(h, i1 + 2);
   for (int i = i0; i < iend; ++i) {
-    fl.clear(w, i < i1, t0_in_one_loop<HasMask>(types));
-    if (i < i1) {
-      win.seek(i, deep);
-      accumulate_fields<T, HasMask>(win, box, bt, prep, types, w, i, i0, fl);
+    const bool terms = i < i1;
+    if (terms) win.seek(i, deep);
+    const uint32_t row_types = terms ? win.row_types(types) : 0;  // without groups that have no terms
+    fl.clear(w, row_types & kGradBits, terms && t0_in_one_loop<HasMask>(types));
+    if (terms) {
+      accumulate_fields<T, HasMask>(win, box, bt, prep, row_types, w, i, i0, fl);
       transpose_boxes<T, HasMask>(bt, i, i0, out_rows, m, h, w, tscratch);
     }
     apply_stencils(fl, out_rows.row(i), i == h - 1, w);

@@ -159,8 +159,10 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
       sum[box.type[k]] += acc;
       cnt[box.type[k]] += c0;
     }
-    for_group<kR, kC, kRR, kRC, kCC>(types, [&](auto set) { grad_sums<decltype(set)::value>(win, w, sum, cnt); });
-    for_group<kN, kNr, kNc>(types, [&](auto set) {
+    const uint32_t row_types = win.row_types(types);  // without groups that have no terms in the row
+    for_group<kR, kC, kRR, kRC, kCC>(row_types,
+                                    [&](auto set) { grad_sums<decltype(set)::value>(win, w, sum, cnt); });
+    for_group<kN, kNr, kNc>(row_types, [&](auto set) {
       if (far)
         normal_sums<decltype(set)::value, true>(win, w, sum, cnt);
       else

@@ -95,6 +95,26 @@ struct RowWindow {
     }
   }
 
+  // With a mask: `types` without the gradient (normal) group when no term of that group in
+  // row i can be valid. Every footprint of r, c, rr, rc, cc holds (i, j) and (i, j+1) or
+  // (i+1, j); every one of N, Nr, Nc holds (i, j), (i, j+1) and (i+1, j). With sparse ground
+  // truth most rows have none, and a skipped group's terms would all have been zeros.
+  uint32_t row_types(uint32_t types) const {
+    if constexpr (HasMask) {
+      if (!(types & (kGradBits | kNormalBits))) return types;
+      const T *__restrict M0 = M[0], *__restrict M1 = M[1];
+      T grad = 0, normal = 0;
+#pragma omp simd reduction(+ : grad, normal)
+      for (int j = 0; j < w; ++j) {
+        grad += M0[j] * (M0[j + 1] + M1[j]);
+        normal += M0[j] * M0[j + 1] * M1[j];
+      }
+      if (!(grad > 0)) types &= ~kGradBits;
+      if (!(normal > 0)) types &= ~kNormalBits;
+    }
+    return types;
+  }
+
   // Make slots 0, 1, 2 hold rows i, min(i+1, h-1), min(i+2, h-1); `deep`: rows i+1, i+2 needed.
   void seek(int i, bool deep) {
     if (!deep) {
