@@ -62,6 +62,21 @@ inline void mark_live_levels(const Plan& plan, const std::vector<uint8_t>& any, 
   }
 }
 
+// The mask levels of every level task (into level_mask(b, k)), then mark_live_levels on one
+// thread. Called by every thread of a parallel region (its worksharing binds to it).
+template <typename LevelMask>
+inline void build_mask_levels(const Plan& plan, const uint8_t* mask, LevelMask&& level_mask, uint8_t* tmpm,
+                              std::vector<uint8_t>& any, uint8_t* live) {
+  const int64_t N = int64_t(plan.H) * plan.W;
+#pragma omp for schedule(dynamic, 1)
+  for (size_t q = 0; q < plan.level_tasks.size(); ++q) {
+    const auto [b, k, lo, hi] = plan.level_tasks[q];
+    any[q] = build_level_mask(mask + b * N, plan.L[k].ay, plan.L[k].ax, level_mask(b, k), tmpm, lo, hi);
+  }
+#pragma omp single
+  mark_live_levels(plan, any, live);
+}
+
 template <typename T, bool HasMask>
 inline void add_amlr_grad(const T* pb, const T* gtb, const uint8_t* mb, const LossSpaceArgs& a, const Selection& sel,
                           const double* G80, T* gb, Workspace<T>& ws) {
@@ -104,16 +119,9 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
     std::vector<T> tmp(2 * size_t(W));
     std::vector<uint8_t> tmpm(W);
-    if constexpr (HasMask) {
-#pragma omp for schedule(dynamic, 1)
-      for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // mask levels
-        const auto [b, k, lo, hi] = plan.level_tasks[q];
-        any[q] = build_level_mask(mask + b * N, plan.L[k].ay, plan.L[k].ax, const_cast<uint8_t*>(lm(b, k)),
-                                  tmpm.data(), lo, hi);
-      }
-#pragma omp single
-      mark_live_levels(plan, any, live.data());
-    }
+    if constexpr (HasMask)
+      build_mask_levels(plan, mask, [&](int b, int k) { return const_cast<uint8_t*>(lm(b, k)); }, tmpm.data(), any,
+                        live.data());
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
       const auto [b, k, lo, hi] = plan.level_tasks[q];
@@ -286,16 +294,9 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       const auto [b, lo, hi] = plan.row_tasks[q];
       std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
     }
-    if constexpr (HasMask) {
-#pragma omp for schedule(dynamic, 1)
-      for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // mask levels
-        const auto [b, k, lo, hi] = plan.level_tasks[q];
-        any[q] = build_level_mask(mask + b * N, plan.L[k].ay, plan.L[k].ax, const_cast<uint8_t*>(lm(b, k)),
-                                  tmpm.data(), lo, hi);
-      }
-#pragma omp single
-      mark_live_levels(plan, any, live.data());
-    }
+    if constexpr (HasMask)
+      build_mask_levels(plan, mask, [&](int b, int k) { return const_cast<uint8_t*>(lm(b, k)); }, tmpm.data(), any,
+                        live.data());
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
       const auto [b, k, lo, hi] = plan.level_tasks[q];
