@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "loss_space/loss_math.h"
 
@@ -168,67 +169,138 @@ void build_level(const T* p, const T* g, const uint8_t* m, const Axis& ay, const
   }
 }
 
-// Rows [r0, r1) of grad (H x W) += P^T gk: the transpose of build_level applied to a level
-// gradient gk. Each full-resolution row gathers the level rows i that reach it, in
-// increasing i, so the bits of a row do not depend on how the rows are split into tasks
-// (level rows at a split are transposed horizontally by both tasks). tmp: W entries.
+// The horizontal part of the transpose of build_level for one level row gi (ax.n_out
+// entries): tmp (ax.n_in entries) = the row scattered back through the 4 horizontal taps.
 template <typename T>
-void add_level_transpose(const T* gk, const Axis& ay, const Axis& ax, T* grad, T* tmp, int r0, int r1) {
+void level_row_transpose(const T* gi, const Axis& ax, T* tmp) {
   const int W = ax.n_in;
-  const T wy[4] = {T(ay.w[0]), T(ay.w[1]), T(ay.w[2]), T(ay.w[3])};
   const T wx[4] = {T(ax.w[0]), T(ax.w[1]), T(ax.w[2]), T(ax.w[3])};
-  for (int i = 0; i < ay.n_out; ++i) {
-    bool hit = false;
-    for (int a = 0; a < 4; ++a) hit |= ay.tap(i, a) >= r0 && ay.tap(i, a) < r1;
-    if (!hit) continue;
-    std::fill(tmp, tmp + W, T(0));
-    const T* gi = gk + (int64_t)i * ax.n_out;
-    int lo, hi;
-    ax.interior(lo, hi);
-    auto clamped = [&](int j) {
-      const T v = gi[j];
-      for (int b = 0; b < 4; ++b) tmp[ax.tap(j, b)] += wx[b] * v;
-    };
-    for (int j = 0; j < lo; ++j) clamped(j);
-    // Outputs j in [lo, hi) in one pass per tap, in tap order: within a pass no two outputs
-    // hit the same entry, so the updates do not wait on each other. Entries [c0, c1) are
-    // instead gathered in one vectorized pass (levels 1 and 2: strides 2 and 4), with the
-    // same sums in the same order; the tap passes then skip them.
-    int c0 = 0, c1 = 0;
-    if (ax.stride == 2 && ax.first0 == -1 && hi - lo >= 3) {
-      // entry 2m: taps 1 (output m), 3 (m - 1); entry 2m + 1: taps 0 (m + 1), 2 (m)
-      const T* __restrict gg = gi;
-      T* __restrict tt = tmp;
+  std::fill(tmp, tmp + W, T(0));
+  int lo, hi;
+  ax.interior(lo, hi);
+  auto clamped = [&](int j) {
+    const T v = gi[j];
+    for (int b = 0; b < 4; ++b) tmp[ax.tap(j, b)] += wx[b] * v;
+  };
+  for (int j = 0; j < lo; ++j) clamped(j);
+  // Outputs j in [lo, hi) in one pass per tap, in tap order: within a pass no two outputs
+  // hit the same entry, so the updates do not wait on each other. Entries [c0, c1) are
+  // instead gathered in one vectorized pass (levels 1 and 2: strides 2 and 4), with the
+  // same sums in the same order; the tap passes then skip them.
+  int c0 = 0, c1 = 0;
+  if (ax.stride == 2 && ax.first0 == -1 && hi - lo >= 3) {
+    // entry 2m: taps 1 (output m), 3 (m - 1); entry 2m + 1: taps 0 (m + 1), 2 (m)
+    const T* __restrict gg = gi;
+    T* __restrict tt = tmp;
 #pragma omp simd
-      for (int m = lo + 1; m < hi - 1; ++m) {
-        tt[2 * m] = (T(0) + wx[1] * gg[m]) + wx[3] * gg[m - 1];
-        tt[2 * m + 1] = (T(0) + wx[0] * gg[m + 1]) + wx[2] * gg[m];
-      }
-      c0 = 2 * lo + 2, c1 = 2 * hi - 2;
-    } else if (ax.stride == 4 && ax.first0 == 0 && hi > lo && hi == ax.n_out) {
-      const T* __restrict gg = gi;
-      T* __restrict tt = tmp;
-#pragma omp simd
-      for (int m = lo; m < hi; ++m)
-        for (int b = 0; b < 4; ++b) tt[4 * m + b] = T(0) + wx[b] * gg[m];
-      c0 = 4 * lo, c1 = 4 * hi;
+    for (int m = lo + 1; m < hi - 1; ++m) {
+      tt[2 * m] = (T(0) + wx[1] * gg[m]) + wx[3] * gg[m - 1];
+      tt[2 * m + 1] = (T(0) + wx[0] * gg[m + 1]) + wx[2] * gg[m];
     }
-    for (int b = 0; b < 4; ++b) {
-      const T wb = wx[b];
-      const int st = ax.stride, f0 = ax.first0 + b;
-      for (int j = lo; j < hi; ++j) {
-        const int c = st * j + f0;
-        if (c < c0 || c >= c1) tmp[c] += wb * gi[j];
-        else j = std::max(j, (c1 - f0 + st - 1) / st - 1);  // skip to the first output past c1
-      }
-    }
-    for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
-    for (int a = 0; a < 4; ++a) {
-      if (ay.tap(i, a) < r0 || ay.tap(i, a) >= r1) continue;
-      T* row = grad + (int64_t)ay.tap(i, a) * W;
-      const T wa = wy[a];
+    c0 = 2 * lo + 2, c1 = 2 * hi - 2;
+  } else if (ax.stride == 4 && ax.first0 == 0 && hi > lo && hi == ax.n_out) {
+    const T* __restrict gg = gi;
+    T* __restrict tt = tmp;
 #pragma omp simd
-      for (int c = 0; c < W; ++c) row[c] += wa * tmp[c];
+    for (int m = lo; m < hi; ++m)
+      for (int b = 0; b < 4; ++b) tt[4 * m + b] = T(0) + wx[b] * gg[m];
+    c0 = 4 * lo, c1 = 4 * hi;
+  }
+  for (int b = 0; b < 4; ++b) {
+    const T wb = wx[b];
+    const int st = ax.stride, f0 = ax.first0 + b;
+    for (int j = lo; j < hi; ++j) {
+      const int c = st * j + f0;
+      if (c < c0 || c >= c1) tmp[c] += wb * gi[j];
+      else j = std::max(j, (c1 - f0 + st - 1) / st - 1);  // skip to the first output past c1
+    }
+  }
+  for (int j = std::max(hi, lo); j < ax.n_out; ++j) clamped(j);
+}
+
+// row += w[0] s[0] + .. + w[N-1] s[N-1], added one after another (the bits of N passes of
+// row += w s), in one pass over the row.
+template <int N, typename T>
+MLRB_FORCE_INLINE void add_weighted_rows(T* __restrict row, const T* const* s, const T* w, int W) {
+  const T *__restrict s0 = s[0], *__restrict s1 = s[N > 1 ? 1 : 0], *__restrict s2 = s[N > 2 ? 2 : 0],
+          *__restrict s3 = s[N > 3 ? 3 : 0];
+  const T w0 = w[0], w1 = w[N > 1 ? 1 : 0], w2 = w[N > 2 ? 2 : 0], w3 = w[N > 3 ? 3 : 0];
+#pragma omp simd
+  for (int c = 0; c < W; ++c) {
+    T acc = row[c] + w0 * s0[c];
+    if constexpr (N > 1) acc += w1 * s1[c];
+    if constexpr (N > 2) acc += w2 * s2[c];
+    if constexpr (N > 3) acc += w3 * s3[c];
+    row[c] = acc;
+  }
+}
+
+// One level of the pyramid's transpose: its gradient map gk (ay.n_out x ax.n_out) and axes.
+template <typename T>
+struct LevelGradient {
+  const T* gk;
+  const Axis* ay;
+  const Axis* ax;
+};
+
+// Rows [r0, r1) of grad (H x W) += P_k^T gk for the levels in the given order: the
+// transpose of build_level. Every full-resolution row c takes the terms w_a tmp_i of the
+// level rows i whose vertical tap a is c, level after level, then by increasing i and a:
+// the order of applying the levels one after another, row by row. They are added four to
+// a pass (add_weighted_rows), so the row is read and written once per four terms. The
+// horizontal transpose tmp_i of a level row is made once, when a row first needs it, and
+// kept in tmp_rows (4 rows of W per level, slot i mod 4: the rows of i and i + 4 never
+// overlap). A row's bits do not depend on how the rows are split into tasks.
+template <typename T>
+void add_levels_transpose(const LevelGradient<T>* levels, int nlev, T* grad, int W, T* tmp_rows, int r0, int r1) {
+  const int nrows = r1 - r0;
+  if (nrows <= 0 || nlev <= 0) return;
+  struct Term {
+    int level, i, a;
+  };
+  // The terms of each row in order (counted, then filled: one list per row, level-major).
+  std::vector<int> first(size_t(nrows) + 1, 0);
+  auto each_term = [&](auto&& f) {
+    for (int L = 0; L < nlev; ++L) {
+      const Axis& ay = *levels[L].ay;
+      for (int i = 0; i < ay.n_out; ++i)
+        for (int a = 0; a < 4; ++a) {
+          const int c = ay.tap(i, a);
+          if (c >= r0 && c < r1) f(c - r0, Term{L, i, a});
+        }
+    }
+  };
+  each_term([&](int row, const Term&) { first[row + 1]++; });
+  for (int r = 0; r < nrows; ++r) first[r + 1] += first[r];
+  std::vector<Term> terms(size_t(first[nrows]));
+  std::vector<int> next(first.begin(), first.end() - 1);
+  each_term([&](int row, const Term& t) { terms[next[row]++] = t; });
+
+  std::vector<int> tag(size_t(nlev) * 4, -1);  // the level row held by each slot
+  auto row_of = [&](int L, int i) -> const T* {
+    const int slot = L * 4 + (i & 3);
+    T* t = tmp_rows + int64_t(slot) * W;
+    if (tag[slot] != i) {
+      level_row_transpose(levels[L].gk + int64_t(i) * levels[L].ax->n_out, *levels[L].ax, t);
+      tag[slot] = i;
+    }
+    return t;
+  };
+  for (int r = 0; r < nrows; ++r) {
+    T* row = grad + int64_t(r0 + r) * W;
+    for (int t = first[r]; t < first[r + 1]; t += 4) {
+      const int n = std::min(4, first[r + 1] - t);
+      const T* src[4];
+      T w[4];
+      for (int q = 0; q < n; ++q) {
+        const Term& u = terms[t + q];
+        src[q] = row_of(u.level, u.i);
+        w[q] = T(levels[u.level].ay->w[u.a]);
+      }
+      if (n == 1) add_weighted_rows<1>(row, src, w, W);
+      else if (n == 2) add_weighted_rows<2>(row, src, w, W);
+      else if (n == 3) add_weighted_rows<3>(row, src, w, W);
+      else add_weighted_rows<4>(row, src, w, W);
     }
   }
 }

@@ -343,13 +343,15 @@ STAGES: tuple[Stage, ...] = (
           source="cpu/drivers.h:backward_batch (halos, batches of 1-3 only)"),
     # ---- transpose of the pyramid (per level row: a scatter into a W row, 4 row updates)
     Stage("pyramid^T: clear the row buffer", "bwd", "transpose_hits_x_W", O(store=1),
-          source="pyramid.h:add_level_transpose (std::fill tmp)"),
+          source="pyramid.h:level_row_transpose (std::fill tmp)"),
     # levels 1, 2 gather each entry's taps (level 1: two entries per output, two taps each);
     # the per-tap scatter of the deeper levels is counted the same (they are 1/16 of the work)
     Stage("pyramid^T: row taps (gathered)", "bwd", "transpose_hits", O(add=4, mul=4, load=4, store=2),
-          source="pyramid.h:add_level_transpose (gather, tap passes)"),
-    Stage("pyramid^T: column taps into 4 gradient rows", "bwd", "level_rows_x_W",
-          O(add=4, mul=4, load=8, store=4), source="pyramid.h:add_level_transpose (row += wa tmp)"),
+          source="pyramid.h:level_row_transpose (gather, tap passes)"),
+    # each level row's 4 terms w_a tmp go into 4 gradient rows; a row takes its terms (all
+    # levels) four to a pass: one row read and write per 4 terms (ceil(n / 4) in the code)
+    Stage("pyramid^T: column taps into the gradient rows, 4 terms a pass", "bwd", "level_rows_x_W",
+          O(add=4, mul=4, load=5, store=1), source="pyramid.h:add_levels_transpose (add_weighted_rows)"),
     Stage("zero the gradient at invalid pixels (mask)", "bwd", "full", None, O(add=2, load=2, store=1),
           source="cpu/drivers.h:zero_invalid"),
 )
@@ -504,7 +506,7 @@ def _halo_rows(bands: list, h: int) -> int:
 
 
 def _transpose_hits(g: Geometry, k: int) -> int:
-    """(level row, row task) pairs of add_level_transpose: each level row once for whole
+    """(level row, row task) pairs of add_levels_transpose: each level row once for whole
     samples, else once per 32-row chunk its taps reach (drivers.h backward_batch)."""
     h = g.size(k)[0]
     if g.whole_samples:

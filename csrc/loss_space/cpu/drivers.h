@@ -40,11 +40,16 @@ namespace {
 // [0, H) at once; bands: by row chunks, with the AMLR step once per sample between the
 // two row passes): the transposed pyramid of the level gradients added to rows [lo, hi)
 // (coarsest first), then the AMLR pair, then invalid pixels zeroed.
+// tmp: kTransposeRows rows of W (add_levels_transpose).
+constexpr int kTransposeRows = 4 * (kNumScales - 1);
 template <typename T, typename LevelGrad>
 inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, const uint8_t* live, LevelGrad&& level_grad,
                                    T* gb, T* tmp, int lo, int hi) {
+  LevelGradient<T> levels[kNumScales];
+  int n = 0;
   for (int k = kNumScales - 1; k >= 1; --k)
-    if (sel.types[k] && live[k]) add_level_transpose(level_grad(k), plan.L[k].ay, plan.L[k].ax, gb, tmp, lo, hi);
+    if (sel.types[k] && live[k]) levels[n++] = {level_grad(k), &plan.L[k].ay, &plan.L[k].ax};
+  add_levels_transpose(levels, n, gb, plan.W, tmp, lo, hi);
 }
 
 // Live levels. A level k >= 1 whose mask has no valid pixel has no terms: its losses are 0
@@ -203,7 +208,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
     {
       static thread_local Workspace<T> ws;  // this thread's, kept between calls
-      std::vector<T> tmp(2 * size_t(W)), lvl;
+      std::vector<T> tmp(kTransposeRows * size_t(W)), lvl;  // build_level: 2 rows, the pyramid transpose: all
       std::vector<uint8_t> tmpm(W), lmk;
 #pragma omp for schedule(dynamic, 1)
       for (int b = 0; b < B; ++b) {
@@ -287,7 +292,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
-    std::vector<T> tmp(2 * size_t(W));
+    std::vector<T> tmp(kTransposeRows * size_t(W));  // build_level: 2 rows, the pyramid transpose: all
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
