@@ -243,14 +243,20 @@ struct LevelGradient {
   const Axis* ax;
 };
 
+// Level rows add_levels_transpose keeps per level (slot i mod 4), and its scratch in
+// entries of T for nlev levels of full-resolution width W.
+constexpr int kLevelRowSlots = 4;
+inline int64_t levels_transpose_scratch_size(int W, int nlev) { return int64_t(kLevelRowSlots) * nlev * W; }
+
 // Rows [r0, r1) of grad (H x W) += P_k^T gk for the levels in the given order: the
 // transpose of build_level. Every full-resolution row c takes the terms w_a tmp_i of the
 // level rows i whose vertical tap a is c, level after level, then by increasing i and a:
 // the order of applying the levels one after another, row by row. They are added four to
 // a pass (add_weighted_rows), so the row is read and written once per four terms. The
 // horizontal transpose tmp_i of a level row is made once, when a row first needs it, and
-// kept in tmp_rows (4 rows of W per level, slot i mod 4: the rows of i and i + 4 never
-// overlap). A row's bits do not depend on how the rows are split into tasks.
+// kept in tmp_rows (levels_transpose_scratch_size: slot i mod 4 of its level, as the rows
+// of i and i + 4 never overlap). A row's bits do not depend on how the rows are split into
+// tasks.
 template <typename T>
 void add_levels_transpose(const LevelGradient<T>* levels, int nlev, T* grad, int W, T* tmp_rows, int r0, int r1) {
   const int nrows = r1 - r0;
@@ -276,9 +282,9 @@ void add_levels_transpose(const LevelGradient<T>* levels, int nlev, T* grad, int
   std::vector<int> next(first.begin(), first.end() - 1);
   each_term([&](int row, const Term& t) { terms[next[row]++] = t; });
 
-  std::vector<int> tag(size_t(nlev) * 4, -1);  // the level row held by each slot
+  std::vector<int> tag(size_t(nlev) * kLevelRowSlots, -1);  // the level row held by each slot
   auto row_of = [&](int L, int i) -> const T* {
-    const int slot = L * 4 + (i & 3);
+    const int slot = L * kLevelRowSlots + i % kLevelRowSlots;
     T* t = tmp_rows + int64_t(slot) * W;
     if (tag[slot] != i) {
       level_row_transpose(levels[L].gk + int64_t(i) * levels[L].ax->n_out, *levels[L].ax, t);

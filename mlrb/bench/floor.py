@@ -518,6 +518,11 @@ def _transpose_hits(g: Geometry, k: int) -> int:
     return chunks
 
 
+def _bwd_rows(g: Geometry, k: int) -> int:
+    """Entries of the rows a backward band runs: its own and the two below (dy^T)."""
+    return _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)
+
+
 def _per_band(g: Geometry, k: int, fn) -> int:
     h, w = g.size(k)
     return g.n(k) * sum(fn(h, w, i0, i1) for i0, i1 in g.bands[k])
@@ -537,12 +542,12 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "window_rows": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
     "window_rows_prep": ("scale", lambda g, k, s: g.n(k) * (g.size(k)[0] + 2) * g.size(k)[1]),
-    "bwd_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)),
+    "bwd_rows": ("scale", lambda g, k, s: _bwd_rows(g, k)),
     # the rows in which a group runs (Geometry.rows), and the band rows whose fields are cleared:
     # all of them, but where the whole gradient group runs (it assigns the fields)
     "grad_rows": ("scale", lambda g, k, s: g.rows("grad", k) * g.size(k)[1]),
     "normal_rows": ("scale", lambda g, k, s: g.rows("normal", k) * g.size(k)[1]),
-    "cleared_rows": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (min(h, i1 + 2) - i0) * w)
+    "cleared_rows": ("scale", lambda g, k, s: _bwd_rows(g, k)
                      - (g.rows("grad", k) * g.size(k)[1] if frozenset(GRAD) <= s else 0)),
     # rows whose t0 is cleared: only the rows after a band's own when its loop assigns t0
     "bwd_rows_t0": ("scale", lambda g, k, s: _per_band(g, k, lambda h, w, i0, i1: (

@@ -40,8 +40,7 @@ namespace {
 // [0, H) at once; bands: by row chunks, with the AMLR step once per sample between the
 // two row passes): the transposed pyramid of the level gradients added to rows [lo, hi)
 // (coarsest first), then the AMLR pair, then invalid pixels zeroed.
-// tmp: kTransposeRows rows of W (add_levels_transpose).
-constexpr int kTransposeRows = 4 * (kNumScales - 1);
+// tmp: transpose_scratch_size(W) entries (add_levels_transpose).
 template <typename T, typename LevelGrad>
 inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, const uint8_t* live, LevelGrad&& level_grad,
                                    T* gb, T* tmp, int lo, int hi) {
@@ -50,6 +49,10 @@ inline void add_pyramid_transposes(const Plan& plan, const Selection& sel, const
   for (int k = kNumScales - 1; k >= 1; --k)
     if (sel.types[k] && live[k]) levels[n++] = {level_grad(k), &plan.L[k].ay, &plan.L[k].ax};
   add_levels_transpose(levels, n, gb, plan.W, tmp, lo, hi);
+}
+// The backward's per-thread row scratch: build_level's two rows, then the pyramid transpose's.
+inline size_t transpose_scratch_size(int W) {
+  return size_t(std::max<int64_t>(2 * int64_t(W), levels_transpose_scratch_size(W, kNumScales - 1)));
 }
 
 // Live levels. A level k >= 1 whose mask has no valid pixel has no terms: its losses are 0
@@ -208,7 +211,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
     {
       static thread_local Workspace<T> ws;  // this thread's, kept between calls
-      std::vector<T> tmp(kTransposeRows * size_t(W)), lvl;  // build_level: 2 rows, the pyramid transpose: all
+      std::vector<T> tmp(transpose_scratch_size(W)), lvl;
       std::vector<uint8_t> tmpm(W), lmk;
 #pragma omp for schedule(dynamic, 1)
       for (int b = 0; b < B; ++b) {
@@ -292,7 +295,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
   {
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
-    std::vector<T> tmp(kTransposeRows * size_t(W));  // build_level: 2 rows, the pyramid transpose: all
+    std::vector<T> tmp(transpose_scratch_size(W));
     std::vector<uint8_t> tmpm(W);
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
