@@ -82,13 +82,47 @@ mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g
   return a;
 }
 
+// The forward's scale statistics handed back to the backward (loss_space.h: kStatMu ..):
+// (B, kNumScales, kScaleStatWidth) float64. They are only ever values in the arithmetic,
+// but a wrong array is refused here with the entry that is wrong.
+void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
+  const py::buffer_info si = stats.request();
+  const std::vector<py::ssize_t> want = {a.B, mlrb::kNumScales, mlrb::kScaleStatWidth};
+  if (si.shape != want)
+    throw std::invalid_argument("stats must be the forward's (B, " + std::to_string(mlrb::kNumScales) + ", " +
+                                std::to_string(mlrb::kScaleStatWidth) + ") = " + shape_str(want) +
+                                " array; got shape " + shape_str(si.shape));
+  const double* st = stats.data();
+  for (int b = 0; b < a.B; ++b)
+    for (int k = 0; k < mlrb::kNumScales; ++k) {
+      const double* s = st + (int64_t(b) * mlrb::kNumScales + k) * mlrb::kScaleStatWidth;
+      // A level has at most H W pixels; its counts are integers in [0, H W], |sign sum| <= the M count.
+      const double n = double(a.H) * double(a.W);
+      auto bad = [&](const std::string& what) {
+        throw std::invalid_argument("stats[" + std::to_string(b) + ", " + std::to_string(k) + "]: " + what +
+                                    " (pass the stats of a forward of the same inputs)");
+      };
+      if (s[mlrb::kStatFar] != 0 && s[mlrb::kStatFar] != 1) bad("far flag is not 0 or 1");
+      for (int t = 0; t < mlrb::kNumTypes; ++t) {
+        const double c = s[mlrb::kStatCount + t];
+        if (!(c >= 0 && c <= n && c == std::floor(c))) bad("count " + std::to_string(t) + " is not an integer in [0, H W]");
+      }
+      const double sg = s[mlrb::kStatSignSum];
+      if (!(std::abs(sg) <= s[mlrb::kStatCount + mlrb::kM] && sg == std::floor(sg)))
+        bad("sign sum is not an integer within the M count");
+    }
+}
+
 template <typename T>
-py::array_t<double> forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const std::vector<int>& indices,
-                            double si_lambda, bool si_sqrt, double si_scale, int num_threads) {
+py::object forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const std::vector<int>& indices,
+                   double si_lambda, bool si_sqrt, double si_scale, int num_threads, bool return_stats) {
   mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
                                     num_threads);
   a.indices = indices.data();
   py::array_t<double> out({a.B, a.n});
+  py::array_t<double> stats(return_stats ? std::vector<py::ssize_t>{a.B, mlrb::kNumScales, mlrb::kScaleStatWidth}
+                                         : std::vector<py::ssize_t>{0});
+  if (return_stats) a.stats_out = stats.mutable_data();
   const T* p = pred.data();
   const T* g = gt.data();
   const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
@@ -100,15 +134,21 @@ py::array_t<double> forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& ma
     mlrb::cpu::loss_space_forward<T>(p, g, m, a, o);
   }
   g_last_workspace_bytes = scratch;
-  return out;
+  if (return_stats) return py::make_tuple(out, stats);
+  return std::move(out);
 }
 
 template <typename T>
 Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& gt, const Mask& mask,
-                const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale, int num_threads) {
+                const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale, int num_threads,
+                const std::optional<Arr<double>>& stats) {
   mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
                                     num_threads);
   a.indices = indices.data();
+  if (stats) {
+    check_stats(*stats, a);
+    a.stats_in = stats->data();
+  }
   const py::buffer_info gi = grad_out.request();
   if (gi.ndim != 2 || gi.shape[0] != a.B || gi.shape[1] != a.n)
     throw std::invalid_argument("grad_out must be (B, len(indices)) = (" + std::to_string(a.B) + ", " +
@@ -179,16 +219,20 @@ py::dict machine_peaks(const std::string& dtype, double seconds) {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "mlrb fused CPU kernels of the multi-scale loss space (C++/OpenMP)";
   const char* fdoc =
-      "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> (B, n) float64\n"
+      "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads, return_stats=False)\n"
+      "-> (B, n) float64, or with return_stats the tuple (losses, stats): stats (B, 6, STAT_WIDTH) float64, the\n"
+      "scale statistics that loss_space_backward(..., stats=stats) reads instead of recomputing them.\n"
       "pred, gt: C-contiguous (B, H, W) float32/float64 arrays of the same dtype, B, H, W >= 1; mask: bool array\n"
       "or None; indices: loss columns 0..79; num_threads: 1..MAX_THREADS. Bad input raises ValueError/TypeError.";
   const char* bdoc =
-      "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads) -> "
-      "grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64.";
+      "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads,\n"
+      "stats=None) -> grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64; stats: the forward's\n"
+      "(return_stats) for the same inputs and indices (the same bits as without, less work), or None.";
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
   mod.def("last_workspace_bytes", [] { return g_last_workspace_bytes; },
           "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
   mod.attr("MAX_THREADS") = kMaxThreads;
+  mod.attr("STAT_WIDTH") = mlrb::kScaleStatWidth;
   mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");
   mod.def("machine_peaks", &machine_peaks,
           "machine_peaks(dtype='float32', seconds=0.6) -> dict name -> elements per ns\n"
@@ -206,14 +250,16 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("mask").none(true), py::arg("num_threads"));
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
-          py::arg("si_scale"), py::arg("num_threads"));
+          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false);
   mod.def("loss_space_forward", &forward<float>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
-          py::arg("si_scale"), py::arg("num_threads"));
+          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false);
   mod.def("loss_space_backward", &backward<double>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
           py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
-          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"));
+          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"),
+          py::arg("stats").noconvert().none(true) = py::none());
   mod.def("loss_space_backward", &backward<float>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
           py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
-          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"));
+          py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"),
+          py::arg("stats").noconvert().none(true) = py::none());
 }

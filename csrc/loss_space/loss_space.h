@@ -7,7 +7,20 @@
 
 #include <cstdint>
 
+#include "loss_space/loss_math.h"
+
 namespace mlrb {
+
+// What the backward of one (sample, scale) needs before its band pass, as the forward
+// finds it: a (B, kNumScales, kScaleStatWidth) float64 array. Given it, the backward skips
+// its own pre-passes over the scale (the global mean with the far-depth check, the counts
+// of the valid sets, the M shift), which re-read pred and gt from memory. Entries of
+// unselected scales and of levels without a valid pixel are 0.
+constexpr int kStatMu = 0;                  // mean of e over the valid pixels (a value of the input dtype)
+constexpr int kStatFar = 1;                 // 1: the normal types take the scaled formula
+constexpr int kStatSignSum = 2;             // sum of sgn(e - mu) over the valid pixels (an integer)
+constexpr int kStatCount = 3;               // kNumTypes counts of the valid sets (integers)
+constexpr int kScaleStatWidth = kStatCount + kNumTypes;
 
 struct LossSpaceArgs {
   int B = 0, H = 0, W = 0;
@@ -18,6 +31,8 @@ struct LossSpaceArgs {
   double si_scale = 1.0;
   int num_threads = 1;
   int64_t* workspace_bytes = nullptr;  // if set: += bytes of scratch the threads used
+  double* stats_out = nullptr;         // forward, if set: the scale statistics (kScaleStatWidth above)
+  const double* stats_in = nullptr;    // backward, if set: the forward's statistics of the same inputs
 };
 
 namespace cpu {

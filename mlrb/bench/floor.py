@@ -207,18 +207,11 @@ STAGES: tuple[Stage, ...] = (
           source="pyramid.h:build_level (row pass)"),
     Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of gk)"),
-    # ---- global mean of e (M and the box losses)
-    Stage("global mean of e", "fwd+bwd", "scale", O(add=2, load=2), O(add=6, load=3),
+    # ---- global mean of e (M and the box losses). The backward reads it, the counts of the
+    # valid sets and M's sign sum from the forward (kStat*, loss_space.h), as autograd does:
+    # its own pre-passes (backward_band.h:scale_backward_stats) only run without them.
+    Stage("global mean of e", "fwd", "scale", O(add=2, load=2), O(add=6, load=3),
           mult=any_of(MEAN), source="cpu/scale_stats.h:scale_stats_pass", inputs=True),
-    Stage("M: sign shift sum(sgn(e - mu))", "bwd", "scale", O(add=2 + SGN + 1, load=2),
-          O(add=2 + SGN + 3, load=3), mult=any_of({"M"}), source="cpu/backward_band.h:scale_backward_prep"),
-    Stage("mask rows of the counting pass (0/1 bytes)", "bwd", "window_rows_prep", None, O(add=1, load=1, store=1),
-          source="cpu/backward_band.h:valid_counts (load)"),
-    # every footprint in one loop over the byte rows: 6 points read, 9 counts (D's set serves
-    # M and the box losses), one `and` per further point of each footprint (19); byte lanes
-    # hold 4 pixels per float lane, so a quarter of that per pixel
-    Stage("valid counts of the types, one loop (mask)", "bwd", "scale", None, O(add=(9 + 19) / 4, load=6 / 4),
-          source="cpu/backward_band.h:valid_counts"),
     # ---- per row of a band: the row window and the fields
     Stage("row window: rows of p, g, e (padded)", "fwd", "window_rows",
           O(add=1, load=2, store=3), O(add=5, load=3, store=4),
@@ -245,6 +238,9 @@ STAGES: tuple[Stage, ...] = (
           mult=any_of({"D"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_D"),
     Stage("M: |e - mu| sums", "fwd", "scale", O(add=3, load=1), O(add=3, mul=1, load=2),
           mult=any_of({"M"}), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_M"),
+    # the backward's M shift, in the same loop (e - mu and the mask shared)
+    Stage("M: sign sum of sgn(e - mu) for the backward", "fwd", "scale", O(add=SGN + 1), O(add=SGN + 1, mul=1),
+          mult=any_of({"M"}), source="cpu/forward_band.h:scale_forward_band (sign_sum)"),
     # With D, M and the three box sizes (t0_in_one_loop) D and M run in the M_n loop, which
     # assigns t0: their e load and t0 load / store are shared there (their FP work binds).
     Stage("D: sgn(e) into t0", "bwd", "scale", O(add=SGN + 1, mul=1, load=2, store=1),
@@ -287,10 +283,10 @@ STAGES: tuple[Stage, ...] = (
     GRAD_GROUP_BWD,
     # ---- normal types: the overflow check (once per scale), the arguments, the formulas
     # in the pass of the global mean when M or a box loss is selected (the loads are shared)
-    Stage("normals: far-depth check of the scale", "fwd+bwd", "scale", O(add=7, load=2), O(add=8, load=3),
+    Stage("normals: far-depth check of the scale", "fwd", "scale", O(add=7, load=2), O(add=8, load=3),
           mult=lambda s: int(bool(s & NORMAL) and not (s & MEAN)), source="cpu/scale_stats.h:depth_magnitude",
           inputs=True),
-    Stage("normals: far-depth check in the pass of the mean", "fwd+bwd", "scale", O(add=7), O(add=8),
+    Stage("normals: far-depth check in the pass of the mean", "fwd", "scale", O(add=7), O(add=8),
           mult=lambda s: int(bool(s & NORMAL) and bool(s & MEAN)), source="cpu/scale_stats.h:depth_magnitude"),
     *(_normal_args(t) for t in ("N", "Nr", "Nc")),
     NORMAL_GROUP_ARGS,
@@ -541,7 +537,6 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     # RowWindow::seek: one row per band row, plus rows i+1, i+2 at a band's start (deep types)
     "window_rows": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0 + (2 if s & DEEP else 0)) * w)),
-    "window_rows_prep": ("scale", lambda g, k, s: g.n(k) * (g.size(k)[0] + 2) * g.size(k)[1]),
     "bwd_rows": ("scale", lambda g, k, s: _bwd_rows(g, k)),
     # the rows in which a group runs (Geometry.rows), and the band rows whose fields are cleared:
     # all of them, but where the whole gradient group runs (it assigns the fields)
@@ -725,9 +720,13 @@ def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: i
     for sel in selections:
         idx = [int(i) for i in sel]
         grad_out = np.ones((B, len(idx)), dtype=np.float64)
-        calls.append({"fwd": lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1),
-                      "bwd": lambda idx=idx, go=grad_out: _C.loss_space_backward(go, p, g, m, idx, 1.0, False,
-                                                                                 1.0, 1)})
+        # as in training (autograd): the forward also returns the scale statistics, the
+        # backward reads them
+        fwd = lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1, return_stats=True)  # noqa: E731
+        stats = fwd()[1]
+        calls.append({"fwd": fwd,
+                      "bwd": lambda idx=idx, go=grad_out, st=stats: _C.loss_space_backward(
+                          go, p, g, m, idx, 1.0, False, 1.0, 1, stats=st)})
     best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
     enabled = gc.isenabled()
     gc.disable()

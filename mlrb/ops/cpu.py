@@ -1,9 +1,12 @@
 """The fused C++/OpenMP CPU backend of the loss space, registered as torch custom ops.
 
-``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and
-``mlrb::loss_space_cpu_bwd`` the gradient for pred directly from the incoming (B, n)
-gradient, recomputing what it needs (autograd saves only pred, gt and mask). Both are
-opaque to torch.compile (fake implementations give the shapes), like torchvision's ops.
+``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and, for autograd, the
+statistics of each (sample, scale) that the backward needs before its pass over the scale
+(the mean of pred - gt, the counts of the valid sets, the sum of the M loss's signs: a
+(B, 6, STAT_WIDTH) float64 tensor). ``mlrb::loss_space_cpu_bwd`` computes the gradient for
+pred from the incoming (B, n) gradient, recomputing the rest; given the forward's
+statistics it skips the pre-passes that re-read pred and gt (same bits). Both are opaque to
+torch.compile (fake implementations give the shapes), like torchvision's ops.
 
 The file reads top to bottom: the forward op and its fake, the backward op and its fake,
 the autograd registration, and the entry point ``loss_space`` (called by
@@ -54,6 +57,25 @@ def _check(op: str, pred, gt, mask, indices, si_lambda, si_scale) -> None:
         raise TypeError(f"{op}: pred and gt dtypes differ: {pred.dtype} vs {gt.dtype}")
 
 
+NUM_SCALES = 6
+
+
+def _stats_shape(pred) -> tuple[int, int, int]:
+    return (pred.shape[0], NUM_SCALES, _C.STAT_WIDTH)
+
+
+def _check_stats(op: str, stats, pred) -> None:
+    """The backward's optional statistics must be a forward's (their values: checked by _C)."""
+    if stats is None:
+        return
+    shape = _stats_shape(pred)
+    if not isinstance(stats, Tensor) or stats.dtype != torch.float64 or tuple(stats.shape) != shape \
+            or stats.device.type != "cpu":
+        got = (stats.dtype, tuple(stats.shape), str(stats.device)) if isinstance(stats, Tensor) \
+            else type(stats).__name__
+        raise ValueError(f"{op}: stats must be the forward's float64 {shape} CPU tensor (or None), got {got}")
+
+
 def _maps(x: Tensor):
     """numpy (B, H, W) C-contiguous view (a copy if need be) of a (B, 1, H, W) CPU tensor."""
     return x.detach().reshape(x.shape[0], x.shape[-2], x.shape[-1]).contiguous().numpy()
@@ -74,20 +96,29 @@ def loss_space_cpu_fwd(
     si_lambda: float,
     si_sqrt: bool,
     si_scale: float,
-) -> Tensor:
-    """Selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64)."""
+    save_for_backward: bool,
+) -> tuple[Tensor, Tensor]:
+    """(selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64), the
+    statistics for the backward: (B, 6, STAT_WIDTH) float64 if save_for_backward, else empty)."""
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
-    out = _C.loss_space_forward(
+    out, stats = _C.loss_space_forward(
+        _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
+        si_lambda, si_sqrt, si_scale, _threads(), return_stats=True,
+    ) if save_for_backward else (_C.loss_space_forward(
         _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
         si_lambda, si_sqrt, si_scale, _threads(),
-    )
-    return torch.from_numpy(out).to(pred.dtype)
+    ), None)
+    stats = torch.from_numpy(stats) if save_for_backward else torch.empty((0, NUM_SCALES, _C.STAT_WIDTH),
+                                                                          dtype=torch.float64)
+    return torch.from_numpy(out).to(pred.dtype), stats
 
 
 @loss_space_cpu_fwd.register_fake
-def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
-    return pred.new_empty((pred.shape[0], len(indices)))
+    B = pred.shape[0] if save_for_backward else 0
+    return (pred.new_empty((pred.shape[0], len(indices))),
+            pred.new_empty((B, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- backward op
@@ -101,38 +132,45 @@ def loss_space_cpu_bwd(
     si_lambda: float,
     si_sqrt: bool,
     si_scale: float,
+    stats: Optional[Tensor] = None,
 ) -> Tensor:
-    """d(sum grad * L) / d pred, shape and dtype of pred."""
+    """d(sum grad * L) / d pred, shape and dtype of pred; stats: the forward's, or None."""
     _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
     check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
+    _check_stats("mlrb::loss_space_cpu_bwd", stats, pred)
     g = _C.loss_space_backward(
         grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
         None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
-        _threads(),
+        _threads(), stats=None if stats is None else stats.detach().contiguous().numpy(),
     )
     return torch.from_numpy(g).view(pred.shape)
 
 
 @loss_space_cpu_bwd.register_fake
-def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale):
+def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, stats=None):
     _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
     check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
+    _check_stats("mlrb::loss_space_cpu_bwd", stats, pred)
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------- autograd
 def _setup_context(ctx, inputs, output):
-    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale = inputs
-    # Only the inputs are kept: the backward recomputes everything else. Inference tensors
-    # (e.g. gt loaded under torch.inference_mode) cannot be saved: a copy of those.
-    ctx.save_for_backward(pred, saveable(gt), saveable(mask))
+    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, _ = inputs
+    # The inputs and the forward's statistics (the backward recomputes everything else).
+    # Inference tensors (e.g. gt loaded under torch.inference_mode) cannot be saved: a copy.
+    ctx.save_for_backward(pred, saveable(gt), saveable(mask), output[1])
     ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
 
 
-def _backward(ctx, grad):
-    pred, gt, mask = ctx.saved_tensors
-    grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params)
-    return grad_pred, None, None, None, None, None, None
+def _backward(ctx, grad, _grad_stats):
+    pred, gt, mask, stats = ctx.saved_tensors
+    if grad is None:
+        return (None,) * 8
+    # Without saved statistics (a forward with save_for_backward=False) the backward makes its own.
+    grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params,
+                                   stats if stats.shape[0] else None)
+    return grad_pred, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_context=_setup_context)
@@ -160,4 +198,6 @@ def loss_space(
     gt = gt.to(dtype).contiguous()
     if mask is not None:
         mask = mask.contiguous()
-    return loss_space_cpu_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt), float(si_scale))
+    save = torch.is_grad_enabled() and pred.requires_grad
+    return loss_space_cpu_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt), float(si_scale),
+                              save)[0]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,7 +156,61 @@ def test_a_whole_group_in_one_loop_gives_each_type_s_numbers(group, mask):
         assert torch.equal(g, q.grad), name
 
 
-def test_saves_only_the_inputs_for_backward():
+def _stats_case(B, H, dtype, mask):
+    """Inputs whose levels are all live (None, "holes") or partly dead ("dead levels")."""
+    pred, gt, m = make_inputs(B, H, 36, dtype=dtype, mask="sparse" if mask == "dead levels" else mask)
+    if mask == "dead levels":
+        m[0, :, :8, :8] = True
+    return pred, gt, m
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask", [None, "holes", "dead levels"])
+@pytest.mark.parametrize("B,H", [(4, 40), (1, 140)])
+def test_backward_with_the_forward_statistics_gives_the_same_bits(B, H, dtype, mask):
+    """The forward's scale statistics (mean, far check, counts, M's sign sum) replace the
+    backward's pre-passes: the same gradient bit for bit, whole samples and bands, any
+    threads; and the backward does read them (changed statistics change the gradient)."""
+    from mlrb import _C
+
+    pred, gt, m = _stats_case(B, H, dtype, mask)
+    p, g = (x[:, 0].numpy() for x in (pred, gt))
+    mk = None if m is None else m[:, 0].numpy()
+    idx = list(range(len(EVERY)))
+    G = torch.rand(B, len(idx), dtype=torch.float64, generator=torch.Generator().manual_seed(1)).numpy()
+    want = _C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, 1)
+    for threads in (1, 2):
+        losses, st = _C.loss_space_forward(p, g, mk, idx, 1.0, False, 1.0, threads, return_stats=True)
+        assert np.array_equal(losses, _C.loss_space_forward(p, g, mk, idx, 1.0, False, 1.0, threads))
+        assert st.shape == (B, 6, _C.STAT_WIDTH)
+        got = _C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, 3 - threads, stats=st)
+        assert np.array_equal(got, want)
+    valid = np.ones_like(p, bool) if mk is None else mk
+    n = valid.reshape(B, -1).sum(1)
+    assert np.array_equal(st[:, 0, 3], n)  # D's count at scale 0: the valid pixels
+    e = (p.astype(np.float64) - g)
+    assert np.allclose(st[:, 0, 0], (e * valid).reshape(B, -1).sum(1) / n, rtol=1e-5)
+    changed = st.copy()
+    changed[:, 0, 2] = 0  # another M shift
+    assert not np.array_equal(_C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, 1, stats=changed), want)
+
+
+def test_autograd_hands_the_forward_statistics_to_the_backward(monkeypatch):
+    pred, gt, m = make_inputs(2, 30, 36, dtype=torch.float32, mask="holes")
+    seen = []
+    real = cpu._C.loss_space_backward
+    monkeypatch.setattr(cpu._C, "loss_space_backward", lambda *a, **k: seen.append(k["stats"]) or real(*a, **k),
+                        raising=False)
+    p = pred.clone().requires_grad_(True)
+    _losses(p, gt, m, EVERY).sum().backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (2, 6, cpu._C.STAT_WIDTH)
+    q = pred.clone()
+    want = torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, len(EVERY)), q, gt, m, list(range(len(EVERY))), 1.0,
+                                             False, 1.0)
+    assert torch.equal(p.grad, want)  # and the same bits as the backward's own statistics
+
+
+def test_saves_the_inputs_and_the_scale_statistics_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []
 
@@ -166,7 +221,7 @@ def test_saves_only_the_inputs_for_backward():
     p = pred.clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = _losses(p, gt, m, EVERY)
-    budget = sum(t.numel() * t.element_size() for t in (pred, gt, m))
+    budget = sum(t.numel() * t.element_size() for t in (pred, gt, m)) + 2 * 6 * cpu._C.STAT_WIDTH * 8
     assert sum(t.numel() * t.element_size() for t in saved) <= budget
     out.sum().backward()
 
@@ -190,7 +245,7 @@ _C_CASES = {
     "empty batch, masked": "_C.loss_space_forward(z, z, z > 0, [0, 79], 1.0, True, 1.0, 2)",
     "empty rows": "_C.loss_space_forward(p[:, :0].copy(), g[:, :0].copy(), None, [0], 1.0, False, 1.0, 1)",
     "empty columns": "_C.loss_space_forward(p[:, :, :0].copy(), g[:, :, :0].copy(), None, [0], 1.0, False, 1.0, 1)",
-    "op, empty batch": "torch.ops.mlrb.loss_space_cpu_fwd(t[:0], t[:0], None, [0], 1.0, False, 1.0)",
+    "op, empty batch": "torch.ops.mlrb.loss_space_cpu_fwd(t[:0], t[:0], None, [0], 1.0, False, 1.0, True)",
     "op bwd, empty batch": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(0, 1), t[:0], t[:0], None, [0], 1.0, False, 1.0)",
     "2-d pred": "_C.loss_space_forward(p[0], g[0], None, [0], 1.0, False, 1.0, 1)",
     "shapes differ": "_C.loss_space_forward(p, g[:, :4].copy(), None, [0], 1.0, False, 1.0, 1)",
@@ -207,6 +262,16 @@ _C_CASES = {
     "float mask": "_C.loss_space_forward(p, g, m.astype(np.float32), [0], 1.0, False, 1.0, 1)",
     "huge map": "_C.loss_space_forward(big, big, None, [0], 1.0, False, 1.0, 1)",
     "fine": "_C.loss_space_forward(p, g, m, list(range(80)), 1.0, False, 1.0, 1)",
+    # The forward's statistics handed to the backward (st: those of p, g, m, indices [0, 1]).
+    "stats shape": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st[:1].copy())",
+    "stats dtype": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st.astype(np.float32))",
+    "stats count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(3, 0.5))",
+    "stats count > H W": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(4, 1e9))",
+    "stats NaN count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(3, np.nan))",
+    "stats far flag": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(1, 2.0))",
+    "stats sign sum": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(2, 1e6))",
+    "stats fine": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st)",
+    "op bwd, stats shape": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, 1), t, t, None, [0], 1.0, False, 1.0, torch.zeros(2, 6, 3, dtype=torch.float64))",
     "count_nonfinite, shapes differ": "_C.count_nonfinite(p, g[:, :4].copy(), None, 1)",
     "count_nonfinite, mask shape": "_C.count_nonfinite(p, g, m[:, :4].copy(), 1)",
     "count_nonfinite, 0 threads": "_C.count_nonfinite(p, g, None, 0)",
@@ -237,6 +302,15 @@ _C_EXPECTED = {
     "float mask": ("TypeError", "incompatible function arguments"),
     "huge map": ("ValueError", "too large"),
     "fine": ("ok", ""),
+    "stats shape": ("ValueError", r"stats must be the forward's \(B, 6, 16\)"),
+    "stats dtype": ("TypeError", "incompatible function arguments"),
+    "stats count": ("ValueError", r"stats\[1, 0\]: count 0 is not an integer"),
+    "stats count > H W": ("ValueError", r"stats\[1, 0\]: count 1 is not an integer in \[0, H W\]"),
+    "stats NaN count": ("ValueError", r"stats\[1, 0\]: count 0"),
+    "stats far flag": ("ValueError", r"stats\[1, 0\]: far flag"),
+    "stats sign sum": ("ValueError", r"stats\[1, 0\]: sign sum"),
+    "stats fine": ("ok", ""),
+    "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 16\)"),
     "count_nonfinite, shapes differ": ("ValueError", "shapes differ"),
     "count_nonfinite, mask shape": ("ValueError", "mask shape"),
     "count_nonfinite, 0 threads": ("ValueError", "num_threads"),
@@ -257,6 +331,11 @@ def test_extension_and_cpu_ops_raise_instead_of_crashing(tmp_path):
         m = rng.random((2, 9, 11)) > 0.3
         z = np.zeros((0, 9, 11), np.float32)
         t = torch.from_numpy(p)[:, None]
+        st = _C.loss_space_forward(p, g, m, [0, 1], 1.0, False, 1.0, 1, return_stats=True)[1]
+        def bad(i, v):  # st with entry i of sample 1, scale 0 set to v
+            s = st.copy()
+            s[1, 0, i] = v
+            return s
         # A (1, 2^28 + 1, 1) map backed by a sparse file: refused before a byte is read.
         big = np.memmap({str(tmp_path / "big.f32")!r}, dtype=np.float32, mode="w+", shape=(1, 2**28 + 1, 1))
         for name, code in {_C_CASES!r}.items():

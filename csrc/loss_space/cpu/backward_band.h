@@ -23,6 +23,7 @@
 #include "loss_space/cpu/selection.h"
 #include "loss_space/cpu/workspace.h"
 #include "loss_space/loss_math.h"
+#include "loss_space/loss_space.h"
 
 namespace mlrb {
 namespace cpu {
@@ -88,27 +89,27 @@ struct ScalePrep {
   bool far = false;      // the normals take the scaled formula (scale_stats)
 };
 
-// Pre-passes of one scale: the global mean, the counts of the valid sets, the M shift.
+// The statistics of one scale that its band pass needs first (kStatMu .. kStatCount + 13,
+// loss_space.h), from pre-passes over the scale: the global mean and far-depth check
+// (scale_stats), the counts of the valid sets, the sum of sgn(e - mu) for M. The forward
+// finds the same values bit for bit (drivers.h), which the backward then reads instead.
 template <typename T, bool HasMask>
-ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
-                                 const double* G, Workspace<T>& ws) {
-  ScalePrep<T> prep;
+void scale_backward_stats(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
+                          Workspace<T>& ws, double* st) {
   const int64_t n = int64_t(h) * w;
-  // Counts of the valid sets (without a mask they are h w).
-  double cnt[kNumTypes];
+  double* cnt = st + kStatCount;  // without a mask every count is h w
   for (int t = 0; t < kNumTypes; ++t) cnt[t] = double(n);
-  const ScaleStats<T> st = scale_stats<T, HasMask>(p, g, m, h, w, types);
-  const T mu = st.mu;
+  const ScaleStats<T> ss = scale_stats<T, HasMask>(p, g, m, h, w, types);
+  st[kStatMu] = double(ss.mu);
+  st[kStatFar] = ss.far ? 1.0 : 0.0;
+  st[kStatSignSum] = 0;
   if constexpr (HasMask) {
     uint8_t* rows = reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8));
     valid_counts(m, h, w, cnt, rows);
   }
-  T* wt = prep.wt;
-  for (int t = 0; t < kNumTypes; ++t) wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
-  // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m;
-  // the shift sum(s) / cnt goes into dloss_M (loss_math.h).
   if ((types & bit(kM)) && cnt[kM] > 0) {
-    double s = 0;
+    const T mu = ss.mu;
+    double s = 0;  // integers: exact in any order
     for (int i = 0; i < h; ++i) {
       const T* pi = p + int64_t(i) * w;
       const T* gi = g + int64_t(i) * w;
@@ -123,10 +124,23 @@ ScalePrep<T> scale_backward_prep(const T* p, const T* g, const uint8_t* m, int h
       }
       s += acc;
     }
-    prep.m_shift = static_cast<T>(s / cnt[kM]);
+    st[kStatSignSum] = s;
   }
-  prep.mu = mu;
-  prep.far = st.far;
+}
+
+// The band pass's constants of one scale from its statistics st (the forward's, or
+// scale_backward_stats) and the incoming gradients G of its 13 losses.
+template <typename T>
+ScalePrep<T> scale_backward_prep(const double* st, uint32_t types, const double* G) {
+  ScalePrep<T> prep;
+  const double* cnt = st + kStatCount;
+  for (int t = 0; t < kNumTypes; ++t)
+    prep.wt[t] = static_cast<T>((types & bit(t)) && cnt[t] > 0 ? G[t] / cnt[t] : 0.0);
+  // M: d mean|e - mu| / de_j = (s_j - m_j sum(s) / cnt) / cnt with s = sign(e - mu) m;
+  // the shift sum(s) / cnt goes into dloss_M (loss_math.h).
+  if ((types & bit(kM)) && cnt[kM] > 0) prep.m_shift = static_cast<T>(st[kStatSignSum] / cnt[kM]);
+  prep.mu = static_cast<T>(st[kStatMu]);
+  prep.far = st[kStatFar] != 0;
   return prep;
 }
 

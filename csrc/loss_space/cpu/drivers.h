@@ -85,6 +85,17 @@ inline void build_mask_levels(const Plan& plan, const uint8_t* mask, LevelMask&&
   mark_live_levels(plan, any, live);
 }
 
+// The band pass's constants of (sample b, scale k): from the forward's statistics of the
+// same inputs (a.stats_in) or from the scale's own pre-passes.
+template <typename T, bool HasMask>
+ScalePrep<T> backward_prep(const LossSpaceArgs& a, int b, int k, const T* p, const T* g, const uint8_t* m,
+                           const Level& L, uint32_t types, const double* G, Workspace<T>& ws) {
+  double own[kScaleStatWidth];
+  const double* st = a.stats_in ? a.stats_in + (int64_t(b) * kNumScales + k) * kScaleStatWidth : own;
+  if (!a.stats_in) scale_backward_stats<T, HasMask>(p, g, m, L.h, L.w, types, ws, own);
+  return scale_backward_prep<T>(st, types, G);
+}
+
 template <typename T, bool HasMask>
 inline void add_amlr_grad(const T* pb, const T* gtb, const uint8_t* mb, const LossSpaceArgs& a, const Selection& sel,
                           const double* G80, T* gb, Workspace<T>& ws) {
@@ -107,6 +118,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   const Plan plan(a, sel);
   const int B = a.B, H = a.H, W = a.W;
   const int64_t N = int64_t(H) * W, per = plan.per;
+  if (a.stats_out) std::fill(a.stats_out, a.stats_out + int64_t(B) * kNumScales * kScaleStatWidth, 0.0);
   static thread_local std::vector<T> lv;  // kept between calls: no fresh pages per call
   static thread_local std::vector<uint8_t> lmv;
   T* lvd = aligned(lv, int64_t(B) * 2 * per);
@@ -119,7 +131,9 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   };
   const int nbands = int(plan.bands.size());
   std::vector<ScaleStats<T>> stats(size_t(B) * kNumScales);
-  std::vector<double> part(size_t(nbands) * 2 * kNumTypes);  // a dead level's bands stay 0: losses 0
+  // Per band: sums, counts, the sum of sgn(e - mu) (kStatSignSum). A dead level's bands stay 0: losses 0.
+  constexpr int kPart = 2 * kNumTypes + 1;
+  std::vector<double> part(size_t(nbands) * kPart);
   std::vector<double> amlr(size_t(B) * 2);
   std::vector<uint8_t> live(size_t(B) * kNumScales, 1), any(HasMask ? plan.level_tasks.size() : 0);
 #pragma omp parallel num_threads(std::max(1, a.num_threads))
@@ -149,10 +163,11 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     for (int t = 0; t < nbands; ++t) {
       const Band& d = plan.bands[t];
       if (!live[d.b * kNumScales + d.k]) continue;
-      double* s = part.data() + size_t(t) * 2 * kNumTypes;
+      double* s = part.data() + size_t(t) * kPart;
       const ScaleStats<T>& st = stats[d.k * B + d.b];
       scale_forward_band<T, HasMask>(lp(d.b, d.k), lg(d.b, d.k), lm(d.b, d.k), plan.L[d.k].h, plan.L[d.k].w,
-                                     sel.types[d.k], st.mu, st.far, d.i0, d.i1, s, s + kNumTypes, ws);
+                                     sel.types[d.k], st.mu, st.far, d.i0, d.i1, s, s + kNumTypes,
+                                     a.stats_out ? s + 2 * kNumTypes : nullptr, ws);
     }
     if (sel.amlr) {
 #pragma omp for schedule(dynamic, 1)
@@ -177,16 +192,25 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     double vals[kNumAll] = {0};
     for (int k = 0; k < kNumScales; ++k) {
       if (!sel.types[k]) continue;
-      double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0};
+      double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0}, sign_sum = 0;
       for (int t = plan.first[k] + b * plan.nb[k], e = t + plan.nb[k]; t < e; ++t) {  // band order
-        const double* s = part.data() + size_t(t) * 2 * kNumTypes;
+        const double* s = part.data() + size_t(t) * kPart;
         for (int u = 0; u < kNumTypes; ++u) {
           sum[u] += s[u];
           cnt[u] += s[kNumTypes + u];
         }
+        sign_sum += s[2 * kNumTypes];
       }
       for (int u = 0; u < kNumTypes; ++u)
         if (sel.types[k] & bit(u)) vals[kNumTypes * k + u] = cnt[u] > 0 ? sum[u] / cnt[u] : 0.0;
+      if (a.stats_out) {  // what the backward's scale_backward_stats would find, bit for bit
+        double* st = a.stats_out + (int64_t(b) * kNumScales + k) * kScaleStatWidth;
+        const ScaleStats<T>& ss = stats[k * B + b];
+        st[kStatMu] = double(ss.mu);
+        st[kStatFar] = ss.far ? 1.0 : 0.0;
+        st[kStatSignSum] = sign_sum;
+        std::copy(cnt, cnt + kNumTypes, st + kStatCount);
+      }
     }
     if (sel.amlr) {
       vals[kSi] = amlr[2 * b];
@@ -255,8 +279,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
             gg = lpk + per;
             mm = lmk_k;
           }
-          const ScalePrep<T> prep = scale_backward_prep<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k],
-                                                                    G80 + kNumTypes * k, ws);
+          const ScalePrep<T> prep =
+              backward_prep<T, HasMask>(a, b, k, pp, gg, mm, L, sel.types[k], G80 + kNumTypes * k, ws);
           scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
                                           BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
         }
@@ -318,8 +342,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     for (int q = 0; q < B * kNumScales; ++q) {
       const int k = q / B, b = q % B;
       if (sel.types[k] && !dead(b, k))
-        preps[q] = scale_backward_prep<T, HasMask>(cp(b, k), cg(b, k), lm(b, k), plan.L[k].h, plan.L[k].w,
-                                                   sel.types[k], G.data() + size_t(b) * kNumAll + kNumTypes * k, ws);
+        preps[q] = backward_prep<T, HasMask>(a, b, k, cp(b, k), cg(b, k), lm(b, k), plan.L[k], sel.types[k],
+                                             G.data() + size_t(b) * kNumAll + kNumTypes * k, ws);
     }
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < nbands; ++t) {

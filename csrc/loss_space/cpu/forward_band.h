@@ -102,14 +102,16 @@ MLRB_FORCE_INLINE void normal_sums(const RowWindow<T, HasMask>& win, int w, doub
 }
 
 // Rows [i0, i1) of one scale: sum[t], cnt[t] (t = 0..12) of the per-pixel terms of the
-// types in `types`; far: the scale's normals take the scaled formula (scale_stats). A band
-// only reads its rows and their halos (box windows, i+1, i+2), so bands run in any order;
-// the caller adds them up in band order.
+// types in `types`; far: the scale's normals take the scaled formula (scale_stats);
+// sign_sum (if set, with M selected): the sum of sgn(e - mu) over the valid pixels, for the
+// backward (kStatSignSum). A band only reads its rows and their halos (box windows, i+1,
+// i+2), so bands run in any order; the caller adds them up in band order.
 template <typename T, bool HasMask>
 void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types, T mu, bool far,
-                        int i0, int i1, double* sum, double* cnt, Workspace<T>& ws) {
+                        int i0, int i1, double* sum, double* cnt, double* sign_sum, Workspace<T>& ws) {
   std::fill(sum, sum + kNumTypes, 0.0);
   std::fill(cnt, cnt + kNumTypes, 0.0);
+  if (sign_sum) *sign_sum = 0;
   const int64_t wsz = RowWindow<T, HasMask>::buffer_size(w);
   const int64_t bsz = BoxMeans<T, HasMask>::buffer_size(w, types);
   T* buf = ws.tbuf(wsz + bsz);
@@ -138,8 +140,19 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
     }
     if (types & bit(kM)) {
       T acc = 0;
+      if (sign_sum) {  // and the backward's M shift: sgn(e - mu) of the same e (an integer sum, exact)
+        T sg = 0;
+#pragma omp simd reduction(+ : acc, sg)
+        for (int j = 0; j < w; ++j) {
+          const T v = HasMask ? M0[j] : T(1);
+          acc += loss_M(E0[j], mu) * v;
+          sg += sgn(E0[j] - mu) * v;
+        }
+        *sign_sum += sg;
+      } else {
 #pragma omp simd reduction(+ : acc)
-      for (int j = 0; j < w; ++j) acc += loss_M(E0[j], mu) * (HasMask ? M0[j] : T(1));
+        for (int j = 0; j < w; ++j) acc += loss_M(E0[j], mu) * (HasMask ? M0[j] : T(1));
+      }
       sum[kM] += acc;
       cnt[kM] += c0;
     }
