@@ -93,11 +93,10 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
                                 std::to_string(mlrb::kScaleStatWidth) + ") = " + shape_str(want) +
                                 " array; got shape " + shape_str(si.shape));
   const double* st = stats.data();
+  const double n = double(a.H) * double(a.W);  // a level has at most H W pixels
   for (int b = 0; b < a.B; ++b)
     for (int k = 0; k < mlrb::kNumScales; ++k) {
       const double* s = st + (int64_t(b) * mlrb::kNumScales + k) * mlrb::kScaleStatWidth;
-      // A level has at most H W pixels; its counts are integers in [0, H W], |sign sum| <= the M count.
-      const double n = double(a.H) * double(a.W);
       auto bad = [&](const std::string& what) {
         throw std::invalid_argument("stats[" + std::to_string(b) + ", " + std::to_string(k) + "]: " + what +
                                     " (pass the stats of a forward of the same inputs)");
@@ -105,7 +104,8 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
       if (s[mlrb::kStatFar] != 0 && s[mlrb::kStatFar] != 1) bad("far flag is not 0 or 1");
       for (int t = 0; t < mlrb::kNumTypes; ++t) {
         const double c = s[mlrb::kStatCount + t];
-        if (!(c >= 0 && c <= n && c == std::floor(c))) bad("count " + std::to_string(t) + " is not an integer in [0, H W]");
+        if (!(c >= 0 && c <= n && c == std::floor(c)))
+          bad("count " + std::to_string(t) + " is not an integer in [0, H W]");
       }
       const double sg = s[mlrb::kStatSignSum];
       if (!(std::abs(sg) <= s[mlrb::kStatCount + mlrb::kM] && sg == std::floor(sg)))

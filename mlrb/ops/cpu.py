@@ -57,18 +57,14 @@ def _check(op: str, pred, gt, mask, indices, si_lambda, si_scale) -> None:
         raise TypeError(f"{op}: pred and gt dtypes differ: {pred.dtype} vs {gt.dtype}")
 
 
-NUM_SCALES = 6
-
-
-def _stats_shape(pred) -> tuple[int, int, int]:
-    return (pred.shape[0], NUM_SCALES, _C.STAT_WIDTH)
+NUM_SCALES = 6  # the statistics are (B, NUM_SCALES, _C.STAT_WIDTH)
 
 
 def _check_stats(op: str, stats, pred) -> None:
     """The backward's optional statistics must be a forward's (their values: checked by _C)."""
     if stats is None:
         return
-    shape = _stats_shape(pred)
+    shape = (pred.shape[0], NUM_SCALES, _C.STAT_WIDTH)
     if not isinstance(stats, Tensor) or stats.dtype != torch.float64 or tuple(stats.shape) != shape \
             or stats.device.type != "cpu":
         got = (stats.dtype, tuple(stats.shape), str(stats.device)) if isinstance(stats, Tensor) \
@@ -101,15 +97,13 @@ def loss_space_cpu_fwd(
     """(selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64), the
     statistics for the backward: (B, 6, STAT_WIDTH) float64 if save_for_backward, else empty)."""
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
-    out, stats = _C.loss_space_forward(
-        _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
-        si_lambda, si_sqrt, si_scale, _threads(), return_stats=True,
-    ) if save_for_backward else (_C.loss_space_forward(
-        _maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices),
-        si_lambda, si_sqrt, si_scale, _threads(),
-    ), None)
-    stats = torch.from_numpy(stats) if save_for_backward else torch.empty((0, NUM_SCALES, _C.STAT_WIDTH),
-                                                                          dtype=torch.float64)
+    args = (_maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt,
+            si_scale, _threads())
+    if save_for_backward:
+        out, stats = _C.loss_space_forward(*args, return_stats=True)
+        stats = torch.from_numpy(stats)
+    else:
+        out, stats = _C.loss_space_forward(*args), torch.empty((0, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64)
     return torch.from_numpy(out).to(pred.dtype), stats
 
 
