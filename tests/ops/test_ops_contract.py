@@ -380,8 +380,8 @@ def test_reference_backend_has_second_derivatives():
 # ----------------------------------------------------------------------------- the registered ops
 def ops(backend, pred, gt, mask, idx, options=(1.0, False, 1.0)):
     """(forward, backward) of a backend's registered ops in one form: forward(pred, gt, mask,
-    idx, *options) -> losses; backward(grad, pred, gt, mask, idx) -> grad_pred (Triton's
-    reads the workspace of a forward of pred, gt, mask, idx)."""
+    idx, *options) -> losses; backward(grad, pred, gt, mask, idx) -> grad_pred (each reads what
+    a forward of pred, gt, mask, idx saved: Triton's workspace, the CPU's scale statistics)."""
     if backend == "cpu":
         _, stats = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, *options, True)
         return (lambda *a: torch.ops.mlrb.loss_space_cpu_fwd(*a, True)[0],
