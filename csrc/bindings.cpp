@@ -85,7 +85,7 @@ mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g
 // The forward's scale statistics handed back to the backward (loss_space.h: kStatMu ..):
 // (B, kNumScales, kScaleStatWidth) float64. They are only ever values in the arithmetic,
 // but a wrong array is refused here with the entry that is wrong.
-void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
+void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a, const std::vector<int>& indices) {
   const py::buffer_info si = stats.request();
   const std::vector<py::ssize_t> want = {a.B, mlrb::kNumScales, mlrb::kScaleStatWidth};
   if (si.shape != want)
@@ -94,6 +94,9 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
                                 " array; got shape " + shape_str(si.shape));
   const double* st = stats.data();
   const double n = double(a.H) * double(a.W);  // a level has at most H W pixels
+  uint32_t types[mlrb::kNumScales] = {};        // as the kernels select them (selection.h)
+  for (int i : indices)
+    if (i < mlrb::kNumLosses) types[i / mlrb::kNumTypes] |= 1u << (i % mlrb::kNumTypes);
   for (int b = 0; b < a.B; ++b)
     for (int k = 0; k < mlrb::kNumScales; ++k) {
       const double* s = st + (int64_t(b) * mlrb::kNumScales + k) * mlrb::kScaleStatWidth;
@@ -101,6 +104,8 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
         throw std::invalid_argument("stats[" + std::to_string(b) + ", " + std::to_string(k) + "]: " + what +
                                     " (pass the stats of a forward of the same inputs)");
       };
+      if (s[mlrb::kStatTypes] != double(types[k]))
+        bad("made for other losses than these indices");
       if (s[mlrb::kStatFar] != 0 && s[mlrb::kStatFar] != 1) bad("far flag is not 0 or 1");
       for (int t = 0; t < mlrb::kNumTypes; ++t) {
         const double c = s[mlrb::kStatCount + t];
@@ -146,7 +151,7 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
                                     num_threads);
   a.indices = indices.data();
   if (stats) {
-    check_stats(*stats, a);
+    check_stats(*stats, a, indices);
     a.stats_in = stats->data();
   }
   const py::buffer_info gi = grad_out.request();

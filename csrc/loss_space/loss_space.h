@@ -15,11 +15,12 @@ namespace mlrb {
 // finds it: a (B, kNumScales, kScaleStatWidth) float64 array. Given it, the backward skips
 // its own pre-passes over the scale (the global mean with the far-depth check, the counts
 // of the valid sets, the M shift), which re-read pred and gt from memory. Entries of
-// unselected scales and of levels without a valid pixel are 0.
+// unselected scales and of levels without a valid pixel are 0, but for kStatTypes.
 constexpr int kStatMu = 0;                  // mean of e over the valid pixels (a value of the input dtype)
 constexpr int kStatFar = 1;                 // 1: the normal types take the scaled formula
 constexpr int kStatSignSum = 2;             // sum of sgn(e - mu) over the valid pixels (an integer)
-constexpr int kStatCount = 3;               // kNumTypes counts of the valid sets (integers)
+constexpr int kStatTypes = 3;               // the scale's selected types (bit t: type t), checked by the backward
+constexpr int kStatCount = 4;               // kNumTypes counts of the valid sets (integers)
 constexpr int kScaleStatWidth = kStatCount + kNumTypes;
 
 struct LossSpaceArgs {

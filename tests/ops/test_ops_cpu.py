@@ -187,7 +187,8 @@ def test_backward_with_the_forward_statistics_gives_the_same_bits(B, H, dtype, m
         assert np.array_equal(got, want)
     valid = np.ones_like(p, bool) if mk is None else mk
     n = valid.reshape(B, -1).sum(1)
-    assert np.array_equal(st[:, 0, 3], n)  # D's count at scale 0: the valid pixels
+    assert np.array_equal(st[:, 0, 4], n)  # D's count at scale 0: the valid pixels
+    assert (st[:, :, 3] == 2**13 - 1).all()  # every type selected at every scale
     e = (p.astype(np.float64) - g)
     assert np.allclose(st[:, 0, 0], (e * valid).reshape(B, -1).sum(1) / n, rtol=1e-5)
     changed = st.copy()
@@ -265,9 +266,10 @@ _C_CASES = {
     # The forward's statistics handed to the backward (st: those of p, g, m, indices [0, 1]).
     "stats shape": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st[:1].copy())",
     "stats dtype": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st.astype(np.float32))",
-    "stats count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(3, 0.5))",
-    "stats count > H W": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(4, 1e9))",
-    "stats NaN count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(3, np.nan))",
+    "stats count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(4, 0.5))",
+    "stats count > H W": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(5, 1e9))",
+    "stats NaN count": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(4, np.nan))",
+    "stats of other losses": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 2], 1.0, False, 1.0, 1, stats=st)",
     "stats far flag": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(1, 2.0))",
     "stats sign sum": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(2, 1e6))",
     "stats fine": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st)",
@@ -302,15 +304,16 @@ _C_EXPECTED = {
     "float mask": ("TypeError", "incompatible function arguments"),
     "huge map": ("ValueError", "too large"),
     "fine": ("ok", ""),
-    "stats shape": ("ValueError", r"stats must be the forward's \(B, 6, 16\)"),
+    "stats shape": ("ValueError", r"stats must be the forward's \(B, 6, 17\)"),
     "stats dtype": ("TypeError", "incompatible function arguments"),
     "stats count": ("ValueError", r"stats\[1, 0\]: count 0 is not an integer"),
     "stats count > H W": ("ValueError", r"stats\[1, 0\]: count 1 is not an integer in \[0, H W\]"),
     "stats NaN count": ("ValueError", r"stats\[1, 0\]: count 0"),
+    "stats of other losses": ("ValueError", r"stats\[0, 0\]: made for other losses than these indices"),
     "stats far flag": ("ValueError", r"stats\[1, 0\]: far flag"),
     "stats sign sum": ("ValueError", r"stats\[1, 0\]: sign sum"),
     "stats fine": ("ok", ""),
-    "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 16\)"),
+    "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 17\)"),
     "count_nonfinite, shapes differ": ("ValueError", "shapes differ"),
     "count_nonfinite, mask shape": ("ValueError", "mask shape"),
     "count_nonfinite, 0 threads": ("ValueError", "num_threads"),

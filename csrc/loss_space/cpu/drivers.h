@@ -191,6 +191,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   for (int b = 0; b < B; ++b) {
     double vals[kNumAll] = {0};
     for (int k = 0; k < kNumScales; ++k) {
+      if (a.stats_out) a.stats_out[(int64_t(b) * kNumScales + k) * kScaleStatWidth + kStatTypes] = sel.types[k];
       if (!sel.types[k]) continue;
       double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0}, sign_sum = 0;
       for (int t = plan.first[k] + b * plan.nb[k], e = t + plan.nb[k]; t < e; ++t) {  // band order
