@@ -89,7 +89,7 @@ struct ScalePrep {
   bool far = false;      // the normals take the scaled formula (scale_stats)
 };
 
-// The statistics of one scale that its band pass needs first (kStatMu .. kStatCount + 13,
+// The statistics of one scale that its band pass needs first (kStatMu .. kScaleStatWidth,
 // loss_space.h), from pre-passes over the scale: the global mean and far-depth check
 // (scale_stats), the counts of the valid sets, the sum of sgn(e - mu) for M. The forward
 // finds the same values bit for bit (drivers.h), which the backward then reads instead.
@@ -103,6 +103,7 @@ void scale_backward_stats(const T* p, const T* g, const uint8_t* m, int h, int w
   st[kStatMu] = double(ss.mu);
   st[kStatFar] = ss.far ? 1.0 : 0.0;
   st[kStatSignSum] = 0;
+  st[kStatTypes] = types;
   if constexpr (HasMask) {
     uint8_t* rows = reinterpret_cast<uint8_t*>(ws.dbuf((3 * (int64_t(w) + 2) + 7) / 8));
     valid_counts(m, h, w, cnt, rows);
