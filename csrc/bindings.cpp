@@ -15,6 +15,7 @@
 
 #include "bench/peaks.h"
 #include "checks/count_nonfinite.h"
+#include "loss_space/cpu/selection.h"
 #include "loss_space/loss_math.h"
 #include "loss_space/loss_space.h"
 
@@ -85,7 +86,7 @@ mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g
 // The forward's scale statistics handed back to the backward (loss_space.h: kStatMu ..):
 // (B, kNumScales, kScaleStatWidth) float64. They are only ever values in the arithmetic,
 // but a wrong array is refused here with the entry that is wrong.
-void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a, const std::vector<int>& indices) {
+void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
   const py::buffer_info si = stats.request();
   const std::vector<py::ssize_t> want = {a.B, mlrb::kNumScales, mlrb::kScaleStatWidth};
   if (si.shape != want)
@@ -94,9 +95,7 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a, const s
                                 " array; got shape " + shape_str(si.shape));
   const double* st = stats.data();
   const double n = double(a.H) * double(a.W);  // a level has at most H W pixels
-  uint32_t types[mlrb::kNumScales] = {};        // as the kernels select them (selection.h)
-  for (int i : indices)
-    if (i < mlrb::kNumLosses) types[i / mlrb::kNumTypes] |= 1u << (i % mlrb::kNumTypes);
+  const auto sel = mlrb::cpu::MLRB_CPU_ISA::selection_of(a);  // the types the kernels run (a.indices)
   for (int b = 0; b < a.B; ++b)
     for (int k = 0; k < mlrb::kNumScales; ++k) {
       const double* s = st + (int64_t(b) * mlrb::kNumScales + k) * mlrb::kScaleStatWidth;
@@ -104,7 +103,7 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a, const s
         throw std::invalid_argument("stats[" + std::to_string(b) + ", " + std::to_string(k) + "]: " + what +
                                     " (pass the stats of a forward of the same inputs)");
       };
-      if (s[mlrb::kStatTypes] != double(types[k]))
+      if (s[mlrb::kStatTypes] != double(sel.types[k]))
         bad("made for other losses than these indices");
       if (s[mlrb::kStatFar] != 0 && s[mlrb::kStatFar] != 1) bad("far flag is not 0 or 1");
       for (int t = 0; t < mlrb::kNumTypes; ++t) {
@@ -151,7 +150,7 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
                                     num_threads);
   a.indices = indices.data();
   if (stats) {
-    check_stats(*stats, a, indices);
+    check_stats(*stats, a);
     a.stats_in = stats->data();
   }
   const py::buffer_info gi = grad_out.request();
