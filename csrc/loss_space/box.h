@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "loss_space/loss_math.h"
+#include "loss_space/row_stride.h"
 
 #ifndef MLRB_CPU_ISA
 #define MLRB_CPU_ISA generic
@@ -48,7 +49,7 @@ T* window_sums_row(T* scratch, int R) {
 // four: 4, 16, 64) of the row v (at window_sums_row): out[k][j] = sum_{a=-r..r} v[clamp(j + a)].
 // With the padded row A (A[u] = v[clamp(u - R)]), the window of radius r is
 // S_2r[j + R - r] + A[j + R + r]; one chain of quad passes serves all sizes, and the last
-// one (S_2R) goes straight into its window sums. scratch: 3 (w + 2R) entries of T.
+// one (S_2R) goes straight into its window sums. scratch: 3 row_stride(w + 2R) entries of T.
 template <typename T>
 void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T* scratch) {
   const int n = w + 2 * R;
@@ -56,7 +57,7 @@ void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T
   const T first = A0[R], last = A0[R + w - 1];
   std::fill(A0, A0 + R, first);
   std::fill(A0 + R + w, A0 + n, last);
-  T* bufs[2] = {scratch + n, scratch + 2 * n};
+  T* bufs[2] = {scratch + row_stride<T>(n), scratch + 2 * row_stride<T>(n)};
   const T* src = A0;  // S_m
   int len = n, k = 0;
   for (int m = 1, t = 0; 4 * m <= 2 * R; m *= 4, t ^= 1) {
@@ -88,7 +89,10 @@ void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T
 // border entries. 2r is a power of four (4, 16, 64): Z comes from the quad passes above
 // over t padded by zeros, a fixed pairwise order in T.
 // scratch: box_transpose_scratch_size(w, r) entries of T.
-inline int64_t box_transpose_scratch_size(int w, int r) { return 2 * (int64_t(w) + 4 * r); }
+template <typename T>
+int64_t box_transpose_scratch_size(int w, int r) {
+  return 2 * row_stride<T>(int64_t(w) + 4 * r);
+}
 
 template <typename T>
 void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
@@ -122,7 +126,7 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
   if (M > 1) {
     int hi = w - 1 + r;  // S_2r is read on [lo, w - 1 + r); S_m on [lo, hi + 3m)
     for (int m = M; m >= 4; m /= 4) hi += 3 * m;
-    T* bufs[2] = {scratch, scratch + w + 4 * r};
+    T* bufs[2] = {scratch, scratch + row_stride<T>(int64_t(w) + 4 * r)};
     // S_4 on [lo, hi): zeros, border entries, the inside straight from t, border, zeros
     T* A = bufs[0];
     const int z = std::min(o - 3, hi), mid = o + std::max(0, w - 3);

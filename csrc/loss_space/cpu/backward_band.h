@@ -156,9 +156,9 @@ struct Fields {
   bool grad_first;  // all gradient types selected: grad_fields assigns the five fields
 
   static constexpr int kRows = 9;
-  Fields(T* f, int w, uint32_t types)
-      : t0(f), tx(f + w), ty(f + 2 * w), txx(f + 3 * w), txy(f + 4 * w), tyy(f + 5 * w), Bf(f + 6 * w),
-        prevBf(f + 7 * w), prevTyy(f + 8 * w), fx(types & kFieldX), fy(types & kFieldY),
+  Fields(T* f, int w, int64_t s, uint32_t types)  // s: the row stride
+      : t0(f), tx(f + s), ty(f + 2 * s), txx(f + 3 * s), txy(f + 4 * s), tyy(f + 5 * s), Bf(f + 6 * s),
+        prevBf(f + 7 * s), prevTyy(f + 8 * s), fx(types & kFieldX), fy(types & kFieldY),
         fxx(types & kFieldXX), fxy(types & kFieldXY), fyy(types & kFieldYY),
         grad_first((types & kGradBits) == kGradBits) {
     std::fill(prevBf, prevBf + w, T(0));
@@ -179,12 +179,13 @@ struct Fields {
 };
 
 // One box size of the backward: B^T as a running vertical window Z over the rows U of
-// horizontal transposes (a ring of 2r + 2 rows) of the per-row coefficients tb.
+// horizontal transposes (a ring of 2r + 2 rows at stride s) of the per-row coefficients tb.
 template <typename T>
 struct BoxTranspose {
   int b, r, ring;
   T *Z, *tb, *U;
-  T* ring_row(int i, int w) const { return U + int64_t(i % ring) * w; }
+  int64_t s;
+  T* ring_row(int i) const { return U + int64_t(i % ring) * s; }
 };
 
 // Row i's derivatives of the gradient types in Set times G[t] / count and the validity of
@@ -394,10 +395,9 @@ template <typename T, bool HasMask>
 MLRB_FORCE_INLINE void transpose_boxes(std::vector<BoxTranspose<T>>& bt, int i, int i0,
                                        const BandOut<T>& out_rows, const uint8_t* m, int h, int w, T* tscratch) {
   for (BoxTranspose<T>& x : bt) {
-    box_row_sum_transpose(x.tb, w, x.r, x.ring_row(i, w), tscratch);
+    box_row_sum_transpose(x.tb, w, x.r, x.ring_row(i), tscratch);
     const int leave = i - 2 * x.r - 1;
-    box_emit<T, HasMask>(x, i - x.r, x.ring_row(i, w), leave >= i0 ? x.ring_row(leave, w) : nullptr, out_rows, m,
-                         h, w);
+    box_emit<T, HasMask>(x, i - x.r, x.ring_row(i), leave >= i0 ? x.ring_row(leave) : nullptr, out_rows, m, h, w);
   }
 }
 
@@ -483,15 +483,15 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   for (int b = 0; b < 3; ++b)
     if (types & bit(kM5 + b)) ring_rows += 2 * kBoxRadius[b] + 2;
   const int nfields = Fields<T>::kRows;
-  T* buf = ws.tbuf(wsz + bsz + nfields * int64_t(w) + 3 * 2 * int64_t(w) + ring_rows * w +
-                   box_transpose_scratch_size(w, kBoxRadius[2]));
+  const int64_t s = row_stride<T>(w);
+  T* buf = ws.tbuf(wsz + bsz + (nfields + 3 * 2 + ring_rows) * s + box_transpose_scratch_size<T>(w, kBoxRadius[2]));
   double* dbuf = ws.dbuf(BoxMeans<T, HasMask>::dbuffer_size(w));
   RowWindow<T, HasMask> win(p, g, m, h, w, buf, /*direct=*/true);
   T* f = buf + wsz + bsz;
-  Fields<T> fl(f, w, types);
-  T* zrun_base = f + nfields * w;  // per box: Z (running) and tb (row)
-  T* ring_base = zrun_base + 3 * 2 * w;
-  T* tscratch = ring_base + ring_rows * w;
+  Fields<T> fl(f, w, s, types);
+  T* zrun_base = f + nfields * s;  // per box: Z (running) and tb (row)
+  T* ring_base = zrun_base + 3 * 2 * s;
+  T* tscratch = ring_base + ring_rows * s;
 
   BoxMeans<T, HasMask> box(p, g, m, h, w, types, prep.mu, buf + wsz, dbuf, i0);
   std::vector<BoxTranspose<T>> bt;
@@ -500,10 +500,10 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     for (int b = 0; b < 3; ++b) {
       if (!(types & bit(kM5 + b))) continue;
       const int r = kBoxRadius[b];
-      BoxTranspose<T> x{b, r, 2 * r + 2, zrun_base + b * 2 * w, zrun_base + b * 2 * w + w, ring};
+      BoxTranspose<T> x{b, r, 2 * r + 2, zrun_base + b * 2 * s, zrun_base + b * 2 * s + s, ring, s};
       std::fill(x.Z, x.Z + w, T(0));
       bt.push_back(x);
-      ring += int64_t(x.ring) * w;
+      ring += int64_t(x.ring) * s;
     }
   }
 
@@ -525,7 +525,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
   for (BoxTranspose<T>& x : bt) {
     for (int q = i1 - x.r; q <= i1 - 1 + x.r; ++q) {
       const int leave = q - x.r - 1;
-      box_emit<T, HasMask>(x, q, nullptr, leave >= i0 ? x.ring_row(leave, w) : nullptr, out_rows, m, h, w);
+      box_emit<T, HasMask>(x, q, nullptr, leave >= i0 ? x.ring_row(leave) : nullptr, out_rows, m, h, w);
     }
   }
 }

@@ -29,9 +29,10 @@ struct BoxMeans {
   int nb = 0;           // number of selected sizes
   int type[3], rad[3];  // their loss types and radii
   int rmax = 0;         // largest radius
+  int64_t sw;           // row stride of the rings, V and zero (row_stride)
   int computed = -1;    // rows 0..computed are filtered (the last R[k] of them in the rings)
   int R[3];             // ring rows of size k: ring_rows(rad[k], rmax)
-  T* ring[3];           // per size: R[k] rows x S maps x w
+  T* ring[3];           // per size: R[k] rows x S maps x sw
   T* V;                 // nb x S x w running vertical sums
   T* hs;                // 3 padded rows: scratch of window_sums_doubling
   T* zero;              // w zeros: the slide of a band's first row
@@ -48,17 +49,17 @@ struct BoxMeans {
       if (types & (1u << (kM5 + b))) nb++, rmax = kBoxRadius[b];
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) rows += ring_rows(kBoxRadius[b], rmax);
-    return (int64_t(rows) * S + nb * S + 1) * w;
+    return (int64_t(rows) * S + nb * S + 1) * row_stride<T>(w);
   }
   // In doubles (the scratch of window_sums_doubling, 3 padded rows of T).
   static int64_t dbuffer_size(int w) {
-    return (3 * (int64_t(w) + 2 * kBoxRadius[2]) * int64_t(sizeof(T)) + 7) / 8;
+    return (3 * row_stride<T>(int64_t(w) + 2 * kBoxRadius[2]) * int64_t(sizeof(T)) + 7) / 8;
   }
 
   // Windows start at row i0 (the first row of a band); rows i0 - rmax .. are filtered.
   BoxMeans(const T* p_, const T* g_, const uint8_t* m_, int h_, int w_, uint32_t types, T mu_, T* buf, double* dbuf,
            int i0)
-      : p(p_), g(g_), m(m_), h(h_), w(w_), mu(mu_) {
+      : p(p_), g(g_), m(m_), h(h_), w(w_), mu(mu_), sw(row_stride<T>(w_)) {
     for (int b = 0; b < 3; ++b)
       if (types & (1u << (kM5 + b))) {
         type[nb] = kM5 + b;
@@ -70,13 +71,13 @@ struct BoxMeans {
     for (int k = 0; k < nb; ++k) {
       R[k] = ring_rows(rad[k], rmax);
       ring[k] = next;
-      next += int64_t(R[k]) * S * w;
+      next += int64_t(R[k]) * S * sw;
     }
     V = next;
-    zero = V + int64_t(nb) * S * w;
+    zero = V + int64_t(nb) * S * sw;
     hs = reinterpret_cast<T*>(dbuf);
     if (nb == 0) return;
-    std::fill(V, V + int64_t(nb) * S * w, T(0));
+    std::fill(V, V + int64_t(nb) * S * sw, T(0));
     std::fill(zero, zero + w, T(0));
     for (int k = 0; k < 3; ++k)
       for (int q = 0; q < 2; ++q) in[k][q] = out[k][q] = zero;
@@ -86,7 +87,7 @@ struct BoxMeans {
       for (int a = -rad[k]; a <= rad[k]; ++a) add(k, std::clamp(i0 + a, 0, h - 1), T(1));
   }
 
-  T* H(int r, int k, int s) { return ring[k] + (int64_t(r % R[k]) * S + s) * w; }
+  T* H(int r, int k, int s) { return ring[k] + (int64_t(r % R[k]) * S + s) * sw; }
 
   // Horizontal window sums of rows computed+1 .. last, for every size.
   void filter_upto(int last) {
@@ -115,7 +116,7 @@ struct BoxMeans {
 
   void add(int k, int r, T sign) {
     for (int q = 0; q < S; ++q) {
-      T* v = V + (int64_t(k) * S + q) * w;
+      T* v = V + (int64_t(k) * S + q) * sw;
       const T* hr = H(r, k, q);
 #pragma omp simd
       for (int j = 0; j < w; ++j) v[j] += sign * hr[j];
@@ -149,7 +150,7 @@ struct BoxMeans {
       return s;
     }
   };
-  Slide slide(int k, int q) const { return {V + (int64_t(k) * S + q) * w, in[k][q], out[k][q]}; }
+  Slide slide(int k, int q) const { return {V + (int64_t(k) * S + q) * sw, in[k][q], out[k][q]}; }
   // The local mean at column j: box(x) / count(box(m)) with a mask, box(x) * inv(k) without.
   T inv(int k) const { return T(1.0 / double((2 * rad[k] + 1) * (2 * rad[k] + 1))); }
   // box(m) clamped to >= 1: a window without valid pixels has local mean 0.

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "loss_space/cpu/selection.h"
+#include "loss_space/row_stride.h"
 
 namespace mlrb {
 namespace cpu {
@@ -51,9 +52,9 @@ struct RowWindow {
   // that the columns before it fill whole vectors of 8 floats or 4 doubles (no scalar
   // remainder of the normals' loop in each part).
   int tail_from() const { return direct ? std::max(0, w - 2) / 8 * 8 : 0; }
-  // Rows of w + 2 entries, each starting at a multiple of 16 entries (64 bytes of floats):
-  // the vector loops' loads at j do not split cache lines, nor do the buffers after these.
-  static int64_t stride(int w) { return (int64_t(w) + 2 + 15) / 16 * 16; }
+  // Rows of w + 2 entries, each starting on a cache line (row_stride): the vector loops'
+  // loads at j do not split cache lines, nor do the buffers after these.
+  static int64_t stride(int w) { return row_stride<T>(int64_t(w) + 2); }
   static int64_t buffer_size(int w) { return 12 * stride(w); }
 
   void load(int slot, int row) {
