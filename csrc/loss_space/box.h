@@ -109,15 +109,20 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
     out[0] = T(2 * r + 1) * t[0];
     return;
   }
-  out[0] = border(t, 1);
+  const T out0 = border(t, 1);  // stored last: the vector loops below may start at column 0
   out[w - 1] = border(t + w - 1, -1);
-  if (w == 2) return;
+  if (w == 2) {
+    out[0] = out0;
+    return;
+  }
   // Inside, Z[c] = S_2r[u] + tz[u + 2r] at u = c + r, with tz[u] = t[u - 2r] on [2r, 2r + w)
   // and 0 elsewhere: S_2r = quad(S_M) (2r = 4M), and S_4 .. S_M are stored on the entries
-  // u in [r + 1, hi_m) that the columns 1 .. w - 2 read. The first pass reads t itself
+  // u in [r, hi_m) that the columns 0 .. w - 2 read. The first pass reads t itself
   // (tz is never stored) and the last one writes `out`; every entry is the sum of the
-  // zero-padded tree (0 + x is kept: it turns -0 into +0).
-  const int o = 2 * r, lo = r + 1;
+  // zero-padded tree (0 + x is kept: it turns -0 into +0). The vector loops' stores start
+  // at entries that are multiples of the vector width (r and column 0 for r >= 8, column
+  // 32 / sizeof(T) for r = 2): a store split across two cache lines costs about two.
+  const int o = 2 * r, lo = r;
   auto tz = [&](int u) { return u >= o && u < o + w ? t[u - o] : T(0); };
   auto quad_tz = [&](int u) { return (tz(u) + tz(u + 1)) + (tz(u + 2) + tz(u + 3)); };
   int M = 1;
@@ -149,9 +154,10 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
   }
   auto S2r = [&](int u) { return M == 1 ? quad_tz(u) : quad_sum(S, M, u); };
   const int cmid = std::min(w - 2, w - 1 - r);  // out[c] reads t[c + r] while c + r < w
-  // Columns [c0, c1) go through the vector loops (for r = 2: those reading only t inside).
-  int c0 = 1, c1 = w - 1;
-  if (M == 1) c0 = 2, c1 = std::max(c0, cmid + 1);
+  // Columns [c0, c1) go through the vector loops (for r = 2: those reading only t inside;
+  // for r >= 8 column 0 too, whose border value is stored after them).
+  int c0 = 0, c1 = w - 1;
+  if (M == 1) c0 = std::min(int(32 / sizeof(T)), w - 1), c1 = std::max(c0, cmid + 1);
   auto column = [&](int c) { return c <= cmid ? S2r(c + r) + t[c + r] : S2r(c + r); };  // outside [c0, c1)
   for (int c = 1; c < c0; ++c) out[c] = column(c);
   {
@@ -170,6 +176,7 @@ void box_row_sum_transpose(const T* t, int w, int r, T* out, T* scratch) {
     }
   }
   for (int c = c1; c < w - 1; ++c) out[c] = column(c);
+  out[0] = out0;
 }
 
 }  // namespace MLRB_CPU_ISA

@@ -436,7 +436,7 @@ def _quad_levels_T(w: int, r: int) -> tuple[int, int, list[int]]:
         M *= 4
     if M == 1 or w <= 2:
         return 0, 0, []
-    lo, hi, m = r + 1, w - 1 + r, M
+    lo, hi, m = r, w - 1 + r, M
     while m >= 4:
         hi += 3 * m
         m //= 4
@@ -560,8 +560,8 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
         g, k, lambda h, w, i0, i1: sum(2 * r + 1 for r in _radii(s)) * w)),
     "box_vert_slide": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * w * len(_radii(s)))),  # the first row slides by zero rows
-    "boxT_inner": ("scale", lambda g, k, s: _per_band(
-        g, k, lambda h, w, i0, i1: (i1 - i0) * max(w - 2, 0) * len(_radii(s)))),
+    "boxT_inner": ("scale", lambda g, k, s: _per_band(  # r >= 8: column 0 too (its border value is stored after)
+        g, k, lambda h, w, i0, i1: (i1 - i0) * sum(max(w - 2, 0) + (r > 2 and w > 2) for r in _radii(s)))),
     "boxT_pad": ("scale", lambda g, k, s: _per_band(
         g, k, lambda h, w, i0, i1: (i1 - i0) * sum(_quad_pad_T(w, r) for r in _radii(s)))),
     "boxT_doubling": ("scale", lambda g, k, s: _per_band(
