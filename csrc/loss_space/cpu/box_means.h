@@ -33,7 +33,7 @@ struct BoxMeans {
   int computed = -1;    // rows 0..computed are filtered (the last R[k] of them in the rings)
   int R[3];             // ring rows of size k: ring_rows(rad[k], rmax)
   T* ring[3];           // per size: R[k] rows x S maps x sw
-  T* V;                 // nb x S x w running vertical sums
+  T* V;                 // nb x S rows (stride sw) of running vertical sums
   T* hs;                // 3 padded rows: scratch of window_sums_doubling
   T* zero;              // w zeros: the slide of a band's first row
   const T* in[3][2];    // per size and map: the rows entering and leaving the window of
