@@ -37,20 +37,44 @@ def totals(g: floor.Geometry, pass_: str) -> dict:
 
 # ---------------------------------------------------------------------------- peaks
 
+def peak_relations_broken(peaks: dict) -> list:
+    """The relations between peaks that any x86 or ARM core satisfies; what they break."""
+    broken = []
+    for dt, p in peaks.items():
+        # the FP pipes together are at least as fast as either alone; L1 beats DRAM
+        if not p["add_mul"] > 0.9 * max(p["add"], p["mul"]):
+            broken.append((dt, "add_mul"))
+        if not p["load"] > p["dram"]:
+            broken.append((dt, "load > dram"))
+    # a vector holds half as many float64 as float32: the element rates halve
+    for name in ("add", "load"):
+        if not peaks["float64"][name] < 0.8 * peaks["float32"][name]:
+            broken.append(("float64 vs float32", name))
+    return broken
+
+
 @pytest.fixture(scope="module")
 def peaks():
-    return {dt: _C.machine_peaks(dt, 0.05) for dt in ("float32", "float64")}
+    """Both dtypes' peaks, measured in alternation up to four times, each entry the best so
+    far: a busy spell of a shared CI core (one once halved the float32 load rate of a 0.05 s
+    measurement) spoils a measurement, not four."""
+    best: dict = {}
+    for _ in range(4):
+        for dt in ("float32", "float64"):
+            p = _C.machine_peaks(dt, 0.05)
+            assert set(p) == PEAK_NAMES, dt
+            assert all(math.isfinite(v) and v > 0 for v in p.values()), (dt, p)
+            best[dt] = {k: max(v, best.get(dt, {}).get(k, 0.0)) for k, v in p.items()}
+        if not peak_relations_broken(best):
+            break
+    return best
 
 
 def test_machine_peaks_are_positive_and_finite_for_both_dtypes(peaks):
     for dt, p in peaks.items():
         assert set(p) == PEAK_NAMES, dt
         assert all(math.isfinite(v) and v > 0 for v in p.values()), (dt, p)
-        # the FP pipes together are at least as fast as either alone; L1 beats DRAM
-        assert p["add_mul"] > 0.9 * max(p["add"], p["mul"]) and p["load"] > p["dram"], (dt, p)
-    # a vector holds half as many float64 as float32: the element rates halve
-    for name in ("add", "load"):
-        assert peaks["float64"][name] < 0.8 * peaks["float32"][name], (name, peaks)
+    assert not peak_relations_broken(peaks), peaks
 
 
 @pytest.mark.parametrize("args, fragment", [
