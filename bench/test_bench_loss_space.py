@@ -17,7 +17,7 @@ from mlrb.bench import cases as B
 from mlrb.bench import memory, timers
 
 SHAPES = ("paper", "nyu", "kitti")
-ROUNDS = {"paper": 2, "torch": 5, "torch_compile": 5, "fused": 20, "fused_levels": 20, "l1": 50}
+ROUNDS = {"paper": 2, "torch": 5, "torch_compile": 5, "fused": 20, "l1": 50}
 
 
 @pytest.fixture(scope="module", params=SHAPES)
@@ -29,7 +29,7 @@ def case(request):
 @pytest.mark.parametrize("provider", B.PROVIDERS)
 def test_bench_loss_space(benchmark, case, mode, provider):
     name, (pred, gt, mask) = case
-    if provider.startswith("fused"):
+    if provider == "fused":
         import mlrb.ops.cpu as cpu
 
         if cpu.unavailable_reason(pred.device) is not None:
@@ -56,14 +56,12 @@ def test_bench_ratios(capsys):
         f"paper / fused = {best['paper'] / best['fused']:.0f}x (target >= 100x)",
         f"best pure-PyTorch / fused = {fastest_torch / best['fused']:.1f}x (target >= 10x)",
         f"fused / l1 = {best['fused'] / best['l1']:.1f}x (target <= 8x)",
-        f"fused_levels / l1 = {best['fused_levels'] / best['l1']:.1f}x (save_levels=True)",
     ]
     with capsys.disabled():
         print("\n" + "\n".join("  " + line for line in lines))
     # The ratios compare like with like only if every provider computes the same losses.
     with torch.no_grad():
-        out = {p: B.provider_fn(p)(pred, gt, mask) for p in ("fused", "fused_levels", "torch", "torch_compile",
-                                                                "paper")}
+        out = {p: B.provider_fn(p)(pred, gt, mask) for p in ("fused", "torch", "torch_compile", "paper")}
     for provider, losses in out.items():
         torch.testing.assert_close(losses, out["torch"], rtol=1e-4, atol=1e-5,
                                    msg=lambda m, provider=provider: f"{provider} vs torch: {m}")

@@ -15,7 +15,6 @@
 
 #include "bench/peaks.h"
 #include "checks/count_nonfinite.h"
-#include "loss_space/cpu/plan.h"
 #include "loss_space/cpu/selection.h"
 #include "loss_space/loss_math.h"
 #include "loss_space/loss_space.h"
@@ -118,17 +117,9 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
     }
 }
 
-// The pyramid levels the forward keeps for the backward (loss_space.h, levels_out):
-// (B, 2 per) entries of the input dtype, per = the selected levels' pixels of one map.
-std::vector<py::ssize_t> levels_shape(const mlrb::LossSpaceArgs& a) {
-  using namespace mlrb::cpu::MLRB_CPU_ISA;
-  return {a.B, py::ssize_t(2 * Plan(a, selection_of(a)).per)};
-}
-
 template <typename T>
 py::object forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const std::vector<int>& indices,
-                   double si_lambda, bool si_sqrt, double si_scale, int num_threads, bool return_stats,
-                   bool return_levels) {
+                   double si_lambda, bool si_sqrt, double si_scale, int num_threads, bool return_stats) {
   mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
                                     num_threads);
   a.indices = indices.data();
@@ -136,8 +127,6 @@ py::object forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const
   py::array_t<double> stats(return_stats ? std::vector<py::ssize_t>{a.B, mlrb::kNumScales, mlrb::kScaleStatWidth}
                                          : std::vector<py::ssize_t>{0});
   if (return_stats) a.stats_out = stats.mutable_data();
-  Arr<T> levels(return_levels ? levels_shape(a) : std::vector<py::ssize_t>{0});
-  if (return_levels) a.levels_out = levels.mutable_data();
   const T* p = pred.data();
   const T* g = gt.data();
   const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
@@ -149,29 +138,20 @@ py::object forward(const Arr<T>& pred, const Arr<T>& gt, const Mask& mask, const
     mlrb::cpu::loss_space_forward<T>(p, g, m, a, o);
   }
   g_last_workspace_bytes = scratch;
-  if (return_stats && return_levels) return py::make_tuple(out, stats, levels);
   if (return_stats) return py::make_tuple(out, stats);
-  if (return_levels) return py::make_tuple(out, levels);
   return std::move(out);
 }
 
 template <typename T>
 Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& gt, const Mask& mask,
                 const std::vector<int>& indices, double si_lambda, bool si_sqrt, double si_scale, int num_threads,
-                const std::optional<Arr<double>>& stats, const std::optional<Arr<T>>& levels) {
+                const std::optional<Arr<double>>& stats) {
   mlrb::LossSpaceArgs a = make_args(pred.request(), gt.request(), mask, indices, si_lambda, si_sqrt, si_scale,
                                     num_threads);
   a.indices = indices.data();
   if (stats) {
     check_stats(*stats, a);
     a.stats_in = stats->data();
-  }
-  if (levels) {  // only values in the arithmetic: the shape is what can be checked
-    const std::vector<py::ssize_t> want = levels_shape(a);
-    if (levels->request().shape != want)
-      throw std::invalid_argument("levels must be the forward's (B, 2 x pixels of the selected levels) = " +
-                                  shape_str(want) + " array; got shape " + shape_str(levels->request().shape));
-    a.levels_in = levels->data();
   }
   const py::buffer_info gi = grad_out.request();
   if (gi.ndim != 2 || gi.shape[0] != a.B || gi.shape[1] != a.n)
@@ -243,18 +223,15 @@ py::dict machine_peaks(const std::string& dtype, double seconds) {
 PYBIND11_MODULE(_C, mod) {
   mod.doc() = "mlrb fused CPU kernels of the multi-scale loss space (C++/OpenMP)";
   const char* fdoc =
-      "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads, return_stats=False,\n"
-      "return_levels=False) -> (B, n) float64 losses, or the tuple of the losses and what is asked for, in this\n"
-      "order: stats (B, 6, STAT_WIDTH) float64, the scale statistics, and levels (B, 2 x pixels of the selected\n"
-      "levels k >= 1) of pred's dtype, the pyramid of pred and gt; loss_space_backward(..., stats=, levels=)\n"
-      "reads them instead of recomputing them.\n"
+      "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads, return_stats=False)\n"
+      "-> (B, n) float64, or with return_stats the tuple (losses, stats): stats (B, 6, STAT_WIDTH) float64, the\n"
+      "scale statistics that loss_space_backward(..., stats=stats) reads instead of recomputing them.\n"
       "pred, gt: C-contiguous (B, H, W) float32/float64 arrays of the same dtype, B, H, W >= 1; mask: bool array\n"
       "or None; indices: loss columns 0..79; num_threads: 1..MAX_THREADS. Bad input raises ValueError/TypeError.";
   const char* bdoc =
       "loss_space_backward(grad_out, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads,\n"
-      "stats=None, levels=None) -> grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64; stats, levels:\n"
-      "the forward's (return_stats, return_levels) for the same inputs and indices (the same bits as without,\n"
-      "less work), or None.";
+      "stats=None) -> grad_pred (B, H, W) of pred's dtype; grad_out: (B, n) float64; stats: the forward's\n"
+      "(return_stats) for the same inputs and indices (the same bits as without, less work), or None.";
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
   mod.def("last_workspace_bytes", [] { return g_last_workspace_bytes; },
           "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
@@ -277,20 +254,16 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("mask").none(true), py::arg("num_threads"));
   mod.def("loss_space_forward", &forward<double>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
-          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false,
-          py::arg("return_levels") = false);
+          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false);
   mod.def("loss_space_forward", &forward<float>, fdoc, py::arg("pred").noconvert(), py::arg("gt").noconvert(),
           py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"), py::arg("si_sqrt"),
-          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false,
-          py::arg("return_levels") = false);
+          py::arg("si_scale"), py::arg("num_threads"), py::arg("return_stats") = false);
   mod.def("loss_space_backward", &backward<double>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
           py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
           py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"),
-          py::arg("stats").noconvert().none(true) = py::none(),
-          py::arg("levels").noconvert().none(true) = py::none());
+          py::arg("stats").noconvert().none(true) = py::none());
   mod.def("loss_space_backward", &backward<float>, bdoc, py::arg("grad_out"), py::arg("pred").noconvert(),
           py::arg("gt").noconvert(), py::arg("mask").none(true), py::arg("indices"), py::arg("si_lambda"),
           py::arg("si_sqrt"), py::arg("si_scale"), py::arg("num_threads"),
-          py::arg("stats").noconvert().none(true) = py::none(),
-          py::arg("levels").noconvert().none(true) = py::none());
+          py::arg("stats").noconvert().none(true) = py::none());
 }

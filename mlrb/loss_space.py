@@ -155,7 +155,6 @@ def fused_loss_space(
     si_sqrt: bool = False,
     si_scale: float = 1.0,
     check_finite: bool = True,
-    save_levels: bool = False,
 ) -> torch.Tensor:
     """Per-sample losses of the multi-scale loss space, shape (B, n).
 
@@ -171,11 +170,6 @@ def fused_loss_space(
             si_scale * [sqrt](mean(d^2) - si_lambda * mean(d)^2) (BTS: 0.85, True, 10).
         check_finite: raise ValueError on NaN/Inf in pred or gt at valid pixels (one
             device sync; skipped under torch.compile). Invalid pixels are never read.
-        save_levels: cpu backend, under autograd: also keep the pyramid levels D^1..D^5 of
-            pred and gt for the backward (about 2/3 of pred's bytes more saved), which then
-            does not rebuild them: the same gradient, 7-10% less backward time. Off by
-            default: autograd then saves no more than pred, gt and mask (and 816 bytes of
-            statistics per sample). The other backends ignore it.
 
     Returns:
         float32 (float64 for float64 pred) tensor (B, n); column j is the loss
@@ -196,8 +190,6 @@ def fused_loss_space(
     if torch.is_grad_enabled() and pred4.requires_grad and not torch.compiler.is_compiling():
         gt4, mask4 = (None if t is None else t.clone() if t.is_inference() else t for t in (gt4, mask4))
     params = dict(si_lambda=float(si_lambda), si_sqrt=bool(si_sqrt), si_scale=float(si_scale))
-    if name == "cpu":
-        params["save_levels"] = bool(save_levels)
     return _loaded[name].loss_space(pred4, gt4, mask4, indices, **params)
 
 
@@ -205,16 +197,14 @@ class LossSpace(nn.Module):
     """nn.Module form of :func:`fused_loss_space`; ``names`` lists its output columns."""
 
     def __init__(self, select=None, *, backend: str = "auto", si_lambda: float = 1.0,
-                 si_sqrt: bool = False, si_scale: float = 1.0, check_finite: bool = True,
-                 save_levels: bool = False):
+                 si_sqrt: bool = False, si_scale: float = 1.0, check_finite: bool = True):
         super().__init__()
         self.indices = resolve_select(select)
         self.names = names_of(self.indices)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self.options = dict(si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale, check_finite=check_finite,
-                            save_levels=save_levels)
+        self.options = dict(si_lambda=si_lambda, si_sqrt=si_sqrt, si_scale=si_scale, check_finite=check_finite)
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return fused_loss_space(pred, gt, mask, select=self.names, backend=self.backend, **self.options)

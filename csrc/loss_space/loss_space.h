@@ -34,13 +34,6 @@ struct LossSpaceArgs {
   int64_t* workspace_bytes = nullptr;  // if set: += bytes of scratch the threads used
   double* stats_out = nullptr;         // forward, if set: the scale statistics (kScaleStatWidth above)
   const double* stats_in = nullptr;    // backward, if set: the forward's statistics of the same inputs
-  // The pyramid levels D^k, k >= 1, of pred and gt (entries of the input dtype T), laid out
-  // per sample b as [pred's levels | gt's levels], each the selected levels k = 1..5 one
-  // after another (Plan::per entries; a level without a valid pixel is 0). The forward, if
-  // levels_out is set, builds them there; the backward, given the forward's (levels_in),
-  // reads them instead of rebuilding them, which re-reads pred and gt (same bits).
-  void* levels_out = nullptr;
-  const void* levels_in = nullptr;
 };
 
 namespace cpu {

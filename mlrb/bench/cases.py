@@ -25,8 +25,7 @@ SHAPES: dict[str, tuple[int, int, int, int, float | None]] = {
 }
 # Run order: the cheap ones first, so that the memory churn of the big baselines (GBs of
 # intermediates) does not land in their timings.
-# fused_levels: fused_loss_space(save_levels=True), the backward reads the forward's pyramid.
-PROVIDERS = ("l1", "fused", "fused_levels", "torch", "torch_compile", "paper")
+PROVIDERS = ("l1", "fused", "torch", "torch_compile", "paper")
 MODES = ("forward", "forward+backward")
 # The loss sets of the paper's Table 7: one loss, the coarse half of the space, all 78.
 SETS: dict[str, str] = {"{D0}": "D0", "L^3|L^4|L^5": "L^3 | L^4 | L^5", "all": "all"}
@@ -101,14 +100,13 @@ def provider_fn(name: str, indices=None, device="cpu") -> Callable:
         if key not in _compiled:
             _compiled[key] = torch.compile(lambda p, g, m: baselines.torch_loss_space(p, g, m, indices))
         return _compiled[key]
-    if name in ("fused", "fused_levels"):
+    if name == "fused":
         import mlrb
 
         backend = "cpu" if torch.device(device).type == "cpu" else "triton"
         # check_finite=False: the baselines do not check either (the check is one extra pass).
-        names, keep = names_of(indices), name == "fused_levels"
-        return lambda p, g, m: mlrb.fused_loss_space(p, g, m, select=names, backend=backend, check_finite=False,
-                                                     save_levels=keep)
+        names = names_of(indices)
+        return lambda p, g, m: mlrb.fused_loss_space(p, g, m, select=names, backend=backend, check_finite=False)
     if name == "l1":
         return lambda p, g, m: baselines.l1_loss(p, g)
     raise ValueError(f"unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")

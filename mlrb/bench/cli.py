@@ -1,8 +1,7 @@
 """``mlrb bench``: time the loss-space formulations against a single L1 loss.
 
 Providers: paper (the paper's public code, one tensor op per loss), torch (best pure
-PyTorch), torch_compile, fused (mlrb.fused_loss_space: C++/OpenMP on cpu, Triton on cuda),
-fused_levels (the same with save_levels=True: the cpu backward reads the forward's pyramid)
+PyTorch), torch_compile, fused (mlrb.fused_loss_space: C++/OpenMP on cpu, Triton on cuda)
 and l1 (one L1 loss, the unit). Modes: forward, forward+backward.
 
 --device cuda changes only the clock (CUDA events by default) and adds the loss sets of

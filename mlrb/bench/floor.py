@@ -14,9 +14,7 @@ The floor of a stage on this machine is the largest of
   stores     stores / peak_store      (L1)
   DRAM       bytes / peak_dram        (compulsory traffic: the full-resolution inputs read
              once per pass, the backward's gradient written once (plus its read for
-             ownership), the pyramid levels the forward keeps for the backward written
-             once (plus the read for ownership) and read once by the backward; inputs are
-             charged to the first stage that touches them, the rest to the pass's first)
+             ownership), charged to the first stage that touches them)
 with the single-thread peaks measured by ``mlrb._C.machine_peaks`` (csrc/bench/peaks.cpp,
 the kernels' instruction set); the floor of a pass is the sum over its stages. The floor
 assumes every stage runs at the vector peaks, so the fraction floor / measured says how
@@ -27,7 +25,7 @@ beyond 2^28), constant per-row or per-band work (index set-up, reductions of par
 sums), and the exact bits of the masked variants: their mask reads and byte/float
 conversions are counted coarsely (one load and one add-class op per mask read or select).
 
-Usage: ``mlrb bench floor [--shape paper] [--select all] [--repeat N] [--save-levels] [--json FILE]``
+Usage: ``mlrb bench floor [--shape paper] [--select all] [--repeat N] [--json FILE]``
 (or ``python -m mlrb.bench.floor``).
 """
 from __future__ import annotations
@@ -129,21 +127,11 @@ class Stage:
     mult: Callable[[frozenset], int] = always
     source: str = ""
     inputs: bool = False  # reads the full-resolution inputs when it runs at scale 0 (or always, pyramid)
-    # "rebuilt": runs in the backward only when the forward's pyramid levels are not kept
-    # (Geometry.save_levels); "kept": runs only when they are
-    levels: str = ""
 
     def work(self, masked: bool) -> Ops | None:
         if not masked:
             return self.ops
         return self.ops if self.masked == SAME else self.masked
-
-    def runs(self, pass_: str, save_levels: bool) -> bool:
-        if pass_ not in self.passes.split("+"):
-            return False
-        if self.levels == "rebuilt":
-            return pass_ == "fwd" or not save_levels
-        return self.levels != "kept" or save_levels
 
 
 # ---------------------------------------------------------------------------- the stages
@@ -205,9 +193,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("zero the gradient", "bwd", "full", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of grad)"),
     # ---- pyramid D^k, k >= 1 (built in both passes); with a mask its levels come first, for
-    # every sample (bytes: a quarter of a float lane's work per entry). With save_levels the
-    # forward keeps D^k of pred and gt (LossSpaceArgs::levels_out) and the backward reads them
-    # (it still builds the mask levels).
+    # every sample (bytes: a quarter of a float lane's work per entry)
     Stage("pyramid: mask levels, column taps (4 mask rows, and)", "fwd+bwd", "mask_level_rows_x_W", None,
           O(add=3 / 4, load=4 / 4, store=1 / 4), source="pyramid.h:build_level_mask (column pass)"),
     Stage("pyramid: mask levels, row taps and the any-valid test", "fwd+bwd", "mask_level", None,
@@ -215,12 +201,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("pyramid: column taps (4 rows of pred, gt)", "fwd+bwd", "level_rows_x_W",
           O(add=6, mul=8, load=8, store=2),
           O(add=18, mul=8, load=12, store=2),  # + 4 mask reads, 4 compares, 8 selects
-          source="pyramid.h:build_level (column pass)", inputs=True, levels="rebuilt"),
+          source="pyramid.h:build_level (column pass)", inputs=True),
     Stage("pyramid: row taps (strided reads of the column pass)", "fwd+bwd", "level",
           O(add=6, mul=8, load=8, store=2),
-          source="pyramid.h:build_level (row pass)", levels="rebuilt"),
-    Stage("pyramid: kept levels of pred, gt zeroed where a level is dead", "fwd", "dead_level", None,
-          O(store=2), source="cpu/drivers.h:forward_batch (std::fill of a dead level)", levels="kept"),
+          source="pyramid.h:build_level (row pass)"),
     Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of gk)"),
     # ---- global mean of e (M and the box losses). The backward reads it, the counts of the
@@ -410,7 +394,6 @@ class Geometry:
     # (row_window.h RowWindow::row_types)
     group_rows: dict | None = None
     bands: dict = field(default_factory=dict)  # k -> [(i0, i1)] of one sample
-    save_levels: bool = False  # the forward keeps the pyramid levels for the backward
 
     def __post_init__(self):
         for k in range(NUM_SCALES):
@@ -550,7 +533,6 @@ PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "level_rows_x_W": ("level", lambda g, k, s: g.n(k) * g.size(k)[0] * g.W),
     # the mask levels: every sample's, live or not (drivers.h mark_live_levels)
     "mask_level": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.size(k)[1]),
-    "dead_level": ("level", lambda g, k, s: (g.B - g.n(k)) * g.size(k)[0] * g.size(k)[1]),
     "mask_level_rows_x_W": ("level", lambda g, k, s: g.B * g.size(k)[0] * g.W),
     # RowWindow::seek: one row per band row, plus rows i+1, i+2 at a band's start (deep types)
     "window_rows": ("scale", lambda g, k, s: _per_band(
@@ -625,7 +607,7 @@ def count(g: Geometry, pass_: str) -> list[StageCount]:
     """The work of every stage of one pass ("fwd" or "bwd") that runs for g, in table order."""
     out = []
     for st in STAGES:
-        if not st.runs(pass_, g.save_levels):
+        if pass_ not in st.passes.split("+"):
             continue
         per = st.work(g.masked)
         if per is None:
@@ -650,14 +632,8 @@ def count(g: Geometry, pass_: str) -> list[StageCount]:
         if sc.stage.inputs and (sc.stage.over == "level_rows_x_W" or 0 in sc.by_scale):
             sc.dram_bytes += input_bytes
             break
-    # With save_levels, the levels D^k of pred and gt that the forward keeps: written once and
-    # read for ownership by the forward; read once by the backward (the live ones).
-    kept = sum(2 * g.size(k)[0] * g.size(k)[1] for k in range(1, NUM_SCALES) if g.types[k] and g.save_levels)
-    live = sum(2 * g.n(k) * g.size(k)[0] * g.size(k)[1] for k in range(1, NUM_SCALES) if g.types[k] and g.save_levels)
-    if pass_ == "fwd":
-        out[0].dram_bytes += 2 * g.B * kept * g.itemsize
-    else:  # and the gradient: written once, read for ownership once
-        out[0].dram_bytes += (2 * n_full + live) * g.itemsize
+    if pass_ == "bwd":  # the gradient: written once, read for ownership once
+        out[0].dram_bytes += 2 * n_full * g.itemsize
     return out
 
 
@@ -695,10 +671,9 @@ def floor_model(g: Geometry, peaks: dict) -> dict:
     return out
 
 
-def geometry(shape, indices, dtype: str = "float32", mask=None, save_levels: bool = False) -> Geometry:
+def geometry(shape, indices, dtype: str = "float32", mask=None) -> Geometry:
     """mask: the case's (B, 1, H, W) bool mask, if the shape has one: its levels decide which
-    samples' levels run (Geometry.live); without it every level counts. save_levels: the
-    forward keeps the pyramid levels for the backward (fused_loss_space(save_levels=True))."""
+    samples' levels run (Geometry.live); without it every level counts."""
     B, _, H, W, density = shape
     live = rows = None
     if mask is not None:
@@ -716,14 +691,13 @@ def geometry(shape, indices, dtype: str = "float32", mask=None, save_levels: boo
             rows["normal"].append(int((m & right & below).any(2)[alive].sum()))
         live = tuple(live)
     return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4, live,
-                    rows, save_levels=save_levels)
+                    rows)
 
 
 # ---------------------------------------------------------------------------- measurement
 
 
-def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: int = 0,
-            save_levels: bool = False) -> list[dict]:
+def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: int = 0) -> list[dict]:
     """Seconds of the fused forward alone and of the backward alone of each selection (a
     list of index lists) on one thread: thread CPU time, best of ``repeat`` calls after a
     warm-up, calling mlrb._C directly. The calls of all selections and both passes are
@@ -746,15 +720,13 @@ def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: i
     for sel in selections:
         idx = [int(i) for i in sel]
         grad_out = np.ones((B, len(idx)), dtype=np.float64)
-        # as in training (autograd): the forward also returns the scale statistics (and with
-        # save_levels the pyramid levels), the backward reads them
-        fwd = lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1,  # noqa: E731
-                                                    return_stats=True, return_levels=save_levels)
-        _, stats, *levels = fwd()
-        levels = levels[0] if save_levels else None
+        # as in training (autograd): the forward also returns the scale statistics, the
+        # backward reads them
+        fwd = lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1, return_stats=True)  # noqa: E731
+        stats = fwd()[1]
         calls.append({"fwd": fwd,
-                      "bwd": lambda idx=idx, go=grad_out, st=stats, lv=levels: _C.loss_space_backward(
-                          go, p, g, m, idx, 1.0, False, 1.0, 1, stats=st, levels=lv)})
+                      "bwd": lambda idx=idx, go=grad_out, st=stats: _C.loss_space_backward(
+                          go, p, g, m, idx, 1.0, False, 1.0, 1, stats=st)})
     best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
     enabled = gc.isenabled()
     gc.disable()
@@ -797,24 +769,23 @@ def machine_peaks(dtype: str = "float32", seconds: float = 0.6) -> dict:
 
 
 def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str = "float32",
-        peaks: dict | None = None, peak_seconds: float = 1.2, by_type: bool = False,
-        save_levels: bool = False) -> dict:
+        peaks: dict | None = None, peak_seconds: float = 1.2, by_type: bool = False) -> dict:
     """The floor model and the measured times of one case: a JSON-able dict. The peaks (unless
     given) are measured before and after the kernels, peak_seconds in all; each is the larger
-    of the two. save_levels: the forward keeps the pyramid levels for the backward."""
+    of the two."""
     from mlrb import _C
 
     sh = cases.parse_shape(shape)
     indices = resolve_select(select)
     mask = cases.make_case(sh)[2]  # measure()'s case (the same seed)
-    g = geometry(sh, indices, dtype, mask, save_levels)
+    g = geometry(sh, indices, dtype, mask)
     subs = {t: [i for i in indices if LOSS_TYPES[i % NUM_TYPES] == t] for t in LOSS_TYPES}
     subs = {t: sub for t, sub in subs.items() if sub}
     fixed_peaks = peaks is not None
     if not fixed_peaks:  # before and after the kernels: a busy spell of a shared core spoils one only
         peaks = machine_peaks(dtype, peak_seconds / 2)
-    measured = measure(sh, [indices], repeat, dtype, save_levels=save_levels)[0]
-    times = measure(sh, list(subs.values()), repeat, dtype, save_levels=save_levels) if by_type else []
+    measured = measure(sh, [indices], repeat, dtype)[0]
+    times = measure(sh, list(subs.values()), repeat, dtype) if by_type else []
     if not fixed_peaks:
         after = machine_peaks(dtype, peak_seconds / 2)
         peaks = {k: max(v, after[k]) for k, v in peaks.items()}
@@ -824,11 +795,11 @@ def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str 
         model[p]["fraction"] = model[p]["floor_ms"] / model[p]["measured_ms"]
     result = {"cpu": cpu_info(), "isa": _C.isa(), "dtype": dtype, "threads": 1, "clock": "thread CPU time",
               "peaks": peaks, "shape": cases.shape_label(sh), "select": select, "n_losses": len(indices),
-              "repeat": repeat, "save_levels": save_levels, "passes": model}
+              "repeat": repeat, "passes": model}
     if by_type:
         rows = []
         for (t, sub), meas in zip(subs.items(), times):
-            m = floor_model(geometry(sh, sub, dtype, mask, save_levels), peaks)
+            m = floor_model(geometry(sh, sub, dtype, mask), peaks)
             rows.append({"type": t, "losses": list(names_of(sub)),
                          **{f"{p}_{key}": val for p in ("fwd", "bwd") for key, val in (
                              ("floor_ms", m[p]["floor_ms"]), ("measured_ms", meas[p] * 1e3),
@@ -849,8 +820,7 @@ def format_report(r: dict, top: int = 12) -> str:
         f"{'yes' if cpu['fma'] else 'no'}), kernels isa={r['isa']}, {r['dtype']}, 1 thread, thread CPU time",
         "peaks (elements/ns, single thread): "
         + "  ".join(f"{k} {v:.3g}" for k, v in r["peaks"].items()),
-        f"case: {r['shape']}, losses: {r['select']} ({r['n_losses']}), best of {r['repeat']} calls"
-        + (", the forward keeps the pyramid levels (save_levels)" if r.get("save_levels") else ""),
+        f"case: {r['shape']}, losses: {r['select']} ({r['n_losses']}), best of {r['repeat']} calls",
         "",
         f"  {'pass':<10}{'floor ms':>10}{'measured ms':>13}{'fraction':>10}",
     ]
@@ -901,9 +871,6 @@ def _parser() -> argparse.ArgumentParser:
                         "kernels (default 1.2)")
     p.add_argument("--by-type", action="store_true",
                    help="also model and time each loss type alone (its selected scales)")
-    p.add_argument("--save-levels", action="store_true",
-                   help="the forward keeps the pyramid levels for the backward, as "
-                        "fused_loss_space(save_levels=True) does")
     p.add_argument("--top", type=int, default=12, help="stages shown per pass (0: all; default 12)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
     return p
@@ -933,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--json {args.json}: folder {folder} does not exist or is not writable"
                          if not os.path.isdir(args.json) else f"--json {args.json}: is a folder")
     result = run(args.shape, args.select, args.repeat, args.dtype, peak_seconds=args.peak_seconds,
-                 by_type=args.by_type, save_levels=args.save_levels)
+                 by_type=args.by_type)
     print(format_report(result, args.top))
     if args.json is not None:
         with open(args.json, "w") as f:

@@ -1,14 +1,11 @@
 """The fused C++/OpenMP CPU backend of the loss space, registered as torch custom ops.
 
-``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and, for autograd, what
-the backward would otherwise recompute from pred and gt: the statistics of each (sample,
-scale) that it needs before its pass over the scale (the mean of pred - gt, the counts of the
-valid sets, the sum of the M loss's signs: a (B, 6, STAT_WIDTH) float64 tensor) and, if
-asked (``save_levels``: memory for speed), the pyramid levels D^1..D^5 of pred and gt
-(``levels_size``; about 2/3 of pred's bytes).
-``mlrb::loss_space_cpu_bwd`` computes the gradient for pred from the incoming (B, n)
-gradient, recomputing the rest; given the forward's statistics and levels it skips the
-pre-passes and the pyramid build that re-read pred and gt (same bits). Both are opaque to
+``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and, for autograd, the
+statistics of each (sample, scale) that the backward needs before its pass over the scale
+(the mean of pred - gt, the counts of the valid sets, the sum of the M loss's signs: a
+(B, 6, STAT_WIDTH) float64 tensor). ``mlrb::loss_space_cpu_bwd`` computes the gradient for
+pred from the incoming (B, n) gradient, recomputing the rest; given the forward's
+statistics it skips the pre-passes that re-read pred and gt (same bits). Both are opaque to
 torch.compile (fake implementations give the shapes), like torchvision's ops.
 
 The file reads top to bottom: the forward op and its fake, the backward op and its fake,
@@ -31,9 +28,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from mlrb.names import NUM_SCALES, NUM_TYPES
 from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
-from mlrb.reference import level_shape
 
 try:
     from mlrb import _C
@@ -62,12 +57,7 @@ def _check(op: str, pred, gt, mask, indices, si_lambda, si_scale) -> None:
         raise TypeError(f"{op}: pred and gt dtypes differ: {pred.dtype} vs {gt.dtype}")
 
 
-def levels_size(H, W, indices: Sequence[int]):
-    """Entries of one map's pyramid levels k >= 1 of the scales that ``indices`` select (the
-    kernels' Plan::per): the forward keeps (B, 2 levels_size) of them, pred's then gt's."""
-    # comparisons, not a set: under torch.compile the indices may be SymInts (unhashable)
-    scales = [k for k in range(1, NUM_SCALES) if any(k * NUM_TYPES <= i < (k + 1) * NUM_TYPES for i in indices)]
-    return sum(h * w for h, w in (level_shape(H, W, k) for k in scales))
+NUM_SCALES = 6  # the statistics are (B, NUM_SCALES, _C.STAT_WIDTH)
 
 
 def _check_stats(op: str, stats, pred) -> None:
@@ -80,18 +70,6 @@ def _check_stats(op: str, stats, pred) -> None:
         got = (stats.dtype, tuple(stats.shape), str(stats.device)) if isinstance(stats, Tensor) \
             else type(stats).__name__
         raise ValueError(f"{op}: stats must be the forward's float64 {shape} CPU tensor (or None), got {got}")
-
-
-def _check_levels(op: str, levels, pred, indices) -> None:
-    """The backward's optional pyramid levels must be a forward's (their values: not checkable)."""
-    if levels is None:
-        return
-    shape = (pred.shape[0], 2 * levels_size(pred.shape[-2], pred.shape[-1], indices))
-    if not isinstance(levels, Tensor) or levels.dtype != pred.dtype or tuple(levels.shape) != shape \
-            or levels.device.type != "cpu":
-        got = (levels.dtype, tuple(levels.shape), str(levels.device)) if isinstance(levels, Tensor) \
-            else type(levels).__name__
-        raise ValueError(f"{op}: levels must be the forward's {pred.dtype} {shape} CPU tensor (or None), got {got}")
 
 
 def _maps(x: Tensor):
@@ -115,37 +93,26 @@ def loss_space_cpu_fwd(
     si_sqrt: bool,
     si_scale: float,
     save_for_backward: bool,
-    save_levels: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64), and for
-    the backward if save_for_backward, else empty: the statistics (B, 6, STAT_WIDTH) float64;
-    if save_levels too, else empty: the pyramid levels (B, 2 levels_size) of pred's dtype, a
-    level without a valid pixel 0)."""
+) -> tuple[Tensor, Tensor]:
+    """(selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64), the
+    statistics for the backward: (B, 6, STAT_WIDTH) float64 if save_for_backward, else empty)."""
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
     args = (_maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt,
             si_scale, _threads())
-    stats = torch.empty((0, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64)
-    levels = pred.new_empty((0, 0))
-    if save_for_backward and save_levels:
-        out, stats, levels = _C.loss_space_forward(*args, return_stats=True, return_levels=True)
-        stats, levels = torch.from_numpy(stats), torch.from_numpy(levels)
-    elif save_for_backward:
+    if save_for_backward:
         out, stats = _C.loss_space_forward(*args, return_stats=True)
         stats = torch.from_numpy(stats)
     else:
-        out = _C.loss_space_forward(*args)
-    return torch.from_numpy(out).to(pred.dtype), stats, levels
+        out, stats = _C.loss_space_forward(*args), torch.empty((0, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64)
+    return torch.from_numpy(out).to(pred.dtype), stats
 
 
 @loss_space_cpu_fwd.register_fake
-def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward, save_levels=False):
+def _(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
     B = pred.shape[0] if save_for_backward else 0
-    levels = (B, 2 * levels_size(pred.shape[-2], pred.shape[-1], indices)) if save_for_backward and save_levels \
-        else (0, 0)
     return (pred.new_empty((pred.shape[0], len(indices))),
-            pred.new_empty((B, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64),
-            pred.new_empty(levels))
+            pred.new_empty((B, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- backward op
@@ -160,48 +127,44 @@ def loss_space_cpu_bwd(
     si_sqrt: bool,
     si_scale: float,
     stats: Optional[Tensor] = None,
-    levels: Optional[Tensor] = None,
 ) -> Tensor:
-    """d(sum grad * L) / d pred, shape and dtype of pred; stats, levels: the forward's, or None."""
+    """d(sum grad * L) / d pred, shape and dtype of pred; stats: the forward's, or None."""
     _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
     check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
     _check_stats("mlrb::loss_space_cpu_bwd", stats, pred)
-    _check_levels("mlrb::loss_space_cpu_bwd", levels, pred, indices)
     g = _C.loss_space_backward(
         grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
         None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
         _threads(), stats=None if stats is None else stats.detach().contiguous().numpy(),
-        levels=None if levels is None else levels.detach().contiguous().numpy(),
     )
     return torch.from_numpy(g).view(pred.shape)
 
 
 @loss_space_cpu_bwd.register_fake
-def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, stats=None, levels=None):
+def _(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, stats=None):
     _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
     check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
     _check_stats("mlrb::loss_space_cpu_bwd", stats, pred)
-    _check_levels("mlrb::loss_space_cpu_bwd", levels, pred, indices)
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
 
 
 # ---------------------------------------------------------------- autograd
 def _setup_context(ctx, inputs, output):
-    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale = inputs[:7]
-    # The inputs, the forward's statistics and levels (the backward recomputes everything else).
+    pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, _ = inputs
+    # The inputs and the forward's statistics (the backward recomputes everything else).
     # Inference tensors (e.g. gt loaded under torch.inference_mode) cannot be saved: a copy.
-    ctx.save_for_backward(pred, saveable(gt), saveable(mask), output[1], output[2])
+    ctx.save_for_backward(pred, saveable(gt), saveable(mask), output[1])
     ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
 
 
-def _backward(ctx, grad, _grad_stats, _grad_levels):
-    pred, gt, mask, stats, levels = ctx.saved_tensors
+def _backward(ctx, grad, _grad_stats):
+    pred, gt, mask, stats = ctx.saved_tensors
     if grad is None:
-        return (None,) * 9
-    # What the forward did not save (save_for_backward, save_levels False) the backward makes.
+        return (None,) * 8
+    # Without saved statistics (a forward with save_for_backward=False) the backward makes its own.
     grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params,
-                                   stats if stats.shape[0] else None, levels if levels.shape[0] else None)
-    return grad_pred, None, None, None, None, None, None, None, None
+                                   stats if stats.shape[0] else None)
+    return grad_pred, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_context=_setup_context)
@@ -217,14 +180,12 @@ def loss_space(
     si_lambda: float = 1.0,
     si_sqrt: bool = False,
     si_scale: float = 1.0,
-    save_levels: bool = False,
 ) -> Tensor:
     """(B, len(indices)) losses for (B, 1, H, W) CPU tensors; float64 for float64 pred, else float32.
 
     Called by mlrb.fused_loss_space after input checks. Non-contiguous and channels-last
     inputs are made contiguous; half/bfloat16 are computed in float32 (the gradient comes
-    back in pred's dtype through autograd). save_levels: autograd also keeps the pyramid
-    levels for the backward (see the module docstring).
+    back in pred's dtype through autograd).
     """
     dtype = torch.float64 if pred.dtype == torch.float64 else torch.float32
     pred = pred.to(dtype).contiguous()
@@ -233,4 +194,4 @@ def loss_space(
         mask = mask.contiguous()
     save = torch.is_grad_enabled() and pred.requires_grad
     return loss_space_cpu_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt), float(si_scale),
-                              save, bool(save_levels))[0]
+                              save)[0]

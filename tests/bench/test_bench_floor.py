@@ -118,38 +118,6 @@ def test_counts_of_the_simplest_case_match_the_code():
     assert "pyramid: column taps (4 rows of pred, gt)" not in bwd
 
 
-def test_the_backward_reads_the_levels_the_forward_keeps():
-    # drivers.h, save_levels: the forward writes D^k of pred and gt (LossSpaceArgs::levels_out),
-    # the backward reads them instead of rebuilding them; both are charged to DRAM once
-    from mlrb.bench.cases import parse_shape
-
-    shape, sel = parse_shape("2x1x64x96"), resolve_select("L^0 | L^2")
-    g, plain = floor.geometry(shape, sel, save_levels=True), floor.geometry(shape, sel)
-    fwd, bwd = floor.count(g, "fwd"), floor.count(g, "bwd")
-    names = {sc.stage.name for sc in bwd}
-    assert "pyramid: column taps (4 rows of pred, gt)" in {sc.stage.name for sc in fwd}
-    assert not {n for n in names if n.startswith("pyramid:")} - {"pyramid: zero the level gradient"}
-    assert "pyramid: column taps (4 rows of pred, gt)" in {sc.stage.name for sc in floor.count(plain, "bwd")}
-    assert [sc.ops for sc in fwd] == [sc.ops for sc in floor.count(plain, "fwd")]  # the same work, more DRAM
-    kept = 2 * 2 * 16 * 24  # two samples, pred and gt, level 2 is 16 x 24 (float32: 4 bytes)
-    n_full = 2 * 64 * 96
-    assert fwd[0].stage.name == "pyramid: column taps (4 rows of pred, gt)"  # the first to read the inputs
-    assert fwd[0].dram_bytes == 4 * (2 * n_full + 2 * kept)  # and the levels written, read for ownership
-    assert bwd[0].dram_bytes == 4 * (2 * n_full + kept)  # the gradient, and the levels read
-    inputs = [sc for sc in bwd if sc.dram_bytes and sc is not bwd[0]]
-    assert [sc.dram_bytes for sc in inputs] == [4 * 2 * n_full]  # pred and gt once, at scale 0
-    # with a mask, a dead level is zeroed in the kept levels (sample 1: every level k >= 1 dead)
-    import torch
-
-    mask = torch.zeros(2, 1, 64, 96, dtype=torch.bool)
-    mask[0] = True
-    mask[1, :, :, :2] = True
-    masked = floor.geometry(parse_shape("2x1x64x96@0.05"), resolve_select("all"), "float32", mask, True)
-    zeroed = [sc.ops for sc in floor.count(masked, "fwd")
-              if sc.stage.name == "pyramid: kept levels of pred, gt zeroed where a level is dead"]
-    assert zeroed == [floor.Ops(store=2 * sum(masked.size(k)[0] * masked.size(k)[1] for k in range(1, 6)))]
-
-
 def test_counts_scale_exactly_with_the_pixel_counts():
     base, wide, batch = geometry("4x1x64x96"), geometry("4x1x64x192"), geometry("8x1x64x96")
     for pass_ in ("fwd", "bwd"):
@@ -278,11 +246,10 @@ def test_stage_table_names_its_sources_and_pixel_sets():
 
 # ---------------------------------------------------------------------------- command
 
-@pytest.mark.parametrize("save_levels", [False, True])
-def test_command_runs_end_to_end(capsys, tmp_path, save_levels):
+def test_command_runs_end_to_end(capsys, tmp_path):
     out = tmp_path / "floor.json"
     argv = ["bench", "floor", "--shape", "2x1x24x32", "--repeat", "1", "--peak-seconds", "0.1",
-            "--select", "L^0 | L^1", "--json", str(out)] + (["--save-levels"] if save_levels else [])
+            "--select", "L^0 | L^1", "--json", str(out)]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     fractions = {}
@@ -295,9 +262,6 @@ def test_command_runs_end_to_end(capsys, tmp_path, save_levels):
     r = json.loads(out.read_text())
     assert r["n_losses"] == 26 and set(r["passes"]) == {"fwd", "bwd"} and set(r["peaks"]) == PEAK_NAMES
     assert r["passes"]["fwd"]["fraction"] == pytest.approx(fractions["forward"], abs=1e-3)
-    assert r["save_levels"] is save_levels and ("keeps the pyramid levels" in text) is save_levels
-    bwd = {s["name"] for s in r["passes"]["bwd"]["stages"]}
-    assert ("pyramid: column taps (4 rows of pred, gt)" in bwd) is not save_levels
 
 
 @pytest.mark.parametrize("argv, fragment", [

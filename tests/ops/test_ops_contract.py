@@ -381,12 +381,11 @@ def test_reference_backend_has_second_derivatives():
 def ops(backend, pred, gt, mask, idx, options=(1.0, False, 1.0)):
     """(forward, backward) of a backend's registered ops in one form: forward(pred, gt, mask,
     idx, *options) -> losses; backward(grad, pred, gt, mask, idx) -> grad_pred (each reads what
-    a forward of pred, gt, mask, idx saved: Triton's workspace, the CPU's scale statistics and levels)."""
+    a forward of pred, gt, mask, idx saved: Triton's workspace, the CPU's scale statistics)."""
     if backend == "cpu":
-        _, stats, levels = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, *options, True, True)
+        _, stats = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, *options, True)
         return (lambda *a: torch.ops.mlrb.loss_space_cpu_fwd(*a, True)[0],
-                lambda G, p, g, m, i, stats=stats, levels=levels: torch.ops.mlrb.loss_space_cpu_bwd(
-                    G, p, g, m, i, *options, stats, levels))
+                lambda G, p, g, m, i, stats=stats: torch.ops.mlrb.loss_space_cpu_bwd(G, p, g, m, i, *options, stats))
     _, stats, ws = torch.ops.mlrb_triton.loss_space_fwd(pred, gt, mask, idx, *options, True)
     return (lambda *a: torch.ops.mlrb_triton.loss_space_fwd(*a, False)[0],
             lambda G, p, g, m, i, ws=ws, stats=stats: torch.ops.mlrb_triton.loss_space_bwd(G, p, m, ws, stats, i,
@@ -397,12 +396,11 @@ def opcheck_calls(backend, pred, gt, mask, idx):
     """(op, args, test_utils) of torch.library.opcheck for a backend's forward and backward."""
     G = torch.rand(pred.shape[0], len(idx), device=pred.device)
     if backend == "cpu":
-        _, stats, levels = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, 1.0, False, 1.0, True, True)
+        _, stats = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, 1.0, False, 1.0, True)
         return [(torch.ops.mlrb.loss_space_cpu_fwd.default, (pred.clone().requires_grad_(True), gt, mask, idx, 1.0,
-                                                             False, 1.0) + save, None)
-                for save in ((True, True), (True, False), (False, False))] + \
-               [(torch.ops.mlrb.loss_space_cpu_bwd.default, (G, pred, gt, mask, idx, 1.0, False, 1.0) + saved, None)
-                for saved in ((stats, levels), (None, None))]
+                                                             False, 1.0, save), None) for save in (True, False)] + \
+               [(torch.ops.mlrb.loss_space_cpu_bwd.default, (G, pred, gt, mask, idx, 1.0, False, 1.0, st), None)
+                for st in (stats, None)]
     _, stats, ws = torch.ops.mlrb_triton.loss_space_fwd(pred, gt, mask, idx, 1.0, False, 1.0, True)
     # Not test_aot_dispatch_dynamic for the forward: it compares the workspace output, scratch
     # memory that is never fully written.

@@ -196,92 +196,22 @@ def test_backward_with_the_forward_statistics_gives_the_same_bits(B, H, dtype, m
     assert not np.array_equal(_C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, 1, stats=changed), want)
 
 
-@pytest.mark.parametrize("save_levels", [False, True])
-def test_autograd_hands_the_forward_statistics_and_levels_to_the_backward(monkeypatch, save_levels):
+def test_autograd_hands_the_forward_statistics_to_the_backward(monkeypatch):
     pred, gt, m = make_inputs(2, 30, 36, dtype=torch.float32, mask="holes")
     seen = []
     real = cpu._C.loss_space_backward
-    monkeypatch.setattr(cpu._C, "loss_space_backward",
-                        lambda *a, **k: seen.append((k["stats"], k["levels"])) or real(*a, **k), raising=False)
+    monkeypatch.setattr(cpu._C, "loss_space_backward", lambda *a, **k: seen.append(k["stats"]) or real(*a, **k),
+                        raising=False)
     p = pred.clone().requires_grad_(True)
-    _losses(p, gt, m, EVERY, save_levels=save_levels).sum().backward()
-    assert len(seen) == 1 and seen[0][0] is not None and seen[0][0].shape == (2, 6, cpu._C.STAT_WIDTH)
-    if save_levels:
-        assert seen[0][1].shape == (2, 2 * cpu.levels_size(30, 36, range(len(EVERY))))
-    else:
-        assert seen[0][1] is None
+    _losses(p, gt, m, EVERY).sum().backward()
+    assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (2, 6, cpu._C.STAT_WIDTH)
     q = pred.clone()
     want = torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, len(EVERY)), q, gt, m, list(range(len(EVERY))), 1.0,
                                              False, 1.0)
-    assert torch.equal(p.grad, want)  # and the same bits as the backward's own statistics and levels
+    assert torch.equal(p.grad, want)  # and the same bits as the backward's own statistics
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("mask", [None, "holes", "dead levels"])
-@pytest.mark.parametrize("B,H", [(4, 40), (1, 140)])
-def test_backward_with_the_forward_levels_gives_the_same_bits(B, H, dtype, mask):
-    """The forward's pyramid levels replace the backward's rebuild of them: the same gradient
-    bit for bit (whole samples and bands, any threads, with or without the statistics, any
-    subset of the scales); the levels are D^k of the masked pred and gt (0 where a level has
-    no valid pixel), laid out as levels_size says; and the backward does read them."""
-    from mlrb import _C
-    from mlrb.reference import mask_level, pyramid_level
-
-    pred, gt, m = _stats_case(B, H, dtype, mask)
-    p, g = (x[:, 0].numpy() for x in (pred, gt))
-    mk = None if m is None else m[:, 0].numpy()
-    G = torch.rand(B, len(EVERY), dtype=torch.float64, generator=torch.Generator().manual_seed(1)).numpy()
-    for names in (EVERY, ["D@2", "N@2", "Gr", "rc@5", "M65@0"]):
-        idx = [INDEX[n] for n in names]
-        want = _C.loss_space_backward(G[:, :len(idx)], p, g, mk, idx, 1.0, False, 1.0, 1)
-        for threads in (1, 2):
-            losses, st, lv = _C.loss_space_forward(p, g, mk, idx, 1.0, False, 1.0, threads, return_stats=True,
-                                                   return_levels=True)
-            assert np.array_equal(losses, _C.loss_space_forward(p, g, mk, idx, 1.0, False, 1.0, threads))
-            assert lv.dtype == p.dtype and lv.shape == (B, 2 * cpu.levels_size(H, 36, idx))
-            for stats in (st, None):
-                got = _C.loss_space_backward(G[:, :len(idx)], p, g, mk, idx, 1.0, False, 1.0, 3 - threads,
-                                             stats=stats, levels=lv)
-                assert np.array_equal(got, want), (names[0], threads, stats is None)
-        # the layout: pred's levels then gt's, the selected scales k >= 1 in order
-        scales, dead = sorted({i // 13 for i in idx if i < 78} - {0}), 0
-        x = {"p": pred, "g": gt} if m is None else {"p": pred * m, "g": gt * m}  # invalid pixels read as 0
-        at = 0
-        for which in ("p", "g"):
-            for k in scales:
-                ref = pyramid_level(x[which], k).reshape(B, -1).numpy()
-                got = lv[:, at:at + ref.shape[1]]
-                at += ref.shape[1]
-                for b in range(B):
-                    if m is None or mask_level(m[b:b + 1], k).any():
-                        np.testing.assert_allclose(got[b], ref[b], rtol=1e-5, atol=1e-5)
-                    else:  # no valid 4x4 footprint: a dead level, never read
-                        assert not got[b].any()
-                        dead += 1
-        assert at == lv.shape[1] and (dead == 0 if m is None else dead > 0 or mask == "holes")
-    changed = lv.copy()
-    changed[0, :lv.shape[1] // 2] *= 1.5  # sample 0's pred levels
-    assert not np.array_equal(_C.loss_space_backward(G[:, :len(idx)], p, g, mk, idx, 1.0, False, 1.0, 1,
-                                                     levels=changed), want)
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_saved_levels_under_torch_compile(dynamic):
-    """The levels' fake shape (levels_size, symbolic sizes with dynamic=True) and autograd
-    under torch.compile: the same losses and gradient as eager."""
-    pred, gt, m = make_inputs(2, 20, 28, dtype=torch.float32, mask="holes")
-    idx = [INDEX[n] for n in ("D@0", "M17@1", "N@3", "Nc@2", "Gr")]
-    step = lambda p: (cpu.loss_space(p, gt, m, idx, save_levels=True) * torch.arange(1.0, 6.0)).sum()  # noqa: E731
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
-    p1, p2 = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
-    compiled(p1).backward()
-    step(p2).backward()
-    assert torch.equal(p1.grad, p2.grad)
-
-
-@pytest.mark.parametrize("save_levels", [False, True])
-def test_saves_the_inputs_and_the_scale_statistics_for_backward(save_levels):
-    """By default no more than pred, gt, mask and the statistics; the levels only if asked."""
+def test_saves_the_inputs_and_the_scale_statistics_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []
 
@@ -291,11 +221,9 @@ def test_saves_the_inputs_and_the_scale_statistics_for_backward(save_levels):
 
     p = pred.clone().requires_grad_(True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = _losses(p, gt, m, EVERY, save_levels=save_levels)
+        out = _losses(p, gt, m, EVERY)
     budget = sum(t.numel() * t.element_size() for t in (pred, gt, m)) + 2 * 6 * cpu._C.STAT_WIDTH * 8
-    levels = 2 * 2 * cpu.levels_size(48, 64, range(len(EVERY))) * pred.element_size()
-    nbytes = sum(t.numel() * t.element_size() for t in saved)
-    assert budget < nbytes <= budget + levels if save_levels else nbytes <= budget
+    assert sum(t.numel() * t.element_size() for t in saved) <= budget
     out.sum().backward()
 
 
@@ -345,12 +273,6 @@ _C_CASES = {
     "stats far flag": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(1, 2.0))",
     "stats sign sum": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(2, 1e6))",
     "stats fine": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st)",
-    # The forward's levels (lv: those of p, g, m, indices [0, 13], whose level 1 is 4 x 5).
-    "levels shape": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 13], 1.0, False, 1.0, 1, levels=lv[:, :4].copy())",
-    "levels of other scales": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 26], 1.0, False, 1.0, 1, levels=lv)",
-    "levels dtype": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 13], 1.0, False, 1.0, 1, levels=lv.astype(np.float64))",
-    "levels fine": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 13], 1.0, False, 1.0, 1, levels=lv)",
-    "op bwd, levels shape": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, 1), t, t, None, [13], 1.0, False, 1.0, None, torch.zeros(2, 3))",
     "op bwd, stats shape": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, 1), t, t, None, [0], 1.0, False, 1.0, torch.zeros(2, 6, 3, dtype=torch.float64))",
     "count_nonfinite, shapes differ": "_C.count_nonfinite(p, g[:, :4].copy(), None, 1)",
     "count_nonfinite, mask shape": "_C.count_nonfinite(p, g, m[:, :4].copy(), 1)",
@@ -392,11 +314,6 @@ _C_EXPECTED = {
     "stats sign sum": ("ValueError", r"stats\[1, 0\]: sign sum"),
     "stats fine": ("ok", ""),
     "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 17\)"),
-    "levels shape": ("ValueError", r"levels must be the forward's .* = \(2, 40\) array; got shape \(2, 4\)"),
-    "levels of other scales": ("ValueError", r"= \(2, 8\) array; got shape \(2, 40\)"),
-    "levels dtype": ("TypeError", "incompatible function arguments"),
-    "levels fine": ("ok", ""),
-    "op bwd, levels shape": ("ValueError", r"levels must be the forward's torch.float32 \(2, 40\)"),
     "count_nonfinite, shapes differ": ("ValueError", "shapes differ"),
     "count_nonfinite, mask shape": ("ValueError", "mask shape"),
     "count_nonfinite, 0 threads": ("ValueError", "num_threads"),
@@ -418,7 +335,6 @@ def test_extension_and_cpu_ops_raise_instead_of_crashing(tmp_path):
         z = np.zeros((0, 9, 11), np.float32)
         t = torch.from_numpy(p)[:, None]
         st = _C.loss_space_forward(p, g, m, [0, 1], 1.0, False, 1.0, 1, return_stats=True)[1]
-        lv = _C.loss_space_forward(p, g, m, [0, 13], 1.0, False, 1.0, 1, return_levels=True)[1]
         def bad(i, v):  # st with entry i of sample 1, scale 0 set to v
             s = st.copy()
             s[1, 0, i] = v

@@ -121,8 +121,7 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   if (a.stats_out) std::fill(a.stats_out, a.stats_out + int64_t(B) * kNumScales * kScaleStatWidth, 0.0);
   static thread_local std::vector<T> lv;  // kept between calls: no fresh pages per call
   static thread_local std::vector<uint8_t> lmv;
-  // The levels go to the caller's buffer when it keeps them for the backward (same layout).
-  T* lvd = a.levels_out ? static_cast<T*>(a.levels_out) : aligned(lv, int64_t(B) * 2 * per);
+  T* lvd = aligned(lv, int64_t(B) * 2 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
   auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
   auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lvd + (b * 2 + 1) * per + plan.off[k]; };
@@ -148,13 +147,8 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
 #pragma omp for schedule(dynamic, 1)
     for (size_t q = 0; q < plan.level_tasks.size(); ++q) {  // pyramid levels
       const auto [b, k, lo, hi] = plan.level_tasks[q];
+      if (!live[b * kNumScales + k]) continue;
       const Level& L = plan.L[k];
-      if (!live[b * kNumScales + k]) {  // never read; kept levels are 0 there, not stale memory
-        if (a.levels_out)
-          for (T* x : {const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k))})
-            std::fill(x + int64_t(lo) * L.w, x + int64_t(hi) * L.w, T(0));
-        continue;
-      }
       build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax,
                               const_cast<T*>(lp(b, k)), const_cast<T*>(lg(b, k)), tmp.data(), tmp.data() + W, lo,
                               hi);
@@ -236,7 +230,6 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
   std::vector<double> G(size_t(B) * kNumAll, 0.0);
   for (int b = 0; b < B; ++b)
     for (int j = 0; j < a.n; ++j) G[size_t(b) * kNumAll + a.indices[j]] += grad_out[int64_t(b) * a.n + j];
-  const T* const saved = static_cast<const T*>(a.levels_in);  // the forward's levels, or null
   if (plan.whole_samples) {
     // One task per sample: its levels and their gradients are built and used while they
     // are in cache (the banded path below builds the levels of the whole batch first).
@@ -253,11 +246,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         const T* gtb = gt + b * N;
         const uint8_t* mb = HasMask ? mask + b * N : nullptr;
         std::fill(gb, gb + N, T(0));
-        // [pred's levels | gt's levels | level gradients]; with the forward's levels
-        // (a.levels_in) only the gradients are made here.
-        T* lvp = aligned(lvl, (saved ? 1 : 3) * per);
-        const T* lpg = saved ? saved + b * 2 * per : lvp;  // pred's levels, then gt's
-        T* lgr = saved ? lvp : lvp + 2 * per;              // the level gradients
+        T* lvp = aligned(lvl, 3 * per);
         uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
         uint8_t live[kNumScales];  // mark_live_levels, for this sample
         std::fill(live, live + kNumScales, uint8_t(1));
@@ -268,7 +257,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
             live[k] |= build_level_mask(mb, plan.L[k].ay, plan.L[k].ax, lmp + plan.off[k], tmpm.data(), lo, hi);
           }
         }
-        for (int q = plan.level_first[b]; q < plan.level_first[b + 1] && !saved; ++q) {  // levels, in cache order
+        for (int q = plan.level_first[b]; q < plan.level_first[b + 1]; ++q) {  // the levels, in cache order
           const auto [tb, k, lo, hi] = plan.level_tasks[q];
           if (!live[k]) continue;
           const Level& L = plan.L[k];
@@ -283,18 +272,20 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           const uint8_t* mm = mb;
           T* gk = gb;
           if (k > 0) {
-            gk = lgr + plan.off[k];
+            T* lpk = lvp + plan.off[k];
+            uint8_t* lmk_k = HasMask ? lmp + plan.off[k] : nullptr;
+            gk = lpk + 2 * per;
             std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
-            pp = lpg + plan.off[k];
-            gg = lpg + per + plan.off[k];
-            mm = HasMask ? lmp + plan.off[k] : nullptr;
+            pp = lpk;
+            gg = lpk + per;
+            mm = lmk_k;
           }
           const ScalePrep<T> prep =
               backward_prep<T, HasMask>(a, b, k, pp, gg, mm, L, sel.types[k], G80 + kNumTypes * k, ws);
           scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
                                           BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
         }
-        add_pyramid_transposes(plan, sel, live, [&](int k) { return lgr + plan.off[k]; }, gb, tmp.data(), 0,
+        add_pyramid_transposes(plan, sel, live, [&](int k) { return lvp + plan.off[k] + 2 * per; }, gb, tmp.data(), 0,
                                H);
         add_amlr_grad<T, HasMask>(pb, gtb, mb, a, sel, G80, gb, ws);
         zero_invalid<T, HasMask>(gb, mb, 0, N);
@@ -306,26 +297,19 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     }
     return;
   }
-  static thread_local std::vector<T> lv;  // per sample: level pred, gt (unless saved), gradient
+  static thread_local std::vector<T> lv;  // level pred, gt, gradient
   static thread_local std::vector<uint8_t> lmv;
-  const int64_t slots = saved ? 1 : 3;
-  T* lvd = aligned(lv, int64_t(B) * slots * per);
+  T* lvd = aligned(lv, int64_t(B) * 3 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
-  auto lp = [&](int b, int k) -> T* { return lvd + b * slots * per + plan.off[k]; };
-  auto lg = [&](int b, int k) -> T* { return lvd + (b * slots + 1) * per + plan.off[k]; };
-  auto lgrad = [&](int b, int k) -> T* {
-    return k == 0 ? grad + b * N : lvd + (b * slots + slots - 1) * per + plan.off[k];
-  };
+  auto lp = [&](int b, int k) -> T* { return lvd + b * 3 * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> T* { return lvd + (b * 3 + 1) * per + plan.off[k]; };
+  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lvd + (b * 3 + 2) * per + plan.off[k]; };
   auto lm = [&](int b, int k) -> const uint8_t* {
     if (!HasMask) return nullptr;
     return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
-  auto cp = [&](int b, int k) -> const T* {
-    return k == 0 ? pred + b * N : saved ? saved + b * 2 * per + plan.off[k] : lp(b, k);
-  };
-  auto cg = [&](int b, int k) -> const T* {
-    return k == 0 ? gt + b * N : saved ? saved + (b * 2 + 1) * per + plan.off[k] : lg(b, k);
-  };
+  auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
+  auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
   const int nbands = int(plan.bands.size());
   static thread_local std::vector<T> halo;
   halo.assign(plan.halo_size, T(0));
@@ -351,9 +335,8 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       const auto [b, k, lo, hi] = plan.level_tasks[q];
       if (dead(b, k)) continue;
       const Level& L = plan.L[k];
-      if (!saved)
-        build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
-                                lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
+      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
+                              lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
       std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
     }
 #pragma omp for schedule(dynamic, 1)
