@@ -5,7 +5,7 @@ Targets, 8x1x288x384, forward+backward, all 78 losses, 2 cores: fused >= 100x
 faster than paper-style, >= 10x faster than the best pure-PyTorch (eager or compiled),
 <= 8x one L1 loss. Timing targets are reported (test_bench_ratios prints them), never
 asserted; the memory targets are deterministic and asserted: saved bytes <= pred + gt +
-mask (+ the CPU forward's scale statistics for its backward: 6 x 17 float64 per sample),
+mask (+ the CPU forward's scale statistics for its backward: 6 x 18 float64 per sample),
 and the backward allocates at most 4 full-resolution maps beyond its output.
 """
 from __future__ import annotations

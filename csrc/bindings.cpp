@@ -24,6 +24,7 @@ namespace py = pybind11;
 namespace {
 
 int64_t g_last_workspace_bytes = 0;  // scratch of the last kernel call (written with the GIL held)
+bool g_last_levels_reused = false;   // whether the last backward read its forward's kept levels
 
 using Mask = std::optional<py::array_t<bool, py::array::c_style>>;
 
@@ -114,6 +115,9 @@ void check_stats(const Arr<double>& stats, const mlrb::LossSpaceArgs& a) {
       const double sg = s[mlrb::kStatSignSum];
       if (!(std::abs(sg) <= s[mlrb::kStatCount + mlrb::kM] && sg == std::floor(sg)))
         bad("sign sum is not an integer within the M count");
+      const double tok = s[mlrb::kStatLevels];
+      if (!(tok >= 0 && tok <= 9007199254740992.0 && tok == std::floor(tok) && tok == st[mlrb::kStatLevels]))
+        bad("levels token is not the same integer >= 0 in every entry");
     }
 }
 
@@ -164,12 +168,15 @@ Arr<T> backward(const Arr<double>& grad_out, const Arr<T>& pred, const Arr<T>& g
   const uint8_t* m = mask ? reinterpret_cast<const uint8_t*>(mask->data()) : nullptr;
   T* o = grad.mutable_data();
   int64_t scratch = 0;
+  bool reused = false;
   a.workspace_bytes = &scratch;
+  a.levels_reused = &reused;
   {
     py::gil_scoped_release release;
     mlrb::cpu::loss_space_backward<T>(G, p, g, m, a, o);
   }
   g_last_workspace_bytes = scratch;
+  g_last_levels_reused = reused;
   return grad;
 }
 
@@ -225,7 +232,9 @@ PYBIND11_MODULE(_C, mod) {
   const char* fdoc =
       "loss_space_forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, num_threads, return_stats=False)\n"
       "-> (B, n) float64, or with return_stats the tuple (losses, stats): stats (B, 6, STAT_WIDTH) float64, the\n"
-      "scale statistics that loss_space_backward(..., stats=stats) reads instead of recomputing them.\n"
+      "scale statistics that loss_space_backward(..., stats=stats) reads instead of recomputing them; they also\n"
+      "let the backward read the pyramid levels this forward keeps in the thread's scratch until the thread's\n"
+      "next forward of the dtype.\n"
       "pred, gt: C-contiguous (B, H, W) float32/float64 arrays of the same dtype, B, H, W >= 1; mask: bool array\n"
       "or None; indices: loss columns 0..79; num_threads: 1..MAX_THREADS. Bad input raises ValueError/TypeError.";
   const char* bdoc =
@@ -235,6 +244,9 @@ PYBIND11_MODULE(_C, mod) {
   // float64 first: pybind11 tries overloads in order and must not convert float64 to float32.
   mod.def("last_workspace_bytes", [] { return g_last_workspace_bytes; },
           "bytes of scratch (all threads) that the last forward/backward call used, besides its output");
+  mod.def("last_backward_reused_levels", [] { return g_last_levels_reused; },
+          "whether the last backward read the pyramid levels its forward kept in the calling thread's scratch\n"
+          "(stats of that forward, no forward of the dtype on the thread since) instead of rebuilding them");
   mod.attr("MAX_THREADS") = kMaxThreads;
   mod.attr("STAT_WIDTH") = mlrb::kScaleStatWidth;
   mod.def("isa", &mlrb::cpu::isa, "instruction set of the CPU kernels on this machine: 'avx2' or 'generic'");

@@ -21,7 +21,12 @@ constexpr int kStatFar = 1;                 // 1: the normal types take the scal
 constexpr int kStatSignSum = 2;             // sum of sgn(e - mu) over the valid pixels (an integer)
 constexpr int kStatTypes = 3;               // the scale's selected types (bit t: type t), checked by the backward
 constexpr int kStatCount = 4;               // kNumTypes counts of the valid sets (integers)
-constexpr int kScaleStatWidth = kStatCount + kNumTypes;
+// The forward call that made these statistics (an integer >= 1, every entry the same): the
+// pyramid levels it built stay in its thread's scratch until that thread's next forward of
+// the dtype, and a backward on that thread whose statistics carry the same token reads them
+// there instead of rebuilding them (cpu/kept_levels.h).
+constexpr int kStatLevels = kStatCount + kNumTypes;
+constexpr int kScaleStatWidth = kStatLevels + 1;
 
 struct LossSpaceArgs {
   int B = 0, H = 0, W = 0;
@@ -34,6 +39,7 @@ struct LossSpaceArgs {
   int64_t* workspace_bytes = nullptr;  // if set: += bytes of scratch the threads used
   double* stats_out = nullptr;         // forward, if set: the scale statistics (kScaleStatWidth above)
   const double* stats_in = nullptr;    // backward, if set: the forward's statistics of the same inputs
+  bool* levels_reused = nullptr;       // backward, if set: whether it read its forward's levels (kStatLevels)
 };
 
 namespace cpu {
@@ -49,6 +55,9 @@ void loss_space_backward(const double* grad_out, const T* pred, const T* gt, con
 
 // The instruction set the kernels run with on this CPU: "avx2" or "generic".
 const char* isa();
+
+// A token for kStatLevels, unique in the process (all instruction sets, all threads).
+uint64_t next_levels_token();
 
 }  // namespace cpu
 }  // namespace mlrb

@@ -13,8 +13,9 @@ The floor of a stage on this machine is the largest of
   loads      loads / peak_load        (L1)
   stores     stores / peak_store      (L1)
   DRAM       bytes / peak_dram        (compulsory traffic: the full-resolution inputs read
-             once per pass, the backward's gradient written once (plus its read for
-             ownership), charged to the first stage that touches them)
+             once per pass, charged to the first stage that touches them; the backward's
+             gradient written once (plus its read for ownership) and the pyramid levels
+             its forward kept read once, charged to its first stage)
 with the single-thread peaks measured by ``mlrb._C.machine_peaks`` (csrc/bench/peaks.cpp,
 the kernels' instruction set); the floor of a pass is the sum over its stages. The floor
 assumes every stage runs at the vector peaks, so the fraction floor / measured says how
@@ -192,17 +193,18 @@ STAGES: tuple[Stage, ...] = (
     # ---- backward: the gradient starts at 0
     Stage("zero the gradient", "bwd", "full", O(store=1),
           source="cpu/drivers.h:backward_batch (std::fill of grad)"),
-    # ---- pyramid D^k, k >= 1 (built in both passes); with a mask its levels come first, for
-    # every sample (bytes: a quarter of a float lane's work per entry)
+    # ---- pyramid D^k, k >= 1; with a mask its levels come first, for every sample (bytes: a
+    # quarter of a float lane's work per entry). The backward reads the levels its forward
+    # kept (cpu/kept_levels.h, as under autograd) and only rebuilds the mask levels.
     Stage("pyramid: mask levels, column taps (4 mask rows, and)", "fwd+bwd", "mask_level_rows_x_W", None,
           O(add=3 / 4, load=4 / 4, store=1 / 4), source="pyramid.h:build_level_mask (column pass)"),
     Stage("pyramid: mask levels, row taps and the any-valid test", "fwd+bwd", "mask_level", None,
           O(add=4 / 4, load=5 / 4, store=1 / 4), source="pyramid.h:build_level_mask (row pass)"),
-    Stage("pyramid: column taps (4 rows of pred, gt)", "fwd+bwd", "level_rows_x_W",
+    Stage("pyramid: column taps (4 rows of pred, gt)", "fwd", "level_rows_x_W",
           O(add=6, mul=8, load=8, store=2),
           O(add=18, mul=8, load=12, store=2),  # + 4 mask reads, 4 compares, 8 selects
           source="pyramid.h:build_level (column pass)", inputs=True),
-    Stage("pyramid: row taps (strided reads of the column pass)", "fwd+bwd", "level",
+    Stage("pyramid: row taps (strided reads of the column pass)", "fwd", "level",
           O(add=6, mul=8, load=8, store=2),
           source="pyramid.h:build_level (row pass)"),
     Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
@@ -632,8 +634,9 @@ def count(g: Geometry, pass_: str) -> list[StageCount]:
         if sc.stage.inputs and (sc.stage.over == "level_rows_x_W" or 0 in sc.by_scale):
             sc.dram_bytes += input_bytes
             break
-    if pass_ == "bwd":  # the gradient: written once, read for ownership once
-        out[0].dram_bytes += 2 * n_full * g.itemsize
+    if pass_ == "bwd":  # the gradient: written once, read for ownership once; the kept levels read once
+        levels = sum(2 * g.n(k) * g.size(k)[0] * g.size(k)[1] for k in range(1, NUM_SCALES) if g.types[k])
+        out[0].dram_bytes += (2 * n_full + levels) * g.itemsize
     return out
 
 
@@ -720,13 +723,14 @@ def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: i
     for sel in selections:
         idx = [int(i) for i in sel]
         grad_out = np.ones((B, len(idx)), dtype=np.float64)
-        # as in training (autograd): the forward also returns the scale statistics, the
-        # backward reads them
-        fwd = lambda idx=idx: _C.loss_space_forward(p, g, m, idx, 1.0, False, 1.0, 1, return_stats=True)  # noqa: E731
-        stats = fwd()[1]
+        # as in training (autograd): the forward also returns the scale statistics, and the
+        # backward that follows it reads them and the pyramid levels it kept (kept_levels.h)
+        last = {}
+        fwd = lambda idx=idx, last=last: last.update(st=_C.loss_space_forward(  # noqa: E731
+            p, g, m, idx, 1.0, False, 1.0, 1, return_stats=True)[1])
         calls.append({"fwd": fwd,
-                      "bwd": lambda idx=idx, go=grad_out, st=stats: _C.loss_space_backward(
-                          go, p, g, m, idx, 1.0, False, 1.0, 1, stats=st)})
+                      "bwd": lambda idx=idx, go=grad_out, last=last: _C.loss_space_backward(
+                          go, p, g, m, idx, 1.0, False, 1.0, 1, stats=last["st"])})
     best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
     enabled = gc.isenabled()
     gc.disable()

@@ -3,9 +3,12 @@
 ``mlrb::loss_space_cpu_fwd`` computes the selected losses per sample and, for autograd, the
 statistics of each (sample, scale) that the backward needs before its pass over the scale
 (the mean of pred - gt, the counts of the valid sets, the sum of the M loss's signs: a
-(B, 6, STAT_WIDTH) float64 tensor). ``mlrb::loss_space_cpu_bwd`` computes the gradient for
-pred from the incoming (B, n) gradient, recomputing the rest; given the forward's
-statistics it skips the pre-passes that re-read pred and gt (same bits). Both are opaque to
+(B, 6, STAT_WIDTH) float64 tensor, with the token of the forward call).
+``mlrb::loss_space_cpu_bwd`` computes the gradient for pred from the incoming (B, n)
+gradient, recomputing the rest; given the forward's statistics it skips the pre-passes
+that re-read pred and gt, and, run on the forward's thread with no forward of the dtype
+in between (as autograd runs it), it reads the pyramid levels that forward kept in its
+scratch instead of rebuilding them (csrc/loss_space/cpu/kept_levels.h). Same bits either way. Both are opaque to
 torch.compile (fake implementations give the shapes), like torchvision's ops.
 
 The file reads top to bottom: the forward op and its fake, the backward op and its fake,

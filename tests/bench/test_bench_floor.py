@@ -118,6 +118,23 @@ def test_counts_of_the_simplest_case_match_the_code():
     assert "pyramid: column taps (4 rows of pred, gt)" not in bwd
 
 
+def test_the_backward_reads_the_levels_its_forward_kept():
+    # cpu/kept_levels.h: the backward reads the levels D^k of pred and gt that its forward
+    # built (charged to DRAM once) instead of rebuilding them; it still builds the mask levels
+    g = geometry("2x1x64x96", "L^0 | L^2")
+    fwd, bwd = floor.count(g, "fwd"), floor.count(g, "bwd")
+    assert "pyramid: column taps (4 rows of pred, gt)" == fwd[0].stage.name  # the first to read the inputs
+    assert not {sc.stage.name for sc in bwd if sc.stage.name.startswith("pyramid:")} - {
+        "pyramid: zero the level gradient"}
+    levels, n_full = 2 * 2 * 16 * 24, 2 * 64 * 96  # two samples, pred and gt, level 2 is 16 x 24
+    assert fwd[0].dram_bytes == 4 * 2 * n_full  # float32 pred and gt, once
+    assert bwd[0].stage.name == "zero the gradient" and bwd[0].dram_bytes == 4 * (2 * n_full + levels)
+    inputs = [sc for sc in bwd if sc.dram_bytes and sc is not bwd[0]]
+    assert [sc.dram_bytes for sc in inputs] == [4 * 2 * n_full]  # pred and gt once, at scale 0
+    masked = {sc.stage.name for sc in floor.count(geometry("2x1x64x96@0.5", "L^2"), "bwd")}
+    assert "pyramid: mask levels, column taps (4 mask rows, and)" in masked
+
+
 def test_counts_scale_exactly_with_the_pixel_counts():
     base, wide, batch = geometry("4x1x64x96"), geometry("4x1x64x192"), geometry("8x1x64x96")
     for pass_ in ("fwd", "bwd"):

@@ -397,8 +397,12 @@ def opcheck_calls(backend, pred, gt, mask, idx):
     G = torch.rand(pred.shape[0], len(idx), device=pred.device)
     if backend == "cpu":
         _, stats = torch.ops.mlrb.loss_space_cpu_fwd(pred, gt, mask, idx, 1.0, False, 1.0, True)
+        # Not test_aot_dispatch_dynamic for the forward that saves: its statistics carry the
+        # token of the call (kept_levels.h), which no two calls share.
+        saving = ("test_schema", "test_autograd_registration", "test_faketensor")
         return [(torch.ops.mlrb.loss_space_cpu_fwd.default, (pred.clone().requires_grad_(True), gt, mask, idx, 1.0,
-                                                             False, 1.0, save), None) for save in (True, False)] + \
+                                                             False, 1.0, save), saving if save else None)
+                for save in (True, False)] + \
                [(torch.ops.mlrb.loss_space_cpu_bwd.default, (G, pred, gt, mask, idx, 1.0, False, 1.0, st), None)
                 for st in (stats, None)]
     _, stats, ws = torch.ops.mlrb_triton.loss_space_fwd(pred, gt, mask, idx, 1.0, False, 1.0, True)

@@ -196,6 +196,50 @@ def test_backward_with_the_forward_statistics_gives_the_same_bits(B, H, dtype, m
     assert not np.array_equal(_C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, 1, stats=changed), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask", [None, "holes", "dead levels"])
+@pytest.mark.parametrize("B,H", [(4, 40), (1, 140)])
+def test_backward_reads_the_levels_its_forward_kept(B, H, dtype, mask):
+    """A backward given the statistics of the thread's last forward of the dtype reads the
+    pyramid levels that forward kept instead of rebuilding them (kept_levels.h): the same bits,
+    whole samples and bands, any threads. Another forward in between, another thread or
+    statistics without a token make it rebuild them, with the same bits too."""
+    import threading
+
+    from mlrb import _C
+
+    pred, gt, m = _stats_case(B, H, dtype, mask)
+    p, g = (x[:, 0].numpy() for x in (pred, gt))
+    mk = None if m is None else m[:, 0].numpy()
+    idx = list(range(len(EVERY)))
+    G = torch.rand(B, len(idx), dtype=torch.float64, generator=torch.Generator().manual_seed(1)).numpy()
+    bwd = lambda st, threads=1: _C.loss_space_backward(G, p, g, mk, idx, 1.0, False, 1.0, threads, stats=st)  # noqa: E731
+    fwd = lambda x, y, threads=1: _C.loss_space_forward(x, y, mk, idx, 1.0, False, 1.0, threads,  # noqa: E731
+                                                        return_stats=True)[1]
+    want = bwd(None)
+    assert not _C.last_backward_reused_levels()
+    for threads in (1, 2):
+        st = fwd(p, g, threads)
+        token = st[:, :, -1]
+        assert (token == token[0, 0]).all() and token[0, 0] >= 1 and token[0, 0] == int(token[0, 0])
+        assert np.array_equal(bwd(st, 3 - threads), want) and _C.last_backward_reused_levels()
+        assert np.array_equal(bwd(st.copy()), want) and _C.last_backward_reused_levels()  # a copy: same token
+    other = {np.float32: np.float64, np.float64: np.float32}[p.dtype.type]
+    fwd(p.astype(other), g.astype(other))  # a forward of the other dtype keeps its own levels
+    assert np.array_equal(bwd(st), want) and _C.last_backward_reused_levels()
+    assert fwd(g, p)[0, 0, -1] > st[0, 0, -1]  # another forward in between: its levels, a new token
+    assert np.array_equal(bwd(st), want) and not _C.last_backward_reused_levels()
+    st = fwd(p, g)
+    got, reused = [], []
+    t = threading.Thread(target=lambda: (got.append(bwd(st)), reused.append(_C.last_backward_reused_levels())))
+    t.start()
+    t.join()
+    assert np.array_equal(got[0], want) and reused == [False]  # another thread's scratch
+    untokened = st.copy()
+    untokened[:, :, -1] = 0
+    assert np.array_equal(bwd(untokened), want) and not _C.last_backward_reused_levels()
+
+
 def test_autograd_hands_the_forward_statistics_to_the_backward(monkeypatch):
     pred, gt, m = make_inputs(2, 30, 36, dtype=torch.float32, mask="holes")
     seen = []
@@ -205,6 +249,7 @@ def test_autograd_hands_the_forward_statistics_to_the_backward(monkeypatch):
     p = pred.clone().requires_grad_(True)
     _losses(p, gt, m, EVERY).sum().backward()
     assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (2, 6, cpu._C.STAT_WIDTH)
+    assert cpu._C.last_backward_reused_levels()  # and the levels its forward kept
     q = pred.clone()
     want = torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, len(EVERY)), q, gt, m, list(range(len(EVERY))), 1.0,
                                              False, 1.0)
@@ -273,6 +318,8 @@ _C_CASES = {
     "stats far flag": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(1, 2.0))",
     "stats sign sum": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=bad(2, 1e6))",
     "stats fine": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=st)",
+    "stats levels token": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=tok(0, 0, -1.0))",
+    "stats levels tokens differ": "_C.loss_space_backward(np.ones((2, 2)), p, g, m, [0, 1], 1.0, False, 1.0, 1, stats=tok(1, 3, 1e15))",
     "op bwd, stats shape": "torch.ops.mlrb.loss_space_cpu_bwd(torch.ones(2, 1), t, t, None, [0], 1.0, False, 1.0, torch.zeros(2, 6, 3, dtype=torch.float64))",
     "count_nonfinite, shapes differ": "_C.count_nonfinite(p, g[:, :4].copy(), None, 1)",
     "count_nonfinite, mask shape": "_C.count_nonfinite(p, g, m[:, :4].copy(), 1)",
@@ -304,7 +351,7 @@ _C_EXPECTED = {
     "float mask": ("TypeError", "incompatible function arguments"),
     "huge map": ("ValueError", "too large"),
     "fine": ("ok", ""),
-    "stats shape": ("ValueError", r"stats must be the forward's \(B, 6, 17\)"),
+    "stats shape": ("ValueError", r"stats must be the forward's \(B, 6, 18\)"),
     "stats dtype": ("TypeError", "incompatible function arguments"),
     "stats count": ("ValueError", r"stats\[1, 0\]: count 0 is not an integer"),
     "stats count > H W": ("ValueError", r"stats\[1, 0\]: count 1 is not an integer in \[0, H W\]"),
@@ -313,7 +360,9 @@ _C_EXPECTED = {
     "stats far flag": ("ValueError", r"stats\[1, 0\]: far flag"),
     "stats sign sum": ("ValueError", r"stats\[1, 0\]: sign sum"),
     "stats fine": ("ok", ""),
-    "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 17\)"),
+    "op bwd, stats shape": ("ValueError", r"stats must be the forward's float64 \(2, 6, 18\)"),
+    "stats levels token": ("ValueError", r"stats\[0, 0\]: levels token is not the same integer >= 0"),
+    "stats levels tokens differ": ("ValueError", r"stats\[1, 3\]: levels token"),
     "count_nonfinite, shapes differ": ("ValueError", "shapes differ"),
     "count_nonfinite, mask shape": ("ValueError", "mask shape"),
     "count_nonfinite, 0 threads": ("ValueError", "num_threads"),
@@ -338,6 +387,10 @@ def test_extension_and_cpu_ops_raise_instead_of_crashing(tmp_path):
         def bad(i, v):  # st with entry i of sample 1, scale 0 set to v
             s = st.copy()
             s[1, 0, i] = v
+            return s
+        def tok(b, k, v):  # st with the levels token of sample b, scale k set to v
+            s = st.copy()
+            s[b, k, _C.STAT_WIDTH - 1] = v
             return s
         # A (1, 2^28 + 1, 1) map backed by a sparse file: refused before a byte is read.
         big = np.memmap({str(tmp_path / "big.f32")!r}, dtype=np.float32, mode="w+", shape=(1, 2**28 + 1, 1))

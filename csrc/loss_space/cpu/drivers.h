@@ -7,7 +7,8 @@
 // results are combined in band order, so the results are bitwise identical for any number
 // of threads. Per band the forward makes one pass over its rows (forward_band.h, after a
 // pre-pass for the global mean of M); the backward (backward_band.h) recomputes what it
-// needs, writes the rows above and below its band into halo buffers added in band order,
+// needs (the pyramid levels only if the forward's are not kept: kept_levels.h), writes
+// the rows above and below its band into halo buffers added in band order,
 // and pushes d(sum G L)/dD^k through the transpose of the pyramid. Per-row sums use the
 // input precision and are accumulated in double.
 #pragma once
@@ -24,6 +25,7 @@
 #include "loss_space/cpu/amlr.h"
 #include "loss_space/cpu/backward_band.h"
 #include "loss_space/cpu/forward_band.h"
+#include "loss_space/cpu/kept_levels.h"
 #include "loss_space/cpu/plan.h"
 #include "loss_space/cpu/scale_stats.h"
 #include "loss_space/cpu/selection.h"
@@ -119,9 +121,9 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   const int B = a.B, H = a.H, W = a.W;
   const int64_t N = int64_t(H) * W, per = plan.per;
   if (a.stats_out) std::fill(a.stats_out, a.stats_out + int64_t(B) * kNumScales * kScaleStatWidth, 0.0);
-  static thread_local std::vector<T> lv;  // kept between calls: no fresh pages per call
+  KeptLevels<T>& kept = KeptLevels<T>::of_this_thread();  // kept for the backward (kStatLevels)
   static thread_local std::vector<uint8_t> lmv;
-  T* lvd = aligned(lv, int64_t(B) * 2 * per);
+  T* lvd = kept.begin_forward(int64_t(B) * 2 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
   auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
   auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lvd + (b * 2 + 1) * per + plan.off[k]; };
@@ -187,11 +189,17 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
     if (a.workspace_bytes) *a.workspace_bytes += bytes;
   }
   if (a.workspace_bytes)
-    *a.workspace_bytes += int64_t(lv.capacity() * sizeof(T) + lmv.capacity() + part.capacity() * sizeof(double));
+    *a.workspace_bytes += int64_t(kept.lv.capacity() * sizeof(T) + lmv.capacity() + part.capacity() * sizeof(double));
+  // Only a forward whose statistics carry its token lets a backward find its levels.
+  const double token = a.stats_out ? double(kept.end_forward(a, sel, HasMask)) : 0.0;
   for (int b = 0; b < B; ++b) {
     double vals[kNumAll] = {0};
     for (int k = 0; k < kNumScales; ++k) {
-      if (a.stats_out) a.stats_out[(int64_t(b) * kNumScales + k) * kScaleStatWidth + kStatTypes] = sel.types[k];
+      if (a.stats_out) {
+        double* st = a.stats_out + (int64_t(b) * kNumScales + k) * kScaleStatWidth;
+        st[kStatTypes] = sel.types[k];
+        st[kStatLevels] = token;
+      }
       if (!sel.types[k]) continue;
       double sum[kNumTypes] = {0}, cnt[kNumTypes] = {0}, sign_sum = 0;
       for (int t = plan.first[k] + b * plan.nb[k], e = t + plan.nb[k]; t < e; ++t) {  // band order
@@ -230,6 +238,10 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
   std::vector<double> G(size_t(B) * kNumAll, 0.0);
   for (int b = 0; b < B; ++b)
     for (int j = 0; j < a.n; ++j) G[size_t(b) * kNumAll + a.indices[j]] += grad_out[int64_t(b) * a.n + j];
+  // The levels of pred and gt that this thread's forward of the same inputs built, if they
+  // are still kept (kept_levels.h; the same values as rebuilding them), else nullptr.
+  const T* const kept = KeptLevels<T>::of_this_thread().for_backward(a.stats_in, a, sel, HasMask);
+  if (a.levels_reused) *a.levels_reused = kept != nullptr;
   if (plan.whole_samples) {
     // One task per sample: its levels and their gradients are built and used while they
     // are in cache (the banded path below builds the levels of the whole batch first).
@@ -246,7 +258,10 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         const T* gtb = gt + b * N;
         const uint8_t* mb = HasMask ? mask + b * N : nullptr;
         std::fill(gb, gb + N, T(0));
-        T* lvp = aligned(lvl, 3 * per);
+        // [pred's levels | gt's levels | level gradients]; only the gradients if kept.
+        T* lvp = aligned(lvl, (kept ? 1 : 3) * per);
+        const T* lpg = kept ? kept + b * 2 * per : lvp;  // pred's levels, then gt's
+        T* lgr = kept ? lvp : lvp + 2 * per;             // the level gradients
         uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
         uint8_t live[kNumScales];  // mark_live_levels, for this sample
         std::fill(live, live + kNumScales, uint8_t(1));
@@ -257,7 +272,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
             live[k] |= build_level_mask(mb, plan.L[k].ay, plan.L[k].ax, lmp + plan.off[k], tmpm.data(), lo, hi);
           }
         }
-        for (int q = plan.level_first[b]; q < plan.level_first[b + 1]; ++q) {  // the levels, in cache order
+        for (int q = plan.level_first[b]; q < plan.level_first[b + 1] && !kept; ++q) {  // levels, cache order
           const auto [tb, k, lo, hi] = plan.level_tasks[q];
           if (!live[k]) continue;
           const Level& L = plan.L[k];
@@ -272,20 +287,18 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           const uint8_t* mm = mb;
           T* gk = gb;
           if (k > 0) {
-            T* lpk = lvp + plan.off[k];
-            uint8_t* lmk_k = HasMask ? lmp + plan.off[k] : nullptr;
-            gk = lpk + 2 * per;
+            gk = lgr + plan.off[k];
             std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
-            pp = lpk;
-            gg = lpk + per;
-            mm = lmk_k;
+            pp = lpg + plan.off[k];
+            gg = lpg + per + plan.off[k];
+            mm = HasMask ? lmp + plan.off[k] : nullptr;
           }
           const ScalePrep<T> prep =
               backward_prep<T, HasMask>(a, b, k, pp, gg, mm, L, sel.types[k], G80 + kNumTypes * k, ws);
           scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
                                           BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
         }
-        add_pyramid_transposes(plan, sel, live, [&](int k) { return lvp + plan.off[k] + 2 * per; }, gb, tmp.data(), 0,
+        add_pyramid_transposes(plan, sel, live, [&](int k) { return lgr + plan.off[k]; }, gb, tmp.data(), 0,
                                H);
         add_amlr_grad<T, HasMask>(pb, gtb, mb, a, sel, G80, gb, ws);
         zero_invalid<T, HasMask>(gb, mb, 0, N);
@@ -297,19 +310,26 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     }
     return;
   }
-  static thread_local std::vector<T> lv;  // level pred, gt, gradient
+  static thread_local std::vector<T> lv;  // per sample: level pred, gt (unless kept), gradient
   static thread_local std::vector<uint8_t> lmv;
-  T* lvd = aligned(lv, int64_t(B) * 3 * per);
+  const int64_t slots = kept ? 1 : 3;
+  T* lvd = aligned(lv, int64_t(B) * slots * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
-  auto lp = [&](int b, int k) -> T* { return lvd + b * 3 * per + plan.off[k]; };
-  auto lg = [&](int b, int k) -> T* { return lvd + (b * 3 + 1) * per + plan.off[k]; };
-  auto lgrad = [&](int b, int k) -> T* { return k == 0 ? grad + b * N : lvd + (b * 3 + 2) * per + plan.off[k]; };
+  auto lp = [&](int b, int k) -> T* { return lvd + b * slots * per + plan.off[k]; };
+  auto lg = [&](int b, int k) -> T* { return lvd + (b * slots + 1) * per + plan.off[k]; };
+  auto lgrad = [&](int b, int k) -> T* {
+    return k == 0 ? grad + b * N : lvd + (b * slots + slots - 1) * per + plan.off[k];
+  };
   auto lm = [&](int b, int k) -> const uint8_t* {
     if (!HasMask) return nullptr;
     return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
-  auto cp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lp(b, k); };
-  auto cg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lg(b, k); };
+  auto cp = [&](int b, int k) -> const T* {
+    return k == 0 ? pred + b * N : kept ? kept + b * 2 * per + plan.off[k] : lp(b, k);
+  };
+  auto cg = [&](int b, int k) -> const T* {
+    return k == 0 ? gt + b * N : kept ? kept + (b * 2 + 1) * per + plan.off[k] : lg(b, k);
+  };
   const int nbands = int(plan.bands.size());
   static thread_local std::vector<T> halo;
   halo.assign(plan.halo_size, T(0));
@@ -335,8 +355,9 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       const auto [b, k, lo, hi] = plan.level_tasks[q];
       if (dead(b, k)) continue;
       const Level& L = plan.L[k];
-      build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
-                              lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
+      if (!kept)
+        build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
+                                lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
       std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
     }
 #pragma omp for schedule(dynamic, 1)

@@ -1,6 +1,7 @@
 // Fused CPU kernels of the loss space: the baseline build of drivers.h and the
 // entry points, which pick the AVX2 build (loss_space_kernel_avx2.cpp) at run time when
 // the CPU supports it. Set MLRB_CPU_ISA=generic in the environment to force the baseline.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -37,6 +38,11 @@ bool use_avx2() {
 }  // namespace
 
 const char* isa() { return use_avx2() ? "avx2" : "generic"; }
+
+uint64_t next_levels_token() {
+  static std::atomic<uint64_t> last{0};
+  return ++last;  // below 2^53: exact as the double of kStatLevels
+}
 
 template <typename T>
 void loss_space_forward(const T* pred, const T* gt, const uint8_t* mask, const LossSpaceArgs& a, double* out) {
