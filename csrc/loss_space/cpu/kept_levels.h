@@ -7,14 +7,13 @@
 // memory (about a tenth of a backward). Nothing more is saved for backward: this is the
 // forward's own scratch, kept between calls anyway. The forward's statistics carry the
 // token of the forward call; a backward whose token, shapes or selection do not match the
-// thread's kept levels (another forward came in between, another thread, statistics of a
-// copy, none given) rebuilds them. Either way the gradient has the same bits.
+// thread's kept levels (another forward of the dtype came in between, another thread, no
+// statistics) rebuilds them. Either way the gradient has the same bits.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-#include "loss_space/cpu/plan.h"
 #include "loss_space/cpu/selection.h"
 #include "loss_space/cpu/workspace.h"
 #include "loss_space/loss_space.h"
