@@ -8,8 +8,9 @@ statistics of each (sample, scale) that the backward needs before its pass over 
 gradient, recomputing the rest; given the forward's statistics it skips the pre-passes
 that re-read pred and gt, and, run on the forward's thread with no forward of the dtype
 in between (as autograd runs it), it reads the pyramid levels that forward kept in its
-scratch instead of rebuilding them (csrc/loss_space/cpu/kept_levels.h). Same bits either way. Both are opaque to
-torch.compile (fake implementations give the shapes), like torchvision's ops.
+scratch instead of rebuilding them (csrc/loss_space/cpu/kept_levels.h). Same bits either
+way. Both are opaque to torch.compile (fake implementations give the shapes), like
+torchvision's ops.
 
 The file reads top to bottom: the forward op and its fake, the backward op and its fake,
 the autograd registration, and the entry point ``loss_space`` (called by
