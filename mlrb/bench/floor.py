@@ -26,7 +26,7 @@ beyond 2^28), constant per-row or per-band work (index set-up, reductions of par
 sums), and the exact bits of the masked variants: their mask reads and byte/float
 conversions are counted coarsely (one load and one add-class op per mask read or select).
 
-Usage: ``mlrb bench floor [--shape paper] [--select all] [--repeat N] [--json FILE]``
+Usage: ``mlrb bench floor [--shape paper] [--select all] [--repeat N] [--rounds R] [--json FILE]``
 (or ``python -m mlrb.bench.floor``).
 """
 from __future__ import annotations
@@ -700,12 +700,15 @@ def geometry(shape, indices, dtype: str = "float32", mask=None) -> Geometry:
 # ---------------------------------------------------------------------------- measurement
 
 
-def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: int = 0) -> list[dict]:
+def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: int = 0, rounds: int = 1,
+            between: Callable[[], None] | None = None) -> list[dict]:
     """Seconds of the fused forward alone and of the backward alone of each selection (a
-    list of index lists) on one thread: thread CPU time, best of ``repeat`` calls after a
-    warm-up, calling mlrb._C directly. The calls of all selections and both passes are
-    interleaved, round by round, so that a slow spell of a shared machine does not land on
-    one of them only."""
+    list of index lists) on one thread: thread CPU time, best of ``repeat`` calls in each of
+    ``rounds`` rounds after a warm-up, calling mlrb._C directly. The calls of all selections
+    and both passes are interleaved, call by call, so that a slow spell of a shared machine
+    does not land on one of them only; ``between()`` runs before each round and after the
+    last (the peaks of ``run``), so that the rounds, and the peaks, spread over the run.
+    Each entry holds the best over all rounds and, under "rounds", each round's best."""
     import gc
 
     import numpy as np
@@ -731,23 +734,31 @@ def measure(shape, selections, repeat: int = 10, dtype: str = "float32", seed: i
         calls.append({"fwd": fwd,
                       "bwd": lambda idx=idx, go=grad_out, last=last: _C.loss_space_backward(
                           go, p, g, m, idx, 1.0, False, 1.0, 1, stats=last["st"])})
-    best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
+    per_round = [[] for _ in calls]
     enabled = gc.isenabled()
     gc.disable()
     try:
         for c in calls:  # warm-up: the kernels' per-thread scratch grows on the first call
             c["fwd"]()
             c["bwd"]()
-        for _ in range(repeat):
-            for c, b in zip(calls, best):
-                for pass_ in ("fwd", "bwd"):
-                    t0 = time.thread_time()
-                    c[pass_]()
-                    b[pass_] = min(b[pass_], time.thread_time() - t0)
+        for _ in range(rounds):
+            if between is not None:
+                between()
+            best = [{"fwd": math.inf, "bwd": math.inf} for _ in calls]
+            for _ in range(repeat):
+                for c, b in zip(calls, best):
+                    for pass_ in ("fwd", "bwd"):
+                        t0 = time.thread_time()
+                        c[pass_]()
+                        b[pass_] = min(b[pass_], time.thread_time() - t0)
+            for r, b in zip(per_round, best):
+                r.append(b)
+        if between is not None:
+            between()
     finally:
         if enabled:
             gc.enable()
-    return best
+    return [{"fwd": min(b["fwd"] for b in r), "bwd": min(b["bwd"] for b in r), "rounds": r} for r in per_round]
 
 
 def cpu_info() -> dict:
@@ -766,6 +777,9 @@ def cpu_info() -> dict:
     return {"model": model, "avx2": "avx2" in flags, "fma": "fma" in flags}
 
 
+PEAK_CHUNK_MIN_S = 0.05  # mlrb._C.machine_peaks' shortest measurement
+
+
 def machine_peaks(dtype: str = "float32", seconds: float = 0.6) -> dict:
     from mlrb import _C
 
@@ -773,10 +787,12 @@ def machine_peaks(dtype: str = "float32", seconds: float = 0.6) -> dict:
 
 
 def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str = "float32",
-        peaks: dict | None = None, peak_seconds: float = 1.2, by_type: bool = False) -> dict:
-    """The floor model and the measured times of one case: a JSON-able dict. The peaks (unless
-    given) are measured before and after the kernels, peak_seconds in all; each is the larger
-    of the two."""
+        peaks: dict | None = None, peak_seconds: float = 1.2, by_type: bool = False, rounds: int = 5) -> dict:
+    """The floor model and the measured times of one case: a JSON-able dict. The kernels are
+    timed in ``rounds`` rounds of ``repeat`` calls; the peaks (unless given) are measured
+    before each round and after the last, peak_seconds in all. Both are the best over the
+    run: a slow spell of a shared machine (seconds long, the kernels' cache traffic slowed
+    more than the peak loops, which run in L1) then spoils some rounds, not the result."""
     from mlrb import _C
 
     sh = cases.parse_shape(shape)
@@ -786,20 +802,22 @@ def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str 
     subs = {t: [i for i in indices if LOSS_TYPES[i % NUM_TYPES] == t] for t in LOSS_TYPES}
     subs = {t: sub for t, sub in subs.items() if sub}
     fixed_peaks = peaks is not None
-    if not fixed_peaks:  # before and after the kernels: a busy spell of a shared core spoils one only
-        peaks = machine_peaks(dtype, peak_seconds / 2)
-    measured = measure(sh, [indices], repeat, dtype)[0]
-    times = measure(sh, list(subs.values()), repeat, dtype) if by_type else []
+    chunks: list[dict] = []
+    chunk_s = max(PEAK_CHUNK_MIN_S, peak_seconds / (rounds + 1))
+    between = None if fixed_peaks else (lambda: chunks.append(machine_peaks(dtype, chunk_s)))
+    timed = measure(sh, [indices] + (list(subs.values()) if by_type else []), repeat, dtype, rounds=rounds,
+                    between=between)
+    measured, times = timed[0], timed[1:]
     if not fixed_peaks:
-        after = machine_peaks(dtype, peak_seconds / 2)
-        peaks = {k: max(v, after[k]) for k, v in peaks.items()}
+        peaks = {k: max(c[k] for c in chunks) for k in chunks[0]}
     model = floor_model(g, peaks)
     for p in ("fwd", "bwd"):
         model[p]["measured_ms"] = measured[p] * 1e3
         model[p]["fraction"] = model[p]["floor_ms"] / model[p]["measured_ms"]
+        model[p]["rounds_ms"] = [b[p] * 1e3 for b in measured["rounds"]]
     result = {"cpu": cpu_info(), "isa": _C.isa(), "dtype": dtype, "threads": 1, "clock": "thread CPU time",
               "peaks": peaks, "shape": cases.shape_label(sh), "select": select, "n_losses": len(indices),
-              "repeat": repeat, "passes": model}
+              "repeat": repeat, "rounds": rounds, "peak_chunks": chunks, "passes": model}
     if by_type:
         rows = []
         for (t, sub), meas in zip(subs.items(), times):
@@ -824,13 +842,17 @@ def format_report(r: dict, top: int = 12) -> str:
         f"{'yes' if cpu['fma'] else 'no'}), kernels isa={r['isa']}, {r['dtype']}, 1 thread, thread CPU time",
         "peaks (elements/ns, single thread): "
         + "  ".join(f"{k} {v:.3g}" for k, v in r["peaks"].items()),
-        f"case: {r['shape']}, losses: {r['select']} ({r['n_losses']}), best of {r['repeat']} calls",
+        f"case: {r['shape']}, losses: {r['select']} ({r['n_losses']}), best of {r['rounds']} rounds x "
+        f"{r['repeat']} calls (peaks: best of the measurements before each round and after the last)",
         "",
-        f"  {'pass':<10}{'floor ms':>10}{'measured ms':>13}{'fraction':>10}",
+        f"  {'pass':<10}{'floor ms':>10}{'measured ms':>13}{'fraction':>10}   rounds' best, ms (fraction)",
     ]
     for p in ("fwd", "bwd"):
         m = r["passes"][p]
-        lines.append(f"  {PASS_NAMES[p]:<10}{m['floor_ms']:10.3f}{m['measured_ms']:13.3f}{m['fraction']:10.3f}")
+        spread = "-".join(f"{v:.3g}" for v in (min(m["rounds_ms"]), max(m["rounds_ms"])))
+        worst = m["floor_ms"] / max(m["rounds_ms"])
+        lines.append(f"  {PASS_NAMES[p]:<10}{m['floor_ms']:10.3f}{m['measured_ms']:13.3f}{m['fraction']:10.3f}"
+                     f"   {spread} ({worst:.2f}-{m['fraction']:.2f})")
     for p in ("fwd", "bwd"):
         m = r["passes"][p]
         stages = sorted(m["stages"], key=lambda s: -s["floor_ms"])
@@ -868,11 +890,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", default="paper",
                    help=f"{', '.join(cases.SHAPES)} or BxCxHxW[@mask density] (default: paper)")
     p.add_argument("--select", default="all", help="losses of the space to model and time (default: all 78)")
-    p.add_argument("--repeat", type=int, default=10, help="timed calls per pass, best taken (default 10)")
+    p.add_argument("--repeat", type=int, default=10, help="timed calls per pass and round (default 10)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of --repeat calls, spread between the peak measurements; the best call "
+                        "of all rounds is taken (default 5)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--peak-seconds", type=float, default=1.2,
-                   help="CPU seconds for measuring the machine's peaks, half before and half after the "
-                        "kernels (default 1.2)")
+                   help="CPU seconds for measuring the machine's peaks, shared between the measurements "
+                        "before each round and after the last (default 1.2)")
     p.add_argument("--by-type", action="store_true",
                    help="also model and time each loss type alone (its selected scales)")
     p.add_argument("--top", type=int, default=12, help="stages shown per pass (0: all; default 12)")
@@ -894,6 +919,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--select: {exc}")
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    if not 1 <= args.rounds <= 100:
+        parser.error(f"--rounds must be in [1, 100], got {args.rounds}")
     if not (math.isfinite(args.peak_seconds) and 0.1 <= args.peak_seconds <= 120):
         parser.error(f"--peak-seconds must be in [0.1, 120], got {args.peak_seconds}")
     if args.top < 0:
@@ -904,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--json {args.json}: folder {folder} does not exist or is not writable"
                          if not os.path.isdir(args.json) else f"--json {args.json}: is a folder")
     result = run(args.shape, args.select, args.repeat, args.dtype, peak_seconds=args.peak_seconds,
-                 by_type=args.by_type)
+                 by_type=args.by_type, rounds=args.rounds)
     print(format_report(result, args.top))
     if args.json is not None:
         with open(args.json, "w") as f:

@@ -265,13 +265,13 @@ def test_stage_table_names_its_sources_and_pixel_sets():
 
 def test_command_runs_end_to_end(capsys, tmp_path):
     out = tmp_path / "floor.json"
-    argv = ["bench", "floor", "--shape", "2x1x24x32", "--repeat", "1", "--peak-seconds", "0.1",
+    argv = ["bench", "floor", "--shape", "2x1x24x32", "--repeat", "1", "--rounds", "2", "--peak-seconds", "0.1",
             "--select", "L^0 | L^1", "--json", str(out)]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
     fractions = {}
     for p in ("forward", "backward"):
-        m = re.search(rf"^\s+{p}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)$", text, re.M)
+        m = re.search(rf"^\s+{p}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+[0-9.e+-]+ \([0-9.]+-[0-9.]+\)$", text, re.M)
         assert m, text
         fractions[p] = float(m.group(3))
         assert 0 < fractions[p] < 1.5, text
@@ -279,11 +279,20 @@ def test_command_runs_end_to_end(capsys, tmp_path):
     r = json.loads(out.read_text())
     assert r["n_losses"] == 26 and set(r["passes"]) == {"fwd", "bwd"} and set(r["peaks"]) == PEAK_NAMES
     assert r["passes"]["fwd"]["fraction"] == pytest.approx(fractions["forward"], abs=1e-3)
+    # two rounds between three peak measurements; each result is the best of the run
+    assert r["rounds"] == 2 and len(r["peak_chunks"]) == 3
+    for k, v in r["peaks"].items():
+        assert v == max(c[k] for c in r["peak_chunks"]), k
+    for p in ("fwd", "bwd"):
+        m = r["passes"][p]
+        assert len(m["rounds_ms"]) == 2 and m["measured_ms"] == min(m["rounds_ms"]), m
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--repeat", "0"], "--repeat"),
     (["--repeat", "x"], "--repeat"),
+    (["--rounds", "0"], "--rounds"),
+    (["--rounds", "101"], "--rounds"),
     (["--shape", "1x1x0x4"], "--shape"),
     (["--shape", "huge"], "--shape"),
     (["--select", "nonsense"], "--select"),
