@@ -795,6 +795,8 @@ def run(shape: str = "paper", select: str = "all", repeat: int = 10, dtype: str 
     more than the peak loops, which run in L1) then spoils some rounds, not the result."""
     from mlrb import _C
 
+    if not (isinstance(rounds, int) and rounds >= 1 and isinstance(repeat, int) and repeat >= 1):
+        raise ValueError(f"rounds and repeat must be integers >= 1, got rounds={rounds!r}, repeat={repeat!r}")
     sh = cases.parse_shape(shape)
     indices = resolve_select(select)
     mask = cases.make_case(sh)[2]  # measure()'s case (the same seed)

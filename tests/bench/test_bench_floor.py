@@ -288,6 +288,12 @@ def test_command_runs_end_to_end(capsys, tmp_path):
         assert len(m["rounds_ms"]) == 2 and m["measured_ms"] == min(m["rounds_ms"]), m
 
 
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"repeat": 0}, {"rounds": 1.5}])
+def test_run_refuses_no_rounds_or_calls(kwargs):
+    with pytest.raises(ValueError, match="rounds and repeat"):
+        floor.run("2x1x24x32", "L^0", **kwargs)
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--repeat", "0"], "--repeat"),
     (["--repeat", "x"], "--repeat"),
