@@ -15,3 +15,24 @@ This package stays light on import: the kernel modules import triton themselves,
 - reduce.py: fixed-order reduction of the partial sums into the losses.
 The host side (planning, launches, custom ops) is mlrb/ops/triton.py.
 """
+
+if __name__ == "kernels":
+    # Imported as a top-level ``kernels``: a checkout's root is on sys.path (``python -m ...``
+    # or pytest run there), and this folder would shadow the PyPI package ``kernels``
+    # (Hugging Face's, which transformers imports when it is installed). Hand the name over
+    # to that package, or say that there is none.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
+    _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
+    if _spec is None or _spec.loader is None:
+        del sys.modules["kernels"]
+        raise ModuleNotFoundError(f"No module named 'kernels' (the folder {os.path.dirname(__file__)} is mlrb's "
+                                  "Triton kernels, importable as mlrb.kernels only)", name="kernels")
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["kernels"] = _module  # what the import statement returns
+    _spec.loader.exec_module(_module)
