@@ -7,8 +7,12 @@ OpenMP (see pyproject.toml; torch must never become a build requirement).
 import glob
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import find_packages, setup
+
+# The extension's sources compile in parallel (one job per CPU; MLRB_BUILD_JOBS=N sets N):
+# the two kernel files take most of the build, and setuptools alone compiles one at a time.
+ParallelCompile("MLRB_BUILD_JOBS").install()
 
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
 # -fno-wrapv undoes the -fwrapv that Python's own CFLAGS add: with signed overflow defined,
