@@ -7,6 +7,7 @@ The AMLR pair (Yu & Heo 2023) is "Si" (scale-invariant) and "Gr" (masked gradien
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from typing import Iterable
 
@@ -93,6 +94,20 @@ def resolve_select(select=None) -> tuple[int, ...]:
     """
     if select is None:
         return tuple(range(len(LOSS_NAMES)))
+    # Trainers pass the same selection every step (LossSpace: its 78 names): parsed once.
+    if isinstance(select, str):
+        return _resolve_strings((select,))
+    if isinstance(select, (list, tuple)) and all(isinstance(item, str) for item in select):
+        return _resolve_strings(tuple(select))
+    return _resolve_items(select)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_strings(items: tuple[str, ...]) -> tuple[int, ...]:
+    return _resolve_items(items)  # a bad name raises, and nothing is cached
+
+
+def _resolve_items(select) -> tuple[int, ...]:
     out: dict[int, None] = {}
     for tok in _tokens(select):
         if tok in INDEX:

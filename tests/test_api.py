@@ -58,8 +58,23 @@ def test_select_order_unions_and_duplicates():
 
 @pytest.mark.parametrize("bad, err", [("M18@0", ValueError), ("", ValueError), ([], ValueError), (3, TypeError), ([1], TypeError)])
 def test_select_errors(bad, err):
-    with pytest.raises(err):
-        resolve_select(bad)
+    for _ in range(2):  # the second time too: a failed selection is not remembered
+        with pytest.raises(err):
+            resolve_select(bad)
+
+
+def test_a_repeated_selection_is_parsed_once():
+    from mlrb import names as N
+
+    names = list(names_of(resolve_select("all")))
+    first = resolve_select(names)
+    hits = N._resolve_strings.cache_info().hits
+    assert resolve_select(names) == resolve_select(tuple(names)) == first == tuple(range(78))
+    assert N._resolve_strings.cache_info().hits == hits + 2
+    assert resolve_select(iter(names[:3])) == first[:3]  # any other iterable: parsed each time
+    names[0] = "M18@0"  # the list's new contents count, not the list
+    with pytest.raises(ValueError, match="M18@0"):
+        resolve_select(names)
 
 
 def test_unknown_name_suggests():
