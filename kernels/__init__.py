@@ -29,8 +29,7 @@ if __name__ == "kernels":
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
     _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
-    if _spec is None or _spec.loader is None:
-        del sys.modules["kernels"]
+    if _spec is None or _spec.loader is None:  # the import system then drops sys.modules["kernels"]
         raise ModuleNotFoundError(f"No module named 'kernels' (the folder {os.path.dirname(__file__)} is mlrb's "
                                   "Triton kernels, importable as mlrb.kernels only)", name="kernels")
     _module = importlib.util.module_from_spec(_spec)
