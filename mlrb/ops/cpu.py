@@ -12,13 +12,14 @@ scratch instead of rebuilding them (csrc/loss_space/cpu/kept_levels.h). Same bit
 way. Both are opaque to torch.compile (fake implementations give the shapes), like
 torchvision's ops.
 
-The file reads top to bottom: the forward op and its fake, the backward op and its fake,
-the autograd registration, and the entry point ``loss_space`` (called by
-mlrb.fused_loss_space). The kernels (csrc/loss_space/cpu/, extension ``mlrb._C``) take
-raw buffers: contiguous float32/float64 (B, H, W) maps and an optional bool mask (None:
-no mask is allocated). They run on
-``torch.get_num_threads()`` threads with a fixed work partition, so results are bitwise
-identical for any thread count. half/bfloat16 inputs are computed in float32.
+The file reads top to bottom: the kernels' calls (``_forward``, ``_backward``), the forward
+op and its fake, the backward op and its fake, the autograd registration, the eager path
+(``_Eager``: the same calls without torch.library's dispatch layers, taken in eager mode on
+plain tensors) and the entry point ``loss_space`` (called by mlrb.fused_loss_space). The
+kernels (csrc/loss_space/cpu/, extension ``mlrb._C``) take raw buffers: contiguous
+float32/float64 (B, H, W) maps and an optional bool mask (None: no mask is allocated).
+They run on ``torch.get_num_threads()`` threads with a fixed work partition, so results
+are bitwise identical for any thread count. half/bfloat16 inputs are computed in float32.
 
 The ops check their inputs (mlrb/ops/checks.py) and so does the extension itself: bad
 input raises ValueError / TypeError, never reaches the kernels. Gradients flow to pred
@@ -86,6 +87,29 @@ def _threads() -> int:
     return min(torch.get_num_threads(), _C.MAX_THREADS)
 
 
+# ---------------------------------------------------------------- the kernels' calls
+def _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward):
+    """(losses in pred's dtype, statistics or an empty (0, 6, STAT_WIDTH)): inputs checked."""
+    args = (_maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt,
+            si_scale, _threads())
+    if save_for_backward:
+        out, stats = _C.loss_space_forward(*args, return_stats=True)
+        stats = torch.from_numpy(stats)
+    else:
+        out, stats = _C.loss_space_forward(*args), torch.empty((0, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64)
+    return torch.from_numpy(out).to(pred.dtype), stats
+
+
+def _backward(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, stats):
+    """d(sum grad * L) / d pred: inputs checked; stats: the forward's, or None."""
+    g = _C.loss_space_backward(
+        grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
+        None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
+        _threads(), stats=None if stats is None else stats.detach().contiguous().numpy(),
+    )
+    return torch.from_numpy(g).view(pred.shape)
+
+
 # ---------------------------------------------------------------- forward op
 @torch.library.custom_op("mlrb::loss_space_cpu_fwd", mutates_args=(), device_types="cpu")
 def loss_space_cpu_fwd(
@@ -101,14 +125,7 @@ def loss_space_cpu_fwd(
     """(selected losses (B, n) of (B, 1, H, W) pred, gt (both float32 or both float64), the
     statistics for the backward: (B, 6, STAT_WIDTH) float64 if save_for_backward, else empty)."""
     _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
-    args = (_maps(pred), _maps(gt), None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt,
-            si_scale, _threads())
-    if save_for_backward:
-        out, stats = _C.loss_space_forward(*args, return_stats=True)
-        stats = torch.from_numpy(stats)
-    else:
-        out, stats = _C.loss_space_forward(*args), torch.empty((0, NUM_SCALES, _C.STAT_WIDTH), dtype=torch.float64)
-    return torch.from_numpy(out).to(pred.dtype), stats
+    return _forward(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save_for_backward)
 
 
 @loss_space_cpu_fwd.register_fake
@@ -136,12 +153,7 @@ def loss_space_cpu_bwd(
     _check("mlrb::loss_space_cpu_bwd", pred, gt, mask, indices, si_lambda, si_scale)
     check_grad("mlrb::loss_space_cpu_bwd", grad, pred, len(indices))
     _check_stats("mlrb::loss_space_cpu_bwd", stats, pred)
-    g = _C.loss_space_backward(
-        grad.detach().to(torch.float64).contiguous().numpy(), _maps(pred), _maps(gt),
-        None if mask is None else _maps(mask), list(indices), si_lambda, si_sqrt, si_scale,
-        _threads(), stats=None if stats is None else stats.detach().contiguous().numpy(),
-    )
-    return torch.from_numpy(g).view(pred.shape)
+    return _backward(grad, pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, stats)
 
 
 @loss_space_cpu_bwd.register_fake
@@ -161,7 +173,7 @@ def _setup_context(ctx, inputs, output):
     ctx.params = (list(indices), si_lambda, si_sqrt, si_scale)
 
 
-def _backward(ctx, grad, _grad_stats):
+def _op_backward(ctx, grad, _grad_stats):
     pred, gt, mask, stats = ctx.saved_tensors
     if grad is None:
         return (None,) * 8
@@ -171,8 +183,42 @@ def _backward(ctx, grad, _grad_stats):
     return grad_pred, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("mlrb::loss_space_cpu_fwd", _op_backward, setup_context=_setup_context)
 torch.library.register_autograd("mlrb::loss_space_cpu_bwd", no_double_backward("cpu"))
+
+
+# ---------------------------------------------------------------- eager path
+class _Eager(torch.autograd.Function):
+    """The ops' forward and backward without torch.library's dispatch layers: about 20 Python
+    frames per op call, which run with cold caches after the kernels (0.6-0.9 ms per forward
+    + backward at real sizes). ``loss_space`` takes it only where the ops would do nothing
+    more: eager mode, plain tensors, no dispatch mode or functorch transform. Same bits."""
+
+    @staticmethod
+    def forward(ctx, pred, gt, mask, params, save):
+        out, stats = _forward(pred, gt, mask, *params, save)
+        if save:
+            ctx.save_for_backward(pred, saveable(gt), saveable(mask), stats)
+            ctx.params = params
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        pred, gt, mask, stats = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the op, whose autograd refuses a second derivative
+            grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params, stats)
+        else:
+            grad_pred = _backward(grad, pred, gt, mask, *ctx.params, stats)
+        return grad_pred, None, None, None, None
+
+
+def _eager(*tensors) -> bool:
+    """True where _Eager computes what the ops would: not under torch.compile, fake or other
+    dispatch modes (FakeTensorMode, FlopCounterMode), functorch transforms or tensor subclasses."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return not torch.overrides.has_torch_function(tensors) and not any(wrapped(t) for t in tensors)
 
 
 # ---------------------------------------------------------------- entry point
@@ -197,5 +243,9 @@ def loss_space(
     if mask is not None:
         mask = mask.contiguous()
     save = torch.is_grad_enabled() and pred.requires_grad
-    return loss_space_cpu_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt), float(si_scale),
-                              save)[0]
+    params = (list(indices), float(si_lambda), bool(si_sqrt), float(si_scale))
+    tensors = (pred, gt) if mask is None else (pred, gt, mask)
+    if _eager(*tensors):
+        _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, *params[:2], params[3])
+        return _Eager.apply(pred, gt, mask, params, save)
+    return loss_space_cpu_fwd(pred, gt, mask, *params, save)[0]

@@ -256,6 +256,52 @@ def test_autograd_hands_the_forward_statistics_to_the_backward(monkeypatch):
     assert torch.equal(p.grad, want)  # and the same bits as the backward's own statistics
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask", [None, "holes"])
+def test_eager_path_gives_the_registered_ops_bits(monkeypatch, dtype, mask):
+    """Eager autograd skips torch.library's layers (cpu._Eager); the registered ops' autograd
+    (what torch.compile and dispatch modes run) gives the same losses and gradient."""
+    pred, gt, m = make_inputs(2, 30, 36, dtype=dtype, mask=mask)
+    G = torch.rand(2, len(EVERY), dtype=dtype)
+
+    def run(path):
+        p = pred.clone().requires_grad_(True)
+        out = _losses(p, gt, m, EVERY)
+        assert path in type(out.grad_fn).__name__
+        (out * G).sum().backward()
+        return out.detach(), p.grad
+
+    eager = run("_Eager")
+    monkeypatch.setattr(cpu, "_eager", lambda *tensors: False)
+    op = run("mlrb_loss_space_cpu_fwd")
+    assert all(torch.equal(a, b) for a, b in zip(eager, op))
+
+
+def test_fake_tensors_and_dispatch_modes_take_the_registered_ops():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    pred, gt, m = make_inputs(2, 20, 24, mask="holes")
+    with FakeTensorMode():  # the fake implementations give the shapes; no kernel reads fake data
+        fake = _losses(torch.empty(2, 1, 20, 24), torch.empty(2, 1, 20, 24), None, "L^0", check_finite=False)
+    assert fake.shape == (2, 13) and fake.dtype == torch.float32
+
+    class Seen(TorchDispatchMode):
+        ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    p = pred.clone().requires_grad_(True)
+    with Seen():  # e.g. FlopCounterMode, a profiler's mode: the op is visible to it
+        _losses(p, gt, m, "L^0", check_finite=False).sum().backward()
+    assert {"mlrb.loss_space_cpu_fwd.default", "mlrb.loss_space_cpu_bwd.default"} <= Seen.ops
+    q = pred.clone().requires_grad_(True)
+    _losses(q, gt, m, "L^0").sum().backward()
+    assert torch.equal(p.grad, q.grad)
+
+
 def test_saves_the_inputs_and_the_scale_statistics_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []
