@@ -191,8 +191,8 @@ NORMAL_GROUP_ARGS = Stage("normal arguments (pred, gt), N, Nr, Nc in one loop", 
 
 STAGES: tuple[Stage, ...] = (
     # ---- backward: the gradient starts at 0
-    Stage("zero the gradient", "bwd", "full", O(store=1),
-          source="cpu/drivers.h:backward_batch (std::fill of grad)"),
+    Stage("zero the gradient", "bwd", "full", O(store=1),  # row by row, as the band pass reaches it
+          source="cpu/backward_band.h:scale_backward_band (std::fill of each row)"),
     # ---- pyramid D^k, k >= 1; with a mask its levels come first, for every sample (bytes: a
     # quarter of a float lane's work per entry). The backward reads the levels its forward
     # kept (cpu/kept_levels.h, as under autograd) and only rebuilds the mask levels.
@@ -208,7 +208,7 @@ STAGES: tuple[Stage, ...] = (
           O(add=6, mul=8, load=8, store=2),
           source="pyramid.h:build_level (row pass)"),
     Stage("pyramid: zero the level gradient", "bwd", "level", O(store=1),
-          source="cpu/drivers.h:backward_batch (std::fill of gk)"),
+          source="cpu/backward_band.h:scale_backward_band (std::fill of each row)"),
     # ---- global mean of e (M and the box losses). The backward reads it, the counts of the
     # valid sets and M's sign sum from the forward (kStat*, loss_space.h), as autograd does:
     # its own pre-passes (backward_band.h:scale_backward_stats) only run without them.

@@ -110,6 +110,31 @@ def test_levels_without_valid_pixels_are_skipped_per_sample(B, H):
     _assert_bitwise_across_threads(pred.float(), gt.float(), m)
 
 
+# The backward clears no gradient up front: each band pass clears its rows as it reaches them
+# (backward_band.h), the driver only when scale 0 is not selected. Its output array is not
+# zeroed (numpy empty): freed NaN-filled memory of the same size is usually handed back to it,
+# and every entry must still be written. Whole samples (B = 4) and bands with halos (B = 1).
+@pytest.mark.parametrize("B,H", [(4, 24), (1, 140)])
+@pytest.mark.parametrize("select", ["all", "D@0", "M65@0, Nc@0", "L^1 | L^4", "Si", "M5@2, Gr"])
+def test_backward_writes_every_gradient_entry(B, H, select):
+    from mlrb import _C
+
+    pred, gt, m = make_inputs(B, H, 36, dtype=torch.float64, mask="holes")
+    idx = list(mlrb.resolve_select(select))
+    G = np.random.default_rng(0).random((B, len(idx))) + 0.5
+    p, g, mk = (x.reshape(B, H, 36).numpy() for x in (pred, gt, m))
+    want = cpu.loss_space_cpu_bwd(torch.from_numpy(G), pred, gt, m, idx, 1.0, False, 1.0)
+    for mask in (mk, None):
+        for _ in range(3):
+            junk = np.full((B, H, 36), np.nan)
+            del junk
+            got = _C.loss_space_backward(G, p, g, mask, idx, 1.0, False, 1.0, 1)
+            assert np.isfinite(got).all()
+        if mask is not None:
+            assert np.array_equal(got, want.reshape(B, H, 36).numpy())
+    assert_close_to_reference("cpu", pred, gt, m, select, rtol=1e-10, atol=1e-12)
+
+
 # With a mask, a row where no footprint of the gradient (normal) group can be valid skips the
 # group (row_window.h RowWindow::row_types): rows holding one horizontal pair (r only), one
 # vertical pair (c only), an L (N), a 2x2 block, a row of three; across a band border (B = 1).

@@ -468,9 +468,12 @@ MLRB_FORCE_INLINE void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
   apply_stencils_of(flags, fl, out, last, w, std::make_integer_sequence<unsigned, 32>{});
 }
 
-// Rows [i0, i1) of gp (h x w) += d(sum_t G[t] L_t) / dD^k, the part from the per-pixel
+// Rows [i0, i1) of gp (h x w) = d(sum_t G[t] L_t) / dD^k, the part from the per-pixel
 // terms of rows i0 .. i1 - 1, written through `out_rows` (rows above and below the band
-// land in its halo buffers).
+// land in its halo buffers, which are added to). The band clears its rows itself, each
+// one just before the stencils of its step write it (the box emits reach only rows
+// behind the step), so a row is brought into cache once; row 0, which the emits of the
+// padded rows above it reach first, is cleared at the start.
 template <typename T, bool HasMask>
 void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
                          const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws) {
@@ -507,6 +510,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     }
   }
 
+  if (i0 == 0) std::fill(out_rows.row(0), out_rows.row(0) + w, T(0));
   const bool deep = types & kRowWindowBits;
   // Rows i1, i1 + 1 have no terms of this band, they only receive the dy^T of its last rows.
   const int iend = std::min(h, i1 + 2);
@@ -519,6 +523,7 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
       accumulate_fields<T, HasMask>(win, box, bt, prep, row_types, w, i, i0, fl);
       transpose_boxes<T, HasMask>(bt, i, i0, out_rows, m, h, w, tscratch);
     }
+    if (i > 0 && i < i1) std::fill(out_rows.row(i), out_rows.row(i) + w, T(0));
     apply_stencils(fl, out_rows.row(i), i == h - 1, w);
   }
   // Box transposes: the padded rows q = i1-r .. i1-1+r, whose windows only lose rows.

@@ -257,7 +257,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         const T* pb = pred + b * N;
         const T* gtb = gt + b * N;
         const uint8_t* mb = HasMask ? mask + b * N : nullptr;
-        std::fill(gb, gb + N, T(0));
+        if (!sel.types[0]) std::fill(gb, gb + N, T(0));  // else scale 0's band pass writes every row first
         // [pred's levels | gt's levels | level gradients]; only the gradients if kept.
         T* lvp = aligned(lvl, (kept ? 1 : 3) * per);
         const T* lpg = kept ? kept + b * 2 * per : lvp;  // pred's levels, then gt's
@@ -287,8 +287,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           const uint8_t* mm = mb;
           T* gk = gb;
           if (k > 0) {
-            gk = lgr + plan.off[k];
-            std::fill(gk, gk + int64_t(L.h) * L.w, T(0));
+            gk = lgr + plan.off[k];  // written by the band pass, no clearing (backward_band.h)
             pp = lpg + plan.off[k];
             gg = lpg + per + plan.off[k];
             mm = HasMask ? lmp + plan.off[k] : nullptr;
@@ -342,10 +341,12 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     static thread_local Workspace<T> ws;  // this thread's, kept between calls
     std::vector<T> tmp(transpose_scratch_size(W));
     std::vector<uint8_t> tmpm(W);
+    if (!sel.types[0]) {  // else the band passes of scale 0 write every row first (backward_band.h)
 #pragma omp for schedule(dynamic, 1)
-    for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
-      const auto [b, lo, hi] = plan.row_tasks[q];
-      std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
+      for (size_t q = 0; q < plan.row_tasks.size(); ++q) {  // zeroed gradients
+        const auto [b, lo, hi] = plan.row_tasks[q];
+        std::fill(grad + b * N + int64_t(lo) * W, grad + b * N + int64_t(hi) * W, T(0));
+      }
     }
     if constexpr (HasMask)
       build_mask_levels(plan, mask, [&](int b, int k) { return const_cast<uint8_t*>(lm(b, k)); }, tmpm.data(), any,
@@ -355,10 +356,9 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
       const auto [b, k, lo, hi] = plan.level_tasks[q];
       if (dead(b, k)) continue;
       const Level& L = plan.L[k];
-      if (!kept)
+      if (!kept)  // (the level gradients are written by the band passes, no clearing)
         build_level<T, HasMask>(pred + b * N, gt + b * N, HasMask ? mask + b * N : nullptr, L.ay, L.ax, lp(b, k),
                                 lg(b, k), tmp.data(), tmp.data() + W, lo, hi);
-      std::fill(lgrad(b, k) + int64_t(lo) * L.w, lgrad(b, k) + int64_t(hi) * L.w, T(0));
     }
 #pragma omp for schedule(dynamic, 1)
     for (int q = 0; q < B * kNumScales; ++q) {
