@@ -28,27 +28,44 @@ PAPER_REPEAT = {"cpu": 3, "cuda": 5}  # at most this many calls of the slow "pap
 
 def run_bench(shapes: Iterable[str] = ("paper",), providers: Iterable[str] = cases.PROVIDERS,
               sets: Iterable[str] = ("all",), modes: Iterable[str] = cases.MODES, repeat: int = 10,
-              device="cpu", clock: str | None = None, progress: bool = True) -> list[Row]:
+              device="cpu", clock: str | None = None, progress: bool = True, rounds: int = 1) -> list[Row]:
     """Time every (shape, mode, loss set, provider) on ``device`` with ``clock`` (default:
     timers.default_clock). ``shapes``: names of cases.SHAPES or "BxCxHxW[@density]";
-    ``sets``: keys of cases.SETS or selection strings. The l1 provider ignores the set."""
+    ``sets``: keys of cases.SETS or selection strings. The l1 provider ignores the set.
+
+    ``rounds``: the providers of one (shape, mode, set) are timed in turn, ``repeat`` calls
+    each, ``rounds`` times over; best and median are over all their calls. On a machine
+    whose speed drifts (a shared VM), every provider then samples the same spells, so the
+    ratios between them hold better than with all of one provider's calls in a row."""
     from tqdm import tqdm
 
+    if rounds < 1 or repeat < 1:
+        raise ValueError(f"rounds and repeat must be >= 1, got rounds={rounds}, repeat={repeat}")
     device = torch.device(device)
+    providers = list(providers)
     timer = timers.make_timer(clock or timers.default_clock(device), device)
-    jobs = [(s, m, ls, p) for s in shapes for m in modes for ls in sets for p in providers]
+    groups = [(s, m, ls) for s in shapes for m in modes for ls in sets]
     rows: list[Row] = []
     current: dict = {}
-    for shape, mode, loss_set, provider in tqdm(jobs, desc=f"mlrb bench ({device.type})", disable=not progress):
+    bar = tqdm(total=len(groups) * len(providers) * rounds, desc=f"mlrb bench ({device.type})",
+               disable=not progress)
+    for shape, mode, loss_set in groups:
         if shape not in current:  # one case in memory at a time
             current = {shape: cases.make_case(cases.parse_shape(shape), device)}
         pred, gt, mask = current[shape]
-        fn = cases.provider_fn(provider, cases.loss_set(loss_set), device)
-        n = min(repeat, PAPER_REPEAT[device.type]) if provider == "paper" else repeat
-        warmup = 1 + ("compile" in provider) + (device.type == "cuda")
-        times = timer(cases.step_fn(fn, mode, pred, gt, mask), n, warmup=warmup)
-        rows.append(Row(cases.shape_label(cases.parse_shape(shape)), mode, loss_set, provider,
-                        min(times), statistics.median(times)))
+        steps = {p: cases.step_fn(cases.provider_fn(p, cases.loss_set(loss_set), device), mode, pred, gt, mask)
+                 for p in providers}
+        times: dict = {p: [] for p in providers}
+        for r in range(rounds):
+            for provider in providers:
+                n = min(repeat, PAPER_REPEAT[device.type]) if provider == "paper" else repeat
+                # one untimed call per round (caches after the other providers), compiling first
+                warmup = 1 + (r == 0) * (("compile" in provider) + (device.type == "cuda"))
+                times[provider] += timer(steps[provider], n, warmup=warmup)
+                bar.update()
+        rows += [Row(cases.shape_label(cases.parse_shape(shape)), mode, loss_set, p, min(times[p]),
+                     statistics.median(times[p])) for p in providers]
+    bar.close()
     return rows
 
 
@@ -67,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=None,
                    help=f"timed calls per provider (default {REPEAT['cpu']}, cuda {REPEAT['cuda']}; "
                         f"paper: at most {PAPER_REPEAT['cpu']}, cuda {PAPER_REPEAT['cuda']})")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time the providers in turn, --repeat calls each, this many times over (default 1); "
+                        "on a machine whose speed drifts, 5 keeps the ratios between providers steadier")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
     p.add_argument("--clock", choices=timers.CLOCKS, default=None,
@@ -95,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     sets = _sets(args)
     for s in sets:
         try:
@@ -125,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu threads={torch.get_num_threads()}"
+    calls = f"{args.rounds} rounds of --repeat calls" if args.rounds > 1 else "--repeat calls"
     print(f"mlrb bench: device={where} torch={torch.__version__} clock={clock}; "
-          "best and median of --repeat calls, ms")
+          f"best and median of {calls}, ms")
     rows = run_bench([cases.shape_label(s) for s in shapes], providers, sets, modes, repeat,
-                     args.device, clock, progress=not args.no_progress)
+                     args.device, clock, progress=not args.no_progress, rounds=args.rounds)
     print(format_rows(rows))
     return 0
 

@@ -78,6 +78,7 @@ def test_device_cuda_changes_only_the_clock_and_adds_the_table7_sets(monkeypatch
     (["--sets", "nonsense"], "--sets"),
     (["--clock", "cuda"], "--device cuda"),
     (["--clock", "cpu", "--threads", "2"], "--threads 1"),
+    (["--rounds", "0"], "--rounds"),
 ])
 def test_wrong_arguments(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -92,3 +93,32 @@ def test_tiny_run_prints_the_table(capsys):
     out = capsys.readouterr().out
     assert "1x1x16x24@0.5  forward  losses=all" in out
     assert "torch" in out and "x l1" in out
+
+
+def test_rounds_time_the_providers_in_turn(monkeypatch):
+    """--rounds R: each provider's --repeat calls, provider after provider, R times over;
+    best and median over all of a provider's calls."""
+    order, clock = [], iter([5.0, 4.0, 3.0, 9.0, 1.0, 2.0, 7.0, 8.0])  # l1, torch, l1, torch (2 calls each)
+
+    def fake_timer(step, n, warmup):
+        order.append((step.provider, warmup))
+        return [next(clock) for _ in range(n)]
+
+    monkeypatch.setattr(timers, "make_timer", lambda clock, device: fake_timer)
+    real_step = cases.step_fn
+
+    def step_fn(fn, mode, pred, gt, mask):
+        run = real_step(fn, mode, pred, gt, mask)
+        run.provider = fn.provider
+        return run
+
+    real_provider = cases.provider_fn
+    monkeypatch.setattr(cases, "step_fn", step_fn)
+    monkeypatch.setattr(cases, "provider_fn", lambda name, *a: setattr(f := real_provider(name, *a), "provider", name)
+                        or f)
+    rows = cli.run_bench(["1x1x8x8"], ["l1", "torch"], ["all"], ["forward"], repeat=2, rounds=2, progress=False)
+    assert order == [("l1", 1), ("torch", 1), ("l1", 1), ("torch", 1)]
+    best = {r.provider: (r.best_s, r.median_s) for r in rows}
+    assert best == {"l1": (1.0, 3.0), "torch": (3.0, 7.5)}
+    with pytest.raises(ValueError, match="rounds"):
+        cli.run_bench(["1x1x8x8"], ["l1"], ["all"], ["forward"], rounds=0, progress=False)
