@@ -212,13 +212,19 @@ class _Eager(torch.autograd.Function):
         return grad_pred, None, None, None, None
 
 
+try:  # private hooks of torch; without them every call takes the registered ops
+    _dispatch_modes = torch._C._len_torch_dispatch_stack
+    _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+except AttributeError:
+    _dispatch_modes = _functorch_wrapped = None
+
+
 def _eager(*tensors) -> bool:
     """True where _Eager computes what the ops would: not under torch.compile, fake or other
     dispatch modes (FakeTensorMode, FlopCounterMode), functorch transforms or tensor subclasses."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if _dispatch_modes is None or torch.compiler.is_compiling() or _dispatch_modes():
         return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return not torch.overrides.has_torch_function(tensors) and not any(wrapped(t) for t in tensors)
+    return not torch.overrides.has_torch_function(tensors) and not any(_functorch_wrapped(t) for t in tensors)
 
 
 # ---------------------------------------------------------------- entry point
