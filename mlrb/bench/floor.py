@@ -350,7 +350,8 @@ STAGES: tuple[Stage, ...] = (
     # levels) four to a pass: one row read and write per 4 terms (ceil(n / 4) in the code)
     Stage("pyramid^T: column taps into the gradient rows, 4 terms a pass", "bwd", "level_rows_x_W",
           O(add=4, mul=4, load=5, store=1), source="pyramid.h:add_levels_transpose (add_weighted_rows)"),
-    Stage("zero the gradient at invalid pixels (mask)", "bwd", "full", None, O(add=2, load=2, store=1),
+    # not for the samples whose scale-0 band zeroes them itself (Geometry.band_zeroes)
+    Stage("zero the gradient at invalid pixels (mask)", "bwd", "invalid_pass", None, O(add=2, load=2, store=1),
           source="cpu/drivers.h:zero_invalid"),
 )
 
@@ -395,6 +396,8 @@ class Geometry:
     # has a footprint that can be valid (None: every row); the kernels skip it elsewhere
     # (row_window.h RowWindow::row_types)
     group_rows: dict | None = None
+    # samples without a live selected level k >= 1 (None: no mask given, every level counts)
+    no_live_levels: int | None = None
     bands: dict = field(default_factory=dict)  # k -> [(i0, i1)] of one sample
 
     def __post_init__(self):
@@ -420,6 +423,15 @@ class Geometry:
     @property
     def whole_samples(self) -> bool:
         return all(len(b) == 1 for b in self.bands.values())
+
+    @property
+    def band_zeroes(self) -> int:
+        """Samples whose scale-0 band sets the invalid pixels to 0 itself, so that drivers.h
+        skips zero_invalid for them: whole samples, a box loss at scale 0, nothing added to
+        the gradient after scale 0 (no live level k >= 1; the AMLR pair is not modelled)."""
+        if not (self.masked and self.whole_samples and self.types[0] & BOX):
+            return 0
+        return self.no_live_levels or 0
 
 
 def _rmax(types: frozenset) -> int:
@@ -530,6 +542,7 @@ def _per_band(g: Geometry, k: int, fn) -> int:
 # "scale": each selected scale, "level": each selected scale k >= 1.
 PIXEL_SETS: dict[str, tuple[str, Callable]] = {
     "full": ("full", lambda g, k, s: g.B * g.H * g.W),
+    "invalid_pass": ("full", lambda g, k, s: (g.B - g.band_zeroes) * g.H * g.W),
     "scale": ("scale", lambda g, k, s: g.n(k) * g.size(k)[0] * g.size(k)[1]),
     "level": ("level", lambda g, k, s: g.n(k) * g.size(k)[0] * g.size(k)[1]),
     "level_rows_x_W": ("level", lambda g, k, s: g.n(k) * g.size(k)[0] * g.W),
@@ -678,23 +691,26 @@ def geometry(shape, indices, dtype: str = "float32", mask=None) -> Geometry:
     """mask: the case's (B, 1, H, W) bool mask, if the shape has one: its levels decide which
     samples' levels run (Geometry.live); without it every level counts."""
     B, _, H, W, density = shape
-    live = rows = None
+    live = rows = no_live = None
+    types = types_per_scale(indices)
     if mask is not None:
         import torch
 
         from mlrb.reference import mask_level
 
         live, rows = [], {"grad": [], "normal": []}
+        any_level = torch.zeros(B, dtype=torch.bool)  # a live selected level k >= 1, per sample
         for k in range(NUM_SCALES):
             m = mask_level(mask, k)[:, 0]  # (B, h, w); row i + 1 and column j + 1 clamped
             alive = m.flatten(1).any(1) if k else torch.ones(B, dtype=torch.bool)
+            if k and types[k]:
+                any_level |= alive
             below, right = torch.cat([m[:, 1:], m[:, -1:]], 1), torch.cat([m[:, :, 1:], m[:, :, -1:]], 2)
             live.append(int(alive.sum()))
             rows["grad"].append(int((m & (right | below)).any(2)[alive].sum()))
             rows["normal"].append(int((m & right & below).any(2)[alive].sum()))
-        live = tuple(live)
-    return Geometry(B, H, W, types_per_scale(indices), density is not None, 8 if dtype == "float64" else 4, live,
-                    rows)
+        live, no_live = tuple(live), int((~any_level).sum())
+    return Geometry(B, H, W, types, density is not None, 8 if dtype == "float64" else 4, live, rows, no_live)
 
 
 # ---------------------------------------------------------------------------- measurement

@@ -176,13 +176,43 @@ def test_levels_without_valid_pixels_are_not_counted():
         for sg, se in zip(floor.count(g, pass_), floor.count(every, pass_)):
             assert sg.stage.name == se.stage.name
             for k, ops in se.by_scale.items():
-                if k in (None, 0) or sg.stage.over.startswith("mask_level"):
+                if sg.stage.name == "zero the gradient at invalid pixels (mask)":  # sample 1's band zeroes them
+                    assert sg.by_scale[k] == ops * 0.5 and g.band_zeroes == 1
+                elif k in (None, 0) or sg.stage.over.startswith("mask_level"):
                     assert sg.by_scale[k] == ops, (sg.stage.name, k)
                 else:  # one of the two samples
                     assert sg.by_scale[k] == ops * 0.5, (sg.stage.name, k)
         names = [sc.stage.name for sc in floor.count(g, pass_)]
         assert "pyramid: mask levels, column taps (4 mask rows, and)" in names
     assert "pyramid: mask levels, column taps (4 mask rows, and)" not in totals(geometry("2x1x64x96"), "fwd")
+
+
+def test_samples_whose_band_zeroes_invalid_pixels_skip_that_pass():
+    # drivers.h band_zeroes: with whole samples (B >= 4) and a box loss at scale 0, a sample
+    # without a live selected level k >= 1 gets its invalid pixels zeroed by its scale-0 band
+    import torch
+
+    from mlrb.bench.cases import parse_shape
+
+    mask = torch.zeros(4, 1, 64, 96, dtype=torch.bool)
+    mask[0] = True  # sample 0: every level live
+    mask[1:, :, :, :2] = True  # samples 1-3: two valid columns, every level k >= 1 dead
+    name, n = "zero the gradient at invalid pixels (mask)", 64 * 96
+
+    def pass_elements(shape, select, m=mask):
+        g = floor.geometry(parse_shape(shape), resolve_select(select), "float32", m)
+        return g, next((sc.elements for sc in floor.count(g, "bwd") if sc.stage.name == name), 0)
+
+    g, elements = pass_elements("4x1x64x96@0.05", "all")
+    assert (g.no_live_levels, g.band_zeroes, elements) == (3, 3, n)
+    assert pass_elements("4x1x64x96@0.05", "M5@0, D@1")[1] == n  # level 1 live in sample 0 only
+    assert pass_elements("4x1x64x96@0.05", "D@0, M@0, r@0, N@0, L^1")[1] == 4 * n  # no box at scale 0
+    assert pass_elements("4x1x64x96@0.05", "all", torch.ones_like(mask))[1] == 4 * n  # every level live
+    tall = torch.zeros(2, 1, 200, 96, dtype=torch.bool)  # a batch of 2 at 200 rows: 2 bands per sample
+    tall[:, :, :, :2] = True
+    g, elements = pass_elements("2x1x200x96@0.05", "all", tall)
+    assert not g.whole_samples and g.no_live_levels == 2 and elements == 2 * 200 * 96  # bands: never
+    assert pass_elements("4x1x64x96@0.05", "all", None)[1] == 4 * n  # no mask given: every level live
 
 
 def test_rows_without_valid_footprints_are_not_counted():

@@ -135,6 +135,20 @@ def test_backward_writes_every_gradient_entry(B, H, select):
     assert_close_to_reference("cpu", pred, gt, m, select, rtol=1e-10, atol=1e-12)
 
 
+# With a mask, whole samples (B >= 4) and a box loss at scale 0, a sample to whose gradient
+# nothing is added after scale 0 (no live level k >= 1, no AMLR pair) has its invalid pixels
+# zeroed by the scale-0 band's widest box (drivers.h band_zeroes), not by zero_invalid.
+@pytest.mark.parametrize("select", ["all", "L^0", "M5@0, D@0", "M65@0, L^1", "D@0, N@0", "all | AMLR"])
+def test_invalid_pixels_get_exactly_zero_gradient(select):
+    pred, gt, m = make_inputs(4, 40, 36, dtype=torch.float64, mask="sparse")
+    m[0] = True  # sample 0: every level live; samples 1-3: every level k >= 1 dead
+    assert_close_to_reference("cpu", pred, gt, m, select, rtol=1e-10, atol=1e-12)
+    p = pred.float().requires_grad_(True)
+    (_losses(p, gt.float(), m, select) * torch.rand(4, len(mlrb.resolve_select(select)))).sum().backward()
+    assert torch.equal(p.grad[~m], torch.zeros_like(p.grad[~m]))  # +0 (not -0) at invalid pixels
+    assert not torch.signbit(p.grad[~m]).any() and (p.grad[m] != 0).any()
+
+
 # With a mask, a row where no footprint of the gradient (normal) group can be valid skips the
 # group (row_window.h RowWindow::row_types): rows holding one horizontal pair (r only), one
 # vertical pair (c only), an L (N), a 2x2 block, a row of three; across a band border (B = 1).

@@ -185,6 +185,7 @@ struct BoxTranspose {
   int b, r, ring;
   T *Z, *tb, *U;
   int64_t s;
+  bool zeroes_invalid;  // its emits set the invalid pixels of their rows to 0 (scale_backward_band)
   T* ring_row(int i) const { return U + int64_t(i % ring) * s; }
 };
 
@@ -356,15 +357,22 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
 }
 
 // Z += U_in - U_out (either may be absent): the window of padded row q (rows q-r..q+r),
-// then out[clamp(q)] -= Z, times the mask.
-template <typename T, bool HasMask>
+// then out[clamp(q)] -= Z, times the mask; ZeroInvalid: out[clamp(q)] = 0 at invalid pixels
+// (the same values at valid ones).
+template <typename T, bool HasMask, bool ZeroInvalid = false>
 MLRB_FORCE_INLINE void box_emit(BoxTranspose<T>& x, int q, const T* U_in, const T* U_out,
                                 const BandOut<T>& out_rows, const uint8_t* m, int h, int w) {
+  if constexpr (HasMask && !ZeroInvalid) {
+    if (x.zeroes_invalid) return box_emit<T, HasMask, true>(x, q, U_in, U_out, out_rows, m, h, w);
+  }
   const int row = std::clamp(q, 0, h - 1);
   T* __restrict out = out_rows.row(row);
   T* __restrict Z = x.Z;
   const uint8_t* mi = HasMask ? m + int64_t(row) * w : nullptr;
-  auto put = [&](int j, T z) MLRB_INLINE_LAMBDA { out[j] -= HasMask ? (mi[j] ? z : T(0)) : z; };
+  auto put = [&](int j, T z) MLRB_INLINE_LAMBDA {
+    if constexpr (ZeroInvalid) out[j] = mi[j] ? out[j] - z : T(0);
+    else out[j] -= HasMask ? (mi[j] ? z : T(0)) : z;
+  };
   if (U_in && U_out) {
 #pragma omp simd
     for (int j = 0; j < w; ++j) {
@@ -474,9 +482,14 @@ MLRB_FORCE_INLINE void apply_stencils(Fields<T>& fl, T* out, bool last, int w) {
 // one just before the stencils of its step write it (the box emits reach only rows
 // behind the step), so a row is brought into cache once; row 0, which the emits of the
 // padded rows above it reach first, is cleared at the start.
+// zero_invalid (with a mask and a box loss selected): the emits of the widest selected box,
+// which write each row of the band last (its lag r is the largest, and it comes last in
+// the tail), also set the row's invalid pixels to 0, as drivers.h zero_invalid would; for
+// a driver that adds nothing to these rows afterwards, in place of that pass.
 template <typename T, bool HasMask>
 void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w, uint32_t types,
-                         const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws) {
+                         const ScalePrep<T>& prep, const BandOut<T>& out_rows, Workspace<T>& ws,
+                         bool zero_invalid = false) {
   const int i0 = out_rows.i0, i1 = out_rows.i1;
   // Scratch: row window, box means, fields, per box Z and tb, the rings
   // of the box transposes, the scratch of box_row_sum_transpose.
@@ -503,11 +516,12 @@ void scale_backward_band(const T* p, const T* g, const uint8_t* m, int h, int w,
     for (int b = 0; b < 3; ++b) {
       if (!(types & bit(kM5 + b))) continue;
       const int r = kBoxRadius[b];
-      BoxTranspose<T> x{b, r, 2 * r + 2, zrun_base + b * 2 * s, zrun_base + b * 2 * s + s, ring, s};
+      BoxTranspose<T> x{b, r, 2 * r + 2, zrun_base + b * 2 * s, zrun_base + b * 2 * s + s, ring, s, false};
       std::fill(x.Z, x.Z + w, T(0));
       bt.push_back(x);
       ring += int64_t(x.ring) * s;
     }
+    if (HasMask && zero_invalid && !bt.empty()) bt.back().zeroes_invalid = true;
   }
 
   if (i0 == 0) std::fill(out_rows.row(0), out_rows.row(0) + w, T(0));

@@ -272,6 +272,11 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
             live[k] |= build_level_mask(mb, plan.L[k].ay, plan.L[k].ax, lmp + plan.off[k], tmpm.data(), lo, hi);
           }
         }
+        // With a mask, scale 0's band zeroes the invalid pixels itself (its widest box's emits,
+        // backward_band.h) when nothing is added to the gradient after it: no live level k >= 1,
+        // no AMLR pair (KITTI's sparse masks: every level is dead). One pass less over gb.
+        bool band_zeroes = HasMask && (sel.types[0] & kBoxBits) && !sel.amlr;
+        for (int k = 1; k < kNumScales; ++k) band_zeroes = band_zeroes && !(sel.types[k] && live[k]);
         for (int q = plan.level_first[b]; q < plan.level_first[b + 1] && !kept; ++q) {  // levels, cache order
           const auto [tb, k, lo, hi] = plan.level_tasks[q];
           if (!live[k]) continue;
@@ -295,12 +300,12 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           const ScalePrep<T> prep =
               backward_prep<T, HasMask>(a, b, k, pp, gg, mm, L, sel.types[k], G80 + kNumTypes * k, ws);
           scale_backward_band<T, HasMask>(pp, gg, mm, L.h, L.w, sel.types[k], prep,
-                                          BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws);
+                                          BandOut<T>{gk, nullptr, 0, L.h, L.w, 0}, ws, k == 0 && band_zeroes);
         }
         add_pyramid_transposes(plan, sel, live, [&](int k) { return lgr + plan.off[k]; }, gb, tmp.data(), 0,
                                H);
         add_amlr_grad<T, HasMask>(pb, gtb, mb, a, sel, G80, gb, ws);
-        zero_invalid<T, HasMask>(gb, mb, 0, N);
+        if (!band_zeroes) zero_invalid<T, HasMask>(gb, mb, 0, N);
       }
       const int64_t bytes = int64_t(ws.t.capacity() * sizeof(T) + ws.d.capacity() * sizeof(double) +
                                     (tmp.capacity() + lvl.capacity()) * sizeof(T) + tmpm.capacity() + lmk.capacity());
