@@ -249,9 +249,8 @@ def loss_space(
     if mask is not None:
         mask = mask.contiguous()
     save = torch.is_grad_enabled() and pred.requires_grad
-    params = (list(indices), float(si_lambda), bool(si_sqrt), float(si_scale))
-    tensors = (pred, gt) if mask is None else (pred, gt, mask)
-    if _eager(*tensors):
-        _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, *params[:2], params[3])
-        return _Eager.apply(pred, gt, mask, params, save)
-    return loss_space_cpu_fwd(pred, gt, mask, *params, save)[0]
+    indices, si_lambda, si_sqrt, si_scale = list(indices), float(si_lambda), bool(si_sqrt), float(si_scale)
+    if _eager(*((pred, gt) if mask is None else (pred, gt, mask))):
+        _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
+        return _Eager.apply(pred, gt, mask, (indices, si_lambda, si_sqrt, si_scale), save)
+    return loss_space_cpu_fwd(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save)[0]
