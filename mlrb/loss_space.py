@@ -21,6 +21,7 @@ from torch import nn
 
 from mlrb import reference
 from mlrb.names import names_of, resolve_select
+from mlrb.ops import modes
 
 _MODULES = {"cpu": "mlrb.ops.cpu", "triton": "mlrb.ops.triton"}
 BACKENDS = ("auto", "reference", *_MODULES)
@@ -114,7 +115,8 @@ def _check_inputs(pred, gt, mask):
 
 def _nonfinite_counts(pred, gt, mask) -> list[int]:
     """NaN/Inf entries of pred and of gt at valid pixels (values at invalid pixels may be anything)."""
-    if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64) and gt.dtype == pred.dtype:
+    if pred.device.type == "cpu" and pred.dtype in (torch.float32, torch.float64) and gt.dtype == pred.dtype \
+            and modes.route(pred, gt, mask) == "plain":
         from mlrb.ops import cpu  # the extension, if built: one read of each map, no temporaries
 
         count = getattr(cpu._C, "count_nonfinite", None)  # None: not built (or an older build)
@@ -134,7 +136,13 @@ def _nonfinite_counts_torch(pred, gt, mask) -> list[int]:
 
 
 def _check_finite(pred, gt, mask) -> None:
-    counts = _nonfinite_counts(pred, gt, mask)
+    if modes.fake(pred, gt, mask):  # FakeTensorMode: shapes without values; the real call checks
+        return
+    if modes.vmapped():  # a batched tensor's values cannot be read one sample at a time
+        raise ValueError("check_finite=True cannot read values under torch.func.vmap; pass "
+                         "check_finite=False there (NaN/Inf then propagate to the losses)")
+    with modes.unwrapped(pred, gt, mask) as maps:
+        counts = _nonfinite_counts(*maps)
     for what, n in zip(("pred", "gt"), counts):
         if n:
             where = "valid " if mask is not None else ""
@@ -169,7 +177,8 @@ def fused_loss_space(
         si_lambda, si_sqrt, si_scale: the AMLR scale-invariant loss
             si_scale * [sqrt](mean(d^2) - si_lambda * mean(d)^2) (BTS: 0.85, True, 10).
         check_finite: raise ValueError on NaN/Inf in pred or gt at valid pixels (one
-            device sync; skipped under torch.compile). Invalid pixels are never read.
+            device sync; skipped under torch.compile and for fake tensors; under
+            torch.func.vmap pass False). Invalid pixels are never read.
 
     Returns:
         float32 (float64 for float64 pred) tensor (B, n); column j is the loss

@@ -133,6 +133,26 @@ def test_non_finite_values_at_valid_pixels_raise():
     assert torch.isnan(mlrb.fused_loss_space(pred, gt, backend="reference", check_finite=False)).any()
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_check_finite_under_torch_func_and_fake_tensors(backend):
+    """grad/vjp read the values under their wrappers; vmap cannot (one line says what to
+    pass); fake tensors have no values (skipped, the real call checks)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    pred, gt = pair(dtype=torch.float64)
+    bad = pred.clone()
+    bad[1, 0, 2, 3] = float("nan")
+    grad = torch.func.grad(lambda x: mlrb.fused_loss_space(x, gt, backend=backend).sum())
+    assert torch.isfinite(grad(pred)).all()
+    with pytest.raises(ValueError, match="pred has 1 NaN/Inf"):
+        grad(bad)
+    with pytest.raises(ValueError, match="under torch.func.vmap; pass check_finite=False"):
+        torch.func.vmap(lambda x, y: mlrb.fused_loss_space(x, y, backend=backend))(pred[:, None], gt[:, None])
+    with FakeTensorMode() as mode:
+        out = mlrb.fused_loss_space(mode.from_tensor(bad), mode.from_tensor(gt), backend=backend)
+    assert out.shape == (2, 78)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         mlrb.fused_loss_space(*pair(), backend="cuda")

@@ -14,10 +14,11 @@ torchvision's ops.
 
 The file reads top to bottom: the kernels' calls (``_forward``, ``_backward``), the forward
 op and its fake, the backward op and its fake, the autograd registration, the eager path
-(``_Eager``: the same calls without torch.library's dispatch layers, taken in eager mode on
-plain tensors) and the entry point ``loss_space`` (called by mlrb.fused_loss_space). The
-kernels (csrc/loss_space/cpu/, extension ``mlrb._C``) take raw buffers: contiguous
-float32/float64 (B, H, W) maps and an optional bool mask (None: no mask is allocated).
+(``_Eager``, ``_Transformed``, ``_EagerGrad``: the same calls without torch.library's
+dispatch layers, taken in eager mode and under torch.func transforms) and the entry point
+``loss_space`` (called by mlrb.fused_loss_space). The kernels (csrc/loss_space/cpu/,
+extension ``mlrb._C``) take raw buffers: contiguous float32/float64 (B, H, W) maps and an
+optional bool mask (None: no mask is allocated).
 They run on ``torch.get_num_threads()`` threads with a fixed work partition, so results
 are bitwise identical for any thread count. half/bfloat16 inputs are computed in float32.
 
@@ -33,6 +34,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from mlrb.ops import modes
 from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
 
 try:
@@ -188,43 +190,89 @@ torch.library.register_autograd("mlrb::loss_space_cpu_bwd", no_double_backward("
 
 
 # ---------------------------------------------------------------- eager path
+def _fold(info, in_dims, *tensors):
+    """The losses are per sample, so a vmapped dimension folds into the batch: (V, B, ...)
+    -> (V * B, ...); an unbatched tensor is repeated V times."""
+    folded = []
+    for t, d in zip(tensors, in_dims):
+        if t is not None:
+            t = t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+            t = t.reshape(-1, *t.shape[2:])
+        folded.append(t)
+    return folded
+
+
+def _unfold(info, t: Tensor) -> Tensor:
+    return t.view(info.batch_size, -1, *t.shape[1:])
+
+
+def _save(ctx, pred, gt, mask, params, save, stats) -> None:
+    ctx.mark_non_differentiable(stats)
+    if save:
+        ctx.save_for_backward(pred, saveable(gt), saveable(mask), stats)
+        ctx.params = params
+
+
 class _Eager(torch.autograd.Function):
     """The ops' forward and backward without torch.library's dispatch layers: about 20 Python
     frames per op call, which run with cold caches after the kernels (0.6-0.9 ms per forward
-    + backward at real sizes). ``loss_space`` takes it only where the ops would do nothing
-    more: eager mode, plain tensors, no dispatch mode or functorch transform. Same bits."""
+    + backward at real sizes). ``loss_space`` takes it on plain tensors in eager mode
+    (mlrb.ops.modes.route), where the ops would do nothing more. Same bits."""
 
     @staticmethod
     def forward(ctx, pred, gt, mask, params, save):
         out, stats = _forward(pred, gt, mask, *params, save)
-        if save:
-            ctx.save_for_backward(pred, saveable(gt), saveable(mask), stats)
-            ctx.params = params
-        return out
+        _save(ctx, pred, gt, mask, params, save, stats)
+        return out, stats
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _grad_stats):
         pred, gt, mask, stats = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the op, whose autograd refuses a second derivative
-            grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params, stats)
+        if torch.is_grad_enabled() or modes.route(grad, pred) != "plain":  # create_graph=True, torch.func
+            grad_pred = _EagerGrad.apply(grad, pred, gt, mask, ctx.params, stats)
         else:
             grad_pred = _backward(grad, pred, gt, mask, *ctx.params, stats)
         return grad_pred, None, None, None, None
 
 
-try:  # private hooks of torch; without them every call takes the registered ops
-    _dispatch_modes = torch._C._len_torch_dispatch_stack
-    _functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-except AttributeError:
-    _dispatch_modes = _functorch_wrapped = None
+class _Transformed(_Eager):
+    """_Eager under torch.func transforms: grad, vjp, jacrev (setup_context) and vmap (its
+    rule). A Function of its own because with setup_context torch binds every call's
+    arguments to the signature (17 us per call, twice per step)."""
+
+    @staticmethod
+    def forward(pred, gt, mask, params, save):
+        return _forward(pred, gt, mask, *params, save)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, *inputs, output[1])
+
+    @staticmethod
+    def vmap(info, in_dims, pred, gt, mask, params, save):
+        out = _Transformed.apply(*_fold(info, in_dims[:3], pred, gt, mask), params, save)
+        return tuple(_unfold(info, t) for t in out), (0, 0)
 
 
-def _eager(*tensors) -> bool:
-    """True where _Eager computes what the ops would: not under torch.compile, fake or other
-    dispatch modes (FakeTensorMode, FlopCounterMode), functorch transforms or tensor subclasses."""
-    if _dispatch_modes is None or torch.compiler.is_compiling() or _dispatch_modes():
-        return False
-    return not torch.overrides.has_torch_function(tensors) and not any(_functorch_wrapped(t) for t in tensors)
+class _EagerGrad(torch.autograd.Function):
+    """_Eager's backward where it may be differentiated or transformed (create_graph=True,
+    torch.func): a Function of its own that refuses a second derivative and has a vmap
+    rule (vmap of grad: per-sample gradients)."""
+
+    @staticmethod
+    def forward(grad, pred, gt, mask, params, stats):
+        return _backward(grad, pred, gt, mask, *params, stats)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    backward = staticmethod(no_double_backward("cpu"))
+
+    @staticmethod
+    def vmap(info, in_dims, grad, pred, gt, mask, params, stats):
+        grad, pred, gt, mask, stats = _fold(info, (*in_dims[:4], in_dims[5]), grad, pred, gt, mask, stats)
+        return _unfold(info, _EagerGrad.apply(grad, pred, gt, mask, params, stats)), 0
 
 
 # ---------------------------------------------------------------- entry point
@@ -250,7 +298,12 @@ def loss_space(
         mask = mask.contiguous()
     save = torch.is_grad_enabled() and pred.requires_grad
     indices, si_lambda, si_sqrt, si_scale = list(indices), float(si_lambda), bool(si_sqrt), float(si_scale)
-    if _eager(*((pred, gt) if mask is None else (pred, gt, mask))):
-        _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
-        return _Eager.apply(pred, gt, mask, (indices, si_lambda, si_sqrt, si_scale), save)
-    return loss_space_cpu_fwd(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save)[0]
+    route = modes.route(pred, gt, mask)
+    if route == "ops":
+        return loss_space_cpu_fwd(pred, gt, mask, indices, si_lambda, si_sqrt, si_scale, save)[0]
+    _check("mlrb::loss_space_cpu_fwd", pred, gt, mask, indices, si_lambda, si_scale)
+    params = (indices, si_lambda, si_sqrt, si_scale)
+    if route == "plain":
+        return _Eager.apply(pred, gt, mask, params, save)[0]
+    # Under torch.func a wrapped pred need not say it requires grad (grad of vmap): save.
+    return _Transformed.apply(pred, gt, mask, params, torch.is_grad_enabled())[0]
