@@ -5,6 +5,7 @@ numpy views of CPU tensors, so the build needs only pybind11 and a C++17 compile
 OpenMP (see pyproject.toml; torch must never become a build requirement).
 """
 import glob
+import os
 import sys
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
@@ -12,6 +13,10 @@ from setuptools import find_packages, setup
 
 # The extension's sources compile in parallel (one job per CPU; MLRB_BUILD_JOBS=N sets N):
 # the two kernel files take most of the build, and setuptools alone compiles one at a time.
+# pybind11 would meet a bad value with a traceback in the middle of the build: one line here.
+_jobs = os.environ.get("MLRB_BUILD_JOBS", "").strip()
+if _jobs and not _jobs.isdigit():
+    sys.exit(f"setup.py: MLRB_BUILD_JOBS must be a whole number of compile jobs (0: one per CPU), got {_jobs!r}")
 ParallelCompile("MLRB_BUILD_JOBS").install()
 
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
