@@ -50,8 +50,9 @@ T* window_sums_row(T* scratch, int R) {
 // With the padded row A (A[u] = v[clamp(u - R)]), the window of radius r is
 // S_2r[j + R - r] + A[j + R + r]; one chain of quad passes serves all sizes, and the last
 // one (S_2R) goes straight into its window sums. scratch: 3 row_stride(w + 2R) entries of T.
-template <typename T>
-void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T* scratch) {
+// O: the outputs' type (a window sum of 0/1 values, at most 2R + 1, fits a byte exactly).
+template <typename T, typename O>
+void window_sums_doubling(int w, int R, int nb, const int* rad, O* const* out, T* scratch) {
   const int n = w + 2 * R;
   T* A0 = scratch;
   const T first = A0[R], last = A0[R + w - 1];
@@ -65,9 +66,9 @@ void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T
     if (4 * m == 2 * R) {  // the last: r = R, S_2R[j + R - r] = S_2R[j]
       const T* __restrict s = src;
       const T* __restrict hi = A0 + 2 * R;
-      T* __restrict o = out[k];
+      O* __restrict o = out[k];
 #pragma omp simd
-      for (int j = 0; j < w; ++j) o[j] = quad_sum(s, m, j) + hi[j];
+      for (int j = 0; j < w; ++j) o[j] = O(quad_sum(s, m, j) + hi[j]);
       return;
     }
     len -= 3 * m;
@@ -76,9 +77,9 @@ void window_sums_doubling(int w, int R, int nb, const int* rad, T* const* out, T
     if (k < nb && rad[k] == r) {
       const T* __restrict lo = src + R - r;
       const T* __restrict hi = A0 + R + r;
-      T* __restrict o = out[k++];
+      O* __restrict o = out[k++];
 #pragma omp simd
-      for (int j = 0; j < w; ++j) o[j] = lo[j] + hi[j];
+      for (int j = 0; j < w; ++j) o[j] = O(lo[j] + hi[j]);
     }
   }
 }

@@ -253,7 +253,8 @@ STAGES: tuple[Stage, ...] = (
           mult=any_of({"M"}), source="cpu/backward_band.h:accumulate_fields + loss_math.h:dloss_M"),
     # ---- box means of M5, M17, M65: horizontal window sums of each filtered row (one
     # chain of quad passes for all selected sizes), running vertical sums per size. With a mask
-    # the same runs on the 0/1 map as well (S = 2 maps).
+    # the same runs on the 0/1 map as well (S = 2 maps); the rings keep its counts as bytes
+    # (counted in elements like the floats), one add-class conversion per byte stored or read.
     # written straight into the padded row of the filter (box.h:window_sums_row): no copy
     Stage("box: row x = e - mu", "fwd+bwd", "box_rows", O(add=2, load=2, store=1), O(add=5, load=3, store=2),
           mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::filter_upto", inputs=True),
@@ -263,15 +264,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("box: quad passes", "fwd+bwd", "box_doubling", O(add=3, load=4, store=1),
           O(add=6, load=8, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (quad_pass)"),
     Stage("box: window sums of the smaller sizes (ring rows)", "fwd+bwd", "box_rows_smaller",
-          O(add=1, load=2, store=1), O(add=2, load=4, store=2), mult=any_of(BOX),
+          O(add=1, load=2, store=1), O(add=3, load=4, store=2), mult=any_of(BOX),
           source="box.h:window_sums_doubling (outputs)"),
     Stage("box: last quad pass into the largest size's sums", "fwd+bwd", "box_rows", O(add=4, load=5, store=1),
-          O(add=8, load=10, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (last pass)"),
+          O(add=9, load=10, store=2), mult=any_of(BOX), source="box.h:window_sums_doubling (last pass)"),
     Stage("box: vertical sums, first window", "fwd+bwd", "box_vert_init", O(add=1, load=2, store=1),
-          O(add=2, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
+          O(add=3, load=4, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::add"),
     # v += in - out inside the loops below (Slide): their own read of v is this one
     Stage("box: vertical sums, sliding", "fwd+bwd", "box_vert_slide", O(add=2, load=3, store=1),
-          O(add=4, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::Slide"),
+          O(add=6, load=6, store=2), mult=any_of(BOX), source="cpu/box_means.h:BoxMeans::SlideOf"),
     # with a mask local = box(x) / max(box(m), 1), fused into the loops below (BoxMeans::count)
     Stage("M_n: |e - mu - local| sums", "fwd", "scale", O(add=4, mul=1, load=1), O(add=5, mul=1, div=1, load=2),
           mult=each_of(BOX), source="cpu/forward_band.h:scale_forward_band + loss_math.h:loss_Mn"),

@@ -301,15 +301,16 @@ MLRB_FORCE_INLINE void accumulate_fields(const RowWindow<T, HasMask>& win, BoxMe
   }
   if (box.nb) box.advance(i, i0);
   // Box losses: wb sgn(e - mu - local_n) into t0, and its share per window into tb_n (B_n^T).
-  using Slide = typename BoxMeans<T, HasMask>::Slide;
+  using BM = BoxMeans<T, HasMask>;
   struct Size {
-    Slide x, m;  // box sums of x and, with a mask, of m (without one m is not used)
+    typename BM::Slide x;        // box sums of x
+    typename BM::CountSlide m;   // and, with a mask, of m (without one m is not used)
     T wb, iv, inv_n2;
     T* tb;
   };
   Size sz[3];
   for (size_t k = 0; k < bt.size(); ++k)
-    sz[k] = {box.slide(int(k), 0), box.slide(int(k), HasMask ? 1 : 0), wt[kM5 + bt[k].b], box.inv(int(k)),
+    sz[k] = {box.slide(int(k)), box.count_slide(int(k)), wt[kM5 + bt[k].b], box.inv(int(k)),
              T(1) / T((2 * bt[k].r + 1) * (2 * bt[k].r + 1)), bt[k].tb};
   auto term = [&](const Size& z, int j) MLRB_INLINE_LAMBDA {
     if constexpr (HasMask) {

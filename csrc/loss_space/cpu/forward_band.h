@@ -159,9 +159,9 @@ void scale_forward_band(const T* p, const T* g, const uint8_t* m, int h, int w, 
     if (box.nb) box.advance(i, i0);
     for (int k = 0; k < box.nb; ++k) {
       T acc = 0;
-      const auto x = box.slide(k, 0);
+      const auto x = box.slide(k);
       if constexpr (HasMask) {
-        const auto c = box.slide(k, 1);
+        const auto c = box.count_slide(k);
 #pragma omp simd reduction(+ : acc)
         for (int j = 0; j < w; ++j) acc += loss_Mn(E0[j], mu, x(j) / box.count(c(j))) * M0[j];
       } else {
