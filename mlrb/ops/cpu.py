@@ -190,22 +190,6 @@ torch.library.register_autograd("mlrb::loss_space_cpu_bwd", no_double_backward("
 
 
 # ---------------------------------------------------------------- eager path
-def _fold(info, in_dims, *tensors):
-    """The losses are per sample, so a vmapped dimension folds into the batch: (V, B, ...)
-    -> (V * B, ...); an unbatched tensor is repeated V times."""
-    folded = []
-    for t, d in zip(tensors, in_dims):
-        if t is not None:
-            t = t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
-            t = t.reshape(-1, *t.shape[2:])
-        folded.append(t)
-    return folded
-
-
-def _unfold(info, t: Tensor) -> Tensor:
-    return t.view(info.batch_size, -1, *t.shape[1:])
-
-
 def _save(ctx, pred, gt, mask, params, save, stats) -> None:
     ctx.mark_non_differentiable(stats)
     if save:
@@ -250,8 +234,8 @@ class _Transformed(_Eager):
 
     @staticmethod
     def vmap(info, in_dims, pred, gt, mask, params, save):
-        out = _Transformed.apply(*_fold(info, in_dims[:3], pred, gt, mask), params, save)
-        return tuple(_unfold(info, t) for t in out), (0, 0)
+        out = _Transformed.apply(*modes.fold(info, in_dims[:3], pred, gt, mask), params, save)
+        return tuple(modes.unfold(info, t) for t in out), (0, 0)
 
 
 class _EagerGrad(torch.autograd.Function):
@@ -271,8 +255,8 @@ class _EagerGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, grad, pred, gt, mask, params, stats):
-        grad, pred, gt, mask, stats = _fold(info, (*in_dims[:4], in_dims[5]), grad, pred, gt, mask, stats)
-        return _unfold(info, _EagerGrad.apply(grad, pred, gt, mask, params, stats)), 0
+        grad, pred, gt, mask, stats = modes.fold(info, (*in_dims[:4], in_dims[5]), grad, pred, gt, mask, stats)
+        return modes.unfold(info, _EagerGrad.apply(grad, pred, gt, mask, params, stats)), 0
 
 
 # ---------------------------------------------------------------- entry point

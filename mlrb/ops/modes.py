@@ -1,7 +1,8 @@
 """What torch is doing around a call, as far as the fused ops care: torch.compile, dispatch
 modes (FakeTensorMode, FlopCounterMode, profilers), tensor subclasses and torch.func
 transforms. The kernels read raw buffers, so they run only on plain tensors; these tell the
-callers which route a call takes.
+callers which route a call takes, and ``fold`` / ``unfold`` are the backends' vmap rules
+(per-sample losses: a vmapped dimension becomes more samples).
 
 The torch hooks used here are private; they are looked up once, and without them every
 call is treated as "not plain" (the registered ops' route, which is always correct).
@@ -64,3 +65,21 @@ def unwrapped(*tensors: Tensor | None):
         plain_tensors.append(t)
     with _disable_functorch():
         yield plain_tensors
+
+
+# ---------------------------------------------------------------- vmap rules
+def fold(info, in_dims, *tensors):
+    """The losses are per sample, so a vmapped dimension folds into the batch: (V, B, ...)
+    -> (V * B, ...); an unbatched tensor is repeated V times."""
+    folded = []
+    for t, d in zip(tensors, in_dims):
+        if t is not None:
+            t = t.movedim(d, 0) if d is not None else t.expand(info.batch_size, *t.shape)
+            t = t.reshape(-1, *t.shape[2:])
+        folded.append(t)
+    return folded
+
+
+def unfold(info, t: Tensor) -> Tensor:
+    """(V * B, ...) -> (V, B, ...): the inverse of fold for a per-sample output."""
+    return t.view(info.batch_size, -1, *t.shape[1:])

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from mlrb.kernels import layout as L
+from mlrb.ops import modes
 from mlrb.ops.checks import check_grad, check_inputs, no_double_backward, saveable
 from mlrb.names import LOSS_TYPES, NUM_SCALES, NUM_TYPES
 
@@ -350,6 +351,58 @@ torch.library.register_autograd("mlrb_triton::loss_space_fwd", _autograd_backwar
 torch.library.register_autograd("mlrb_triton::loss_space_bwd", no_double_backward("triton"))
 
 
+# ----------------------------------------------------------------------------- torch.func
+class _Transformed(torch.autograd.Function):
+    """The ops' calls under torch.func transforms, which torch.library's generated autograd
+    Function does not support: grad, vjp, jacrev (setup_context) and vmap (a rule that folds
+    the vmapped dimension into the batch: one launch sequence). Same kernels, same bits."""
+
+    @staticmethod
+    def forward(pred, gt, mask, params, save):
+        with _device_ctx(pred):
+            return _forward(pred, gt, mask, *params, save)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pred, _, mask, params, _ = inputs
+        _, stats, ws = output
+        ctx.mark_non_differentiable(stats, ws)
+        ctx.save_for_backward(pred, saveable(mask), ws, stats)
+        ctx.params = params
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_stats, _grad_ws):
+        pred, mask, ws, stats = ctx.saved_tensors
+        return _TransformedGrad.apply(grad_out, pred, mask, ws, stats, ctx.params), None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, pred, gt, mask, params, save):
+        out, stats, ws = _Transformed.apply(*modes.fold(info, in_dims[:3], pred, gt, mask), params, save)
+        # The workspace is the folded batch's, laid out by its plan: not per sample, not batched.
+        return (modes.unfold(info, out), modes.unfold(info, stats), ws), (0, 0, None)
+
+
+class _TransformedGrad(torch.autograd.Function):
+    """_Transformed's backward: a Function of its own with a vmap rule (vmap of grad), which
+    refuses a second derivative."""
+
+    @staticmethod
+    def forward(grad_out, pred, mask, ws, stats, params):
+        with _device_ctx(pred):
+            return _backward(grad_out, pred, mask, ws, stats, *params)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    backward = staticmethod(no_double_backward("triton"))
+
+    @staticmethod
+    def vmap(info, in_dims, grad_out, pred, mask, ws, stats, params):
+        grad_out, pred, mask, stats = modes.fold(info, (*in_dims[:3], in_dims[4]), grad_out, pred, mask, stats)
+        return modes.unfold(info, _TransformedGrad.apply(grad_out, pred, mask, ws, stats, params)), 0
+
+
 def _device_ctx(t: torch.Tensor):
     if t.is_cuda:
         return torch.cuda.device(t.device)
@@ -376,6 +429,11 @@ def loss_space(pred, gt, mask, indices, si_lambda=1.0, si_sqrt=False, si_scale=1
         return reference.loss_space(pred, gt, mask, indices, si_lambda=si_lambda, si_sqrt=si_sqrt,
                                     si_scale=si_scale)
     save = torch.is_grad_enabled() and pred.requires_grad
+    if modes.route(pred, gt, mask) == "func":
+        _check_fwd("mlrb_triton::loss_space_fwd", pred, gt, mask, indices, si_lambda, si_scale, real=True)
+        params = (list(indices), float(si_lambda), bool(si_sqrt), float(si_scale))
+        # Under torch.func a wrapped pred need not say it requires grad (grad of vmap): save.
+        return _Transformed.apply(pred, gt, mask, params, torch.is_grad_enabled())[0]
     out, _, _ = loss_space_fwd(pred, gt, mask, list(indices), float(si_lambda), bool(si_sqrt),
                                float(si_scale), save)
     return out

@@ -377,6 +377,56 @@ def test_reference_backend_has_second_derivatives():
     assert torch.autograd.gradgradcheck(f, (p,), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+# ----------------------------------------------------------------------------- torch.func
+def _flat(*tensors):
+    return [t.flatten(0, 1) for t in tensors]
+
+
+TRANSFORMS = {  # (losses, d(sum G * L)/d pred) of V x B samples (V, B, 1, H, W) under torch.func
+    "grad": lambda f, p, g, m, G: (None, torch.func.grad(lambda x: (f(*_flat(x, g, m)) * _flat(G)[0]).sum())(p)),
+    "vjp": lambda f, p, g, m, G: (lambda out, pull: (out, pull(_flat(G)[0])[0]))(
+        *torch.func.vjp(lambda x: f(*_flat(x, g, m)), p)),
+    "vmap": lambda f, p, g, m, G: (torch.func.vmap(f)(p, g, m), None),
+    "vmap(grad)": lambda f, p, g, m, G: (None, torch.func.vmap(torch.func.grad(
+        lambda x, y, z, w: (f(x, y, z) * w).sum()))(p, g, m, G)),
+    "grad(vmap)": lambda f, p, g, m, G: (None, torch.func.grad(lambda x: (torch.func.vmap(f)(x, g, m) * G).sum())(p)),
+    "vmap, one gt for all": lambda f, p, g, m, G: (torch.func.vmap(f, in_dims=(0, None, None))(p, g[0], m[0]), None),
+}
+
+
+@pytest.mark.parametrize("backend,transform", params(FUSED, tuple(TRANSFORMS), heavy=("vjp", "vmap", "grad(vmap)", "vmap, one gt for all")))
+def test_torch_func_transforms_give_the_eager_bits(backend, transform):
+    """grad/vjp/vmap and their compositions (per-sample gradients) run the same kernels as
+    eager autograd (a vmapped dimension folds into the batch): the same bits."""
+    V, B = (2, 1) if backend == "triton" and INTERPRETED else (3, 2)
+    select = GRAD_SELECT if backend == "triton" and INTERPRETED else EVERY
+    pred, gt, m = inputs(backend, V * B, 18, 22, mask="holes")
+    if transform == "vmap, one gt for all":
+        gt, m = gt[:B].repeat(V, 1, 1, 1), m[:B].repeat(V, 1, 1, 1)
+    p = pred.clone().requires_grad_(True)
+    want = losses(backend, p, gt, m, select)
+    G = torch.rand(want.shape, dtype=want.dtype, device=want.device)
+    (want * G).sum().backward()
+
+    def f(x, y, z):
+        return losses(backend, x, y, z, select, check_finite=False)
+
+    got, grad = TRANSFORMS[transform](f, *(t.view(V, B, *t.shape[1:]) for t in (pred, gt, m)), G.view(V, B, -1))
+    assert got is not None or grad is not None
+    if got is not None:
+        assert torch.equal(got.reshape(want.shape), want.detach())
+    if grad is not None:
+        assert torch.equal(grad.reshape(p.shape), p.grad)
+
+
+@pytest.mark.parametrize("backend,case", params(FUSED))
+def test_torch_func_second_derivative_is_refused(backend, case):
+    pred, gt, mask = tiny_inputs(backend)
+    inner = torch.func.grad(lambda x: losses(backend, x, gt, mask, GRAD_SELECT).sum())
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.func.grad(lambda x: inner(x).sum())(pred)
+
+
 # ----------------------------------------------------------------------------- the registered ops
 def ops(backend, pred, gt, mask, idx, options=(1.0, False, 1.0)):
     """(forward, backward) of a backend's registered ops in one form: forward(pred, gt, mask,

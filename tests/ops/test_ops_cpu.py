@@ -341,53 +341,6 @@ def test_fake_tensors_and_dispatch_modes_take_the_registered_ops():
     assert torch.equal(p.grad, q.grad)
 
 
-def _flat(*tensors):
-    return [t.flatten(0, 1) for t in tensors]
-
-
-TRANSFORMS = {  # (losses, d(sum G * L)/d pred) of V x B samples (V, B, 1, H, W) under torch.func
-    "grad": lambda f, p, g, m, G: (None, torch.func.grad(lambda x: (f(*_flat(x, g, m)) * _flat(G)[0]).sum())(p)),
-    "vjp": lambda f, p, g, m, G: (lambda out, pull: (out, pull(_flat(G)[0])[0]))(
-        *torch.func.vjp(lambda x: f(*_flat(x, g, m)), p)),
-    "vmap": lambda f, p, g, m, G: (torch.func.vmap(f)(p, g, m), None),
-    "vmap(grad)": lambda f, p, g, m, G: (None, torch.func.vmap(torch.func.grad(
-        lambda x, y, z, w: (f(x, y, z) * w).sum()))(p, g, m, G)),
-    "grad(vmap)": lambda f, p, g, m, G: (None, torch.func.grad(lambda x: (torch.func.vmap(f)(x, g, m) * G).sum())(p)),
-    "vmap, one gt for all": lambda f, p, g, m, G: (torch.func.vmap(f, in_dims=(0, None, None))(p, g[0], m[0]), None),
-}
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_torch_func_transforms_give_the_eager_bits(transform):
-    """grad/vjp/vmap and their compositions (per-sample gradients) run the same kernels as
-    eager autograd (a vmapped dimension folds into the batch): the same bits."""
-    V, B = 3, 2
-    pred, gt, m = make_inputs(V * B, 18, 22, dtype=torch.float64, mask="holes")
-    if transform == "vmap, one gt for all":
-        gt, m = gt[:B].repeat(V, 1, 1, 1), m[:B].repeat(V, 1, 1, 1)
-    G = torch.rand(V * B, len(EVERY), dtype=torch.float64)
-    p = pred.clone().requires_grad_(True)
-    want = _losses(p, gt, m, EVERY)
-    (want * G).sum().backward()
-
-    def f(x, y, z):
-        return _losses(x, y, z, EVERY, check_finite=False)
-
-    losses, grad = TRANSFORMS[transform](f, *(t.view(V, B, *t.shape[1:]) for t in (pred, gt, m)), G.view(V, B, -1))
-    assert losses is not None or grad is not None
-    if losses is not None:
-        assert torch.equal(losses.reshape(want.shape), want.detach())
-    if grad is not None:
-        assert torch.equal(grad.reshape(p.shape), p.grad)
-
-
-def test_torch_func_second_derivative_is_refused():
-    pred, gt, m = make_inputs(2, 16, 16, dtype=torch.float64, mask="holes")
-    inner = torch.func.grad(lambda x: _losses(x, gt, m, "L^0").sum())
-    with pytest.raises(RuntimeError, match="no second derivative"):
-        torch.func.grad(lambda x: inner(x).sum())(pred)
-
-
 def test_saves_the_inputs_and_the_scale_statistics_for_backward():
     pred, gt, m = make_inputs(2, 48, 64, dtype=torch.float32, mask="holes")
     saved = []

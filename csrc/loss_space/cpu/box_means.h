@@ -23,6 +23,7 @@ namespace {
 // KITTI widths; the counts convert back to T exactly where the window slides.
 template <typename T, bool HasMask>
 struct BoxMeans {
+  static_assert(2 * kBoxRadius[2] + 1 <= 255, "a horizontal count of m must fit a byte");
   static constexpr int S = HasMask ? 2 : 1;  // filtered maps: x (and m)
   const T* p;
   const T* g;
