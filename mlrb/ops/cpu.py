@@ -212,7 +212,10 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_stats):
         pred, gt, mask, stats = ctx.saved_tensors
-        if torch.is_grad_enabled() or modes.route(grad, pred) != "plain":  # create_graph=True, torch.func
+        route = modes.route(grad, pred)
+        if route == "ops":  # e.g. a dispatch mode entered around the backward only: the op is seen
+            grad_pred = loss_space_cpu_bwd(grad.contiguous(), pred, gt, mask, *ctx.params, stats)
+        elif torch.is_grad_enabled() or route == "func":  # create_graph=True, torch.func
             grad_pred = _EagerGrad.apply(grad, pred, gt, mask, ctx.params, stats)
         else:
             grad_pred = _backward(grad, pred, gt, mask, *ctx.params, stats)

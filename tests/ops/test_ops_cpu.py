@@ -336,6 +336,12 @@ def test_fake_tensors_and_dispatch_modes_take_the_registered_ops():
     with Seen():  # e.g. FlopCounterMode, a profiler's mode: the op is visible to it
         _losses(p, gt, m, "L^0", check_finite=False).sum().backward()
     assert {"mlrb.loss_space_cpu_fwd.default", "mlrb.loss_space_cpu_bwd.default"} <= Seen.ops
+    r = pred.clone().requires_grad_(True)
+    out = _losses(r, gt, m, "L^0", check_finite=False)  # the eager path's forward
+    Seen.ops = set()
+    with Seen():  # a mode entered around the backward only still sees the backward op
+        out.sum().backward()
+    assert "mlrb.loss_space_cpu_bwd.default" in Seen.ops and torch.equal(r.grad, p.grad)
     q = pred.clone().requires_grad_(True)
     _losses(q, gt, m, "L^0").sum().backward()
     assert torch.equal(p.grad, q.grad)
