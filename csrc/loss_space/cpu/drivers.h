@@ -125,8 +125,8 @@ void forward_batch(const T* pred, const T* gt, const uint8_t* mask, const LossSp
   static thread_local std::vector<uint8_t> lmv;
   T* lvd = kept.begin_forward(int64_t(B) * 2 * per);
   uint8_t* lmd = aligned(lmv, HasMask ? int64_t(B) * per : 0);
-  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : lvd + b * 2 * per + plan.off[k]; };
-  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : lvd + (b * 2 + 1) * per + plan.off[k]; };
+  auto lp = [&](int b, int k) -> const T* { return k == 0 ? pred + b * N : sample_levels(lvd, b, 0, per) + plan.off[k]; };
+  auto lg = [&](int b, int k) -> const T* { return k == 0 ? gt + b * N : sample_levels(lvd, b, 1, per) + plan.off[k]; };
   auto lm = [&](int b, int k) -> const uint8_t* {
     if (!HasMask) return nullptr;
     return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
@@ -260,7 +260,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
         if (!sel.types[0]) std::fill(gb, gb + N, T(0));  // else scale 0's band pass writes every row first
         // [pred's levels | gt's levels | level gradients]; only the gradients if kept.
         T* lvp = aligned(lvl, (kept ? 1 : 3) * per);
-        const T* lpg = kept ? kept + b * 2 * per : lvp;  // pred's levels, then gt's
+        const T* lpg = kept ? sample_levels(kept, b, 0, per) : lvp;  // pred's levels, then gt's
         T* lgr = kept ? lvp : lvp + 2 * per;             // the level gradients
         uint8_t* lmp = aligned(lmk, HasMask ? per : 0);
         uint8_t live[kNumScales];  // mark_live_levels, for this sample
@@ -294,7 +294,7 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
           if (k > 0) {
             gk = lgr + plan.off[k];  // written by the band pass, no clearing (backward_band.h)
             pp = lpg + plan.off[k];
-            gg = lpg + per + plan.off[k];
+            gg = sample_levels(lpg, 0, 1, per) + plan.off[k];
             mm = HasMask ? lmp + plan.off[k] : nullptr;
           }
           const ScalePrep<T> prep =
@@ -329,10 +329,10 @@ void backward_batch(const double* grad_out, const T* pred, const T* gt, const ui
     return k == 0 ? mask + b * N : lmd + b * per + plan.off[k];
   };
   auto cp = [&](int b, int k) -> const T* {
-    return k == 0 ? pred + b * N : kept ? kept + b * 2 * per + plan.off[k] : lp(b, k);
+    return k == 0 ? pred + b * N : kept ? sample_levels(kept, b, 0, per) + plan.off[k] : lp(b, k);
   };
   auto cg = [&](int b, int k) -> const T* {
-    return k == 0 ? gt + b * N : kept ? kept + (b * 2 + 1) * per + plan.off[k] : lg(b, k);
+    return k == 0 ? gt + b * N : kept ? sample_levels(kept, b, 1, per) + plan.off[k] : lg(b, k);
   };
   const int nbands = int(plan.bands.size());
   static thread_local std::vector<T> halo;

@@ -23,6 +23,13 @@ namespace cpu {
 namespace MLRB_CPU_ISA {
 namespace {
 
+// Where sample b's levels of pred (side 0) or of gt (side 1) start in a buffer of the
+// kept layout (each side Plan::per long, level k at Plan::off[k]).
+template <typename P>
+inline P* sample_levels(P* levels, int b, int side, int64_t per) {
+  return levels + (int64_t(b) * 2 + side) * per;
+}
+
 template <typename T>
 struct KeptLevels {
   std::vector<T> lv;   // storage of `levels`
