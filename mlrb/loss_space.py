@@ -127,22 +127,27 @@ def _nonfinite_counts(pred, gt, mask) -> list[int]:
     return _nonfinite_counts_torch(pred, gt, mask)
 
 
-def _nonfinite_counts_torch(pred, gt, mask) -> list[int]:
-    """The same in torch, for any device and dtype: one device sync for both tensors."""
+def _nonfinite_sums(pred, gt, mask) -> list[torch.Tensor]:
+    """The two counts as 0-d tensors, in torch ops only (any device, dtype or transform)."""
     bad = [~torch.isfinite(x.detach()) for x in (pred, gt)]
     if mask is not None:
         bad = [b & mask for b in bad]
-    return torch.stack([b.sum() for b in bad]).tolist()
+    return [b.sum() for b in bad]
+
+
+def _nonfinite_counts_torch(pred, gt, mask) -> list[int]:
+    """The same in torch, for any device and dtype: one device sync for both tensors."""
+    return torch.stack(_nonfinite_sums(pred, gt, mask)).tolist()
 
 
 def _check_finite(pred, gt, mask) -> None:
     if modes.fake(pred, gt, mask):  # FakeTensorMode: shapes without values; the real call checks
         return
-    if modes.vmapped():  # a batched tensor's values cannot be read one sample at a time
-        raise ValueError("check_finite=True cannot read values under torch.func.vmap; pass "
-                         "check_finite=False there (NaN/Inf then propagate to the losses)")
-    with modes.unwrapped(pred, gt, mask) as maps:
-        counts = _nonfinite_counts(*maps)
+    if modes.vmapped():  # counted under the transforms, then added up over the vmapped instances
+        counts = [modes.total(n) for n in _nonfinite_sums(pred, gt, mask)]
+    else:
+        with modes.unwrapped(pred, gt, mask) as maps:
+            counts = _nonfinite_counts(*maps)
     for what, n in zip(("pred", "gt"), counts):
         if n:
             where = "valid " if mask is not None else ""
@@ -177,8 +182,8 @@ def fused_loss_space(
         si_lambda, si_sqrt, si_scale: the AMLR scale-invariant loss
             si_scale * [sqrt](mean(d^2) - si_lambda * mean(d)^2) (BTS: 0.85, True, 10).
         check_finite: raise ValueError on NaN/Inf in pred or gt at valid pixels (one
-            device sync; skipped under torch.compile and for fake tensors; under
-            torch.func.vmap pass False). Invalid pixels are never read.
+            device sync, two under torch.func.vmap; skipped under torch.compile and for
+            fake tensors). Invalid pixels are never read.
 
     Returns:
         float32 (float64 for float64 pred) tensor (B, n); column j is the loss

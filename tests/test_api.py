@@ -135,8 +135,9 @@ def test_non_finite_values_at_valid_pixels_raise():
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_check_finite_under_torch_func_and_fake_tensors(backend):
-    """grad/vjp read the values under their wrappers; vmap cannot (one line says what to
-    pass); fake tensors have no values (skipped, the real call checks)."""
+    """grad/vjp read the values under their wrappers; vmap counts per instance (in_dims 0
+    or 1, nested, under grad, a mask batched or not); fake tensors have no values (skipped,
+    the real call checks)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     pred, gt = pair(dtype=torch.float64)
@@ -146,8 +147,24 @@ def test_check_finite_under_torch_func_and_fake_tensors(backend):
     assert torch.isfinite(grad(pred)).all()
     with pytest.raises(ValueError, match="pred has 1 NaN/Inf"):
         grad(bad)
-    with pytest.raises(ValueError, match="under torch.func.vmap; pass check_finite=False"):
-        torch.func.vmap(lambda x, y: mlrb.fused_loss_space(x, y, backend=backend))(pred[:, None], gt[:, None])
+    vmap, fused = torch.func.vmap, mlrb.fused_loss_space
+    per_instance = vmap(lambda x, y: fused(x, y, backend=backend))  # the batch as 2 instances of 1 sample
+    assert torch.equal(per_instance(pred[:, None], gt[:, None]), fused(pred, gt, backend=backend)[:, None])
+    with pytest.raises(ValueError, match="pred has 1 NaN/Inf"):
+        per_instance(bad[:, None], gt[:, None])
+    with pytest.raises(ValueError, match="gt has 2 NaN/Inf"):  # one instance each, in_dims 1, gt unbatched
+        vmap(lambda x: fused(pred, x, backend=backend), in_dims=1)(torch.stack([bad, bad], 1))
+    with pytest.raises(ValueError, match="pred has 4 NaN/Inf"):  # nested: 2 x 2 instances
+        vmap(vmap(lambda x: fused(x, gt, backend=backend)))(bad.expand(2, 2, *bad.shape))
+    with pytest.raises(ValueError, match="pred has 2 NaN/Inf"):  # per-sample gradients
+        vmap(torch.func.grad(lambda x: fused(x, gt, backend=backend).sum()))(bad.expand(2, *bad.shape))
+    mask = torch.ones(2, *bad.shape, dtype=torch.bool)
+    mask[0, 1, 0, 2, 3] = False  # the NaN is invalid in instance 0 only
+    with pytest.raises(ValueError, match="pred has 1 NaN/Inf value.s. at valid pixels"):
+        vmap(lambda x, m: fused(x, gt, m, backend=backend))(bad.expand(2, *bad.shape), mask)
+    mask[1, 1, 0, 2, 3] = False
+    out = vmap(lambda x, m: fused(x, gt, m, backend=backend))(bad.expand(2, *bad.shape), mask)
+    assert out.shape == (2, 2, 78) and torch.isfinite(out).all()
     with FakeTensorMode() as mode:
         out = mlrb.fused_loss_space(mode.from_tensor(bad), mode.from_tensor(gt), backend=backend)
     assert out.shape == (2, 78)

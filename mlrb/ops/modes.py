@@ -67,6 +67,19 @@ def unwrapped(*tensors: Tensor | None):
         yield plain_tensors
 
 
+def total(t: Tensor) -> int:
+    """The sum of t's values over all the instances of the torch.func transforms it is
+    wrapped in (vmap's batched tensors hold every instance in their base), read once with
+    the transforms off. For a count made under vmap, where no value can be read."""
+    while _wrapped(t):
+        if _functorch.is_batchedtensor(t):
+            t = _functorch._unwrap_batched(t, _functorch.maybe_get_level(t))[0]
+        else:
+            t = _functorch.get_unwrapped(t)
+    with _disable_functorch():
+        return int(t.sum())
+
+
 # ---------------------------------------------------------------- vmap rules
 def fold(info, in_dims, *tensors):
     """The losses are per sample, so a vmapped dimension folds into the batch: (V, B, ...)
