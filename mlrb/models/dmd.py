@@ -135,6 +135,7 @@ class DMDInfo:
     head_channels: int
     skip_channels: tuple[int, ...]
     pretrained: str
+    reduction: int = 32  # stride of the head features (the trainer checks BatchNorm's batch with it, as for ode)
 
 
 class DMDNet(nn.Module):
@@ -234,11 +235,14 @@ class DMDNet(nn.Module):
 def mdr_queries_for(size: tuple[int, int], patch: int = PATCH) -> int:
     """The paper's 191 queries, fewer if an input of ``size`` gives fewer than 192 patches
     at stride 4 (one patch regresses mu_M)."""
+    if int(patch) < 1:  # 0 would divide by zero below; a negative one gives a meaningless count
+        raise ValueError(f"the MDR patch size (--mdr-patch) must be >= 1, got {patch}")
     h, w = int(size[0]) // 4, int(size[1]) // 4
     patches = (h // patch) * (w // patch)
     if patches < 2:
         raise ValueError(f"an input of {size[0]}x{size[1]} gives {patches} MDR patch(es) of {patch}x{patch} at "
-                         f"stride 4; MDR needs at least 2: use a smaller MDR patch or a larger input")
+                         f"stride 4; MDR needs at least 2: use a smaller MDR patch (--mdr-patch) or a larger "
+                         f"input (--size)")
     return min(NUM_QUERIES, patches - 1)
 
 
@@ -258,6 +262,6 @@ def build_dmd(name: str = PAPER_ENCODER, *, decoders: str = "gnm", mdr: str = "f
         mdr_queries = mdr_queries_for(size, mdr_patch) if has_mdr else NUM_QUERIES
     info = DMDInfo(name=name, timm_name=enc.timm_name, decoders=decoders, mdr=mdr, n_d=n_d, mdr_patch=mdr_patch,
                    mdr_queries=mdr_queries, head_channels=enc.channels[-1], skip_channels=enc.channels[:-1],
-                   pretrained=enc.pretrained)
+                   pretrained=enc.pretrained, reduction=enc.reductions[-1])
     return DMDNet(encoder, enc.channels[-1], enc.channels[:-1], decoders=decoders, mdr=mdr, n_d=n_d,
                   mdr_patch=mdr_patch, mdr_queries=mdr_queries, mean=enc.mean, std=enc.std, info=info)

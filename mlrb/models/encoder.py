@@ -13,6 +13,7 @@ raise a ValueError that says how to build the encoder for them.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -173,6 +174,17 @@ def _cached_weights_file(timm_name: str) -> str | None:
     return None
 
 
+def check_batch_norm_batch(model: nn.Module, reduction: int, batch: int, size: tuple[int, int]) -> None:
+    """ValueError naming --batch-size and --size if training ``model`` on batches of ``batch``
+    inputs of ``size`` leaves one value per channel in its deepest (1/reduction) feature map,
+    which BatchNorm cannot normalise in training (torch raises at the first step)."""
+    h, w = (-(-int(s) // int(reduction)) for s in size)  # (padded convolutions round up)
+    if batch * h * w == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(f"--batch-size 1 at --size {size[0]} {size[1]} leaves one value per channel in the "
+                         f"encoder's 1/{reduction} feature map, which its BatchNorm cannot train on; use "
+                         f"--batch-size 2 or more, or a --size with a side above {reduction}")
+
+
 def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, random_if_missing: bool = False,
                    out_indices: tuple[int, ...] = (-1,), input_size: tuple[int, int] | None = None,
                    model_kwargs: dict | None = None, with_head: bool = False) -> tuple[FeatureEncoder, EncoderInfo]:
@@ -222,6 +234,11 @@ def create_encoder(name: str = DEFAULT_MODEL, *, pretrained: str | None = None, 
     def create(**extra):
         try:
             return timm.create_model(timm_name, **kwargs, **extra)
+        except TypeError as exc:  # an argument the model does not take: one the user added
+            if not model_kwargs:
+                raise
+            raise ValueError(f"model_kwargs (--model-kwargs) {json.dumps(model_kwargs)} do not fit {timm_name!r}: "
+                             f"{exc}") from None
         except Exception as exc:  # torch.load / safetensors / state-dict mismatches raise various types
             if source == "random":
                 raise

@@ -67,29 +67,33 @@ def other_checkpoints(path: str) -> list[str]:
                   if f.endswith(".pt") and f != me and os.path.isfile(os.path.join(folder, f)))
 
 
-def _alternatives(path: str) -> str:
+def _alternatives(path: str, option: str) -> str:
     others = other_checkpoints(path)
     if not others:
         return "no other checkpoint is in its folder"
     shown = ", ".join(others[-5:]) + (f" (and {len(others) - 5} older)" if len(others) > 5 else "")
-    return f"other checkpoints: {shown}; resume from one with --resume PATH"
+    return f"other checkpoints: {shown}; give one with {option} PATH"
 
 
-def read_checkpoint(path: str) -> dict:
+def read_checkpoint(path: str, option: str = "--resume") -> dict:
     """Load a training checkpoint on the CPU; CheckpointError names the file and the
-    checkpoints next to it if it is missing, empty, truncated or not an mlrb checkpoint."""
+    checkpoints next to it (to pass with ``option``) if it is missing, empty, truncated or
+    not an mlrb checkpoint."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint not found ({_alternatives(path)})")
+        raise CheckpointError(f"{path}: checkpoint not found ({_alternatives(path, option)})")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); {_alternatives(path)}")
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes); {_alternatives(path, option)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError) as exc:
+            AttributeError, ImportError, IndexError, KeyError, TypeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # the file itself (permissions, ...): the command names it
+        # (a zip cut short can also fail its seek, as an OSError without a file name)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({reason}); "
-                              f"{_alternatives(path)}") from None
+                              f"{_alternatives(path, option)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an mlrb training checkpoint (no {CHECKPOINT_FORMAT!r} "
-                              f"format tag); {_alternatives(path)}")
+                              f"format tag); {_alternatives(path, option)}")
     return state

@@ -174,6 +174,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{opt} must be >= {low}, got {value}")
     if args.lr is not None and not (args.lr > 0 and args.lr < float("inf")):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.seed < 2**32:  # the data order and samples seed torch generators with multiples of it
+        raise ValueError(f"--seed must be from 0 to {2**32 - 1}, got {args.seed}")
     crops = (*CROPS, "lee_kim_nyu", "none")
     if args.eval_crop is not None and args.eval_crop not in crops:
         raise ValueError(f"--eval-crop must be one of {', '.join(crops)}, got {args.eval_crop!r}")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             metrics = evaluate_checkpoint(cfg, args.eval_only, recipe_settings=applied)
         except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
-            print(f"mlrb train: error: {exc}", file=sys.stderr)
+            print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
             return 2
         print(f"mlrb train --eval-only {args.eval_only}: {describe_protocol(cfg)}")
         from mlrb.metrics.depth import METRIC_KEYS
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(cfg)
     except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
-        print(f"mlrb train: error: {exc}", file=sys.stderr)
+        print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     trainer.recipe_settings = applied
     if trainer.main:

@@ -67,12 +67,18 @@ def _read_image(path: str, *, depth: bool) -> np.ndarray:
         raise DataFileError(f"cannot read {'depth' if depth else 'image'} file {path}: {exc}") from exc
 
 
+def _check_same_size(image: np.ndarray, depth: np.ndarray, files: tuple[str, str]) -> None:
+    """files: the paths of the image and the depth map, named in the error."""
+    if image.shape[:2] != depth.shape[:2]:
+        raise DataFileError(f"image {files[0]} is {image.shape[0]}x{image.shape[1]} but depth {files[1]} is "
+                            f"{depth.shape[0]}x{depth.shape[1]}")
+
+
 def _to_sample(image: np.ndarray, depth: np.ndarray, size: tuple[int, int] | None,
-               full_gt: bool = False) -> dict[str, torch.Tensor]:
+               full_gt: bool = False, files: tuple[str, str] = ("image", "depth")) -> dict[str, torch.Tensor]:
     # full_gt: only the image is resized; depth and mask keep the stored resolution (the
     # papers' evaluation protocols score against full-resolution ground truth).
-    if image.shape[:2] != depth.shape[:2]:
-        raise DataFileError(f"image is {image.shape[:2]} but depth is {depth.shape[:2]}")
+    _check_same_size(image, depth, files)
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     dep = torch.from_numpy(np.ascontiguousarray(depth)).unsqueeze(0)
     if size is not None and tuple(img.shape[-2:]) != tuple(size):
@@ -202,7 +208,7 @@ class NYUv2CSV(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, dep = self.rows[index]
         return _to_sample(_read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale, self.size,
-                          self.full_gt)
+                          self.full_gt, (rgb, dep))
 
 
 class BTSSplit(Dataset):
@@ -256,9 +262,10 @@ class BTSSplit(Dataset):
         rgb, dep = self.rows[index]
         image, depth = _read_image(rgb, depth=False), _read_image(dep, depth=True) * self.scale
         orig = depth.shape[:2]
+        _check_same_size(image, depth, (rgb, dep))  # before the crop, which could make them agree
         if self.dataset == "kitti":
             image, depth = _kb_crop(image), _kb_crop(depth)
-        sample = _to_sample(image, depth, self.size, self.full_gt)
+        sample = _to_sample(image, depth, self.size, self.full_gt, (rgb, dep))
         if self.dataset == "kitti":
             # Where the benchmark crop sits in the full frame (top, left, H, W): the Garg / Eigen
             # crops are fractions of the full frame (mlrb.train.protocol).

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mlrb.models.dmd import MDR_MODES, build_dmd
+from mlrb.models.dmd import MDR_MODES, build_dmd, mdr_queries_for
 from mlrb.models.dmd_losses import dmd_loss_names, dmd_losses, dmd_targets, metric_depth
 from mlrb.train.trainer import TrainConfig, Trainer
 
@@ -98,6 +98,47 @@ class RelativeSamples(Dataset):
         return s
 
 
+def check_config(cfg: DMDConfig) -> None:
+    """Settings of one run that would otherwise fail only after training started (at the first
+    evaluation, or in phase 2 after phase 1 has run): ValueError naming the option.
+    :func:`run_plan` checks every run of a plan before it trains the first."""
+    if cfg.stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+    if cfg.mdr not in MDR_MODES:
+        raise ValueError(f"--mdr must be one of {', '.join(MDR_MODES)}, got {cfg.mdr!r}")
+    dec = cfg.decoders
+    if not dec or set(dec) - set("gnm") or len(set(dec)) != len(dec):
+        raise ValueError(f"--decoders must be letters of 'gnm' (G-Net, N-Net, M-Net), each at most once, "
+                         f"got {dec!r}")
+    # Phase 1 is scored on N (Kendall's tau, |N^ - N|), the other runs on M's depth, or on N
+    # without M-Net: G alone (the gradients) gives nothing to score. The paper's phase 1 is
+    # encoder + G-Net + N-Net and Table 3's rows all have N-Net or M-Net.
+    if cfg.stage == "1" and "n" not in dec:
+        raise ValueError(f"--decoders {dec}: phase 1 trains N-Net (with G-Net) and is scored on N; "
+                         f"include n (e.g. gn or gnm)")
+    if not set(dec) & set("nm"):
+        raise ValueError(f"--decoders {dec}: without N-Net or M-Net the network predicts no depth to "
+                         f"evaluate; include n or m (e.g. gnm)")
+    if cfg.stage == "2" and not cfg.init_from:
+        raise ValueError("phase 2 starts from a phase-1 checkpoint: give --init-from PATH (or --phase both)")
+    # Phase 2 takes its epochs and lr steps from the --phase2-* options (plan()).
+    epochs, lr_step = ("--phase2-epochs", "--phase2-lr-step") if cfg.stage == "2" else ("--epochs", "--lr-step")
+    if cfg.epochs < 1:
+        raise ValueError(f"{epochs} must be >= 1, got {cfg.epochs}")
+    if cfg.lr_step is not None and cfg.lr_step < 1:
+        raise ValueError(f"{lr_step} must be >= 1 epoch, got {cfg.lr_step}")
+    # nan / inf pass Adam's own check and turn the weights into NaN at the first step.
+    if not 0.0 <= cfg.weight_decay < float("inf"):
+        raise ValueError(f"--weight-decay must be a number >= 0, got {cfg.weight_decay}")
+    if not 0.0 <= cfg.relative_fraction <= 1.0:
+        raise ValueError(f"--relative-fraction must lie in [0, 1], got {cfg.relative_fraction}")
+    if cfg.mdr_patch < 1:
+        raise ValueError(f"--mdr-patch must be >= 1, got {cfg.mdr_patch}")
+    if cfg.stage != "1" and "m" in dec and cfg.mdr != "none":
+        # Phase 1 has no M-Net: with --phase both a patch too large for --size would show only in phase 2.
+        mdr_queries_for(cfg.resolved_size(), cfg.mdr_patch)
+
+
 class DMDTrainer(Trainer):
     """One DMD run (``cfg.stage``): the network, the losses of Eqs. 7-11, the paper's
     optimizer and step schedule; evaluation in metres (1/m - 1), or, for phase 1 (no M-Net),
@@ -106,18 +147,7 @@ class DMDTrainer(Trainer):
     cfg: DMDConfig
 
     def __init__(self, cfg: DMDConfig):
-        if cfg.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
-        if cfg.mdr not in MDR_MODES:
-            raise ValueError(f"mdr must be one of {MDR_MODES}, got {cfg.mdr!r}")
-        if cfg.stage == "1" and not set(cfg.decoders) & set("gn"):
-            raise ValueError(f"phase 1 trains G-Net and N-Net, but decoders is {cfg.decoders!r}")
-        if cfg.stage == "2" and not cfg.init_from:
-            raise ValueError("phase 2 starts from a phase-1 checkpoint: give --init-from PATH (or --phase both)")
-        if cfg.lr_step is not None and cfg.lr_step < 1:
-            raise ValueError(f"lr_step must be >= 1 epoch, got {cfg.lr_step}")
-        if cfg.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+        check_config(cfg)
         # "select" is one of the settings a resumed run must share: make it say what is trained.
         cfg = dataclasses.replace(cfg, select=f"dmd:{cfg.stage}:{cfg.decoders}:{cfg.mdr}:"
                                               + ",".join(stage_loss_names(cfg)))
@@ -205,18 +235,30 @@ class DMDTrainer(Trainer):
 
 def _load_phase1(net: nn.Module, path: str) -> None:
     """Encoder, G-Net and N-Net weights of a phase-1 checkpoint into a phase-2 network."""
+    from mlrb.train.checkpoint import CheckpointError, read_checkpoint
+
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"phase-1 checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != "mlrb-train-1" or \
-            state.get("config", {}).get("arch") != "dmd" or state["config"].get("stage") != "1":
-        raise ValueError(f"{path} is not a phase-1 checkpoint of mlrb train --arch dmd")
-    result = net.load_state_dict(state["model"], strict=False)
+        raise FileNotFoundError(f"--init-from: phase-1 checkpoint not found: {path}")
+    try:
+        state = read_checkpoint(path, "--init-from")  # names the file if empty, truncated, corrupt or not mlrb's
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from {exc}") from None
+    except OSError as exc:  # the file itself (permissions, ...)
+        raise CheckpointError(f"--init-from: cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    config = state.get("config")
+    if not isinstance(config, dict) or config.get("arch") != "dmd" or config.get("stage") != "1" \
+            or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"--init-from {path} is not a phase-1 checkpoint of mlrb train --arch dmd")
+    fit = f"phase 1: --model {config.get('model')}, --n-d {config.get('n_d')}"
+    try:
+        result = net.load_state_dict(state["model"], strict=False)
+    except RuntimeError as exc:  # strict=False still raises on a tensor of another shape
+        reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"--init-from {path} does not fit this network ({fit}): {reason}") from None
     missing = [k for k in result.missing_keys if not k.startswith("nets.m.")]
     if missing or result.unexpected_keys:
-        old = state["config"]
-        raise ValueError(f"{path} does not fit this network (phase 1: --model {old.get('model')}, --n-d "
-                         f"{old.get('n_d')}); missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise CheckpointError(f"--init-from {path} does not fit this network ({fit}); missing {missing[:3]}, "
+                              f"unexpected {result.unexpected_keys[:3]}")
 
 
 # ---------------------------------------------------------------------- runs
@@ -255,6 +297,8 @@ def run_plan(runs: list[DMDConfig], *, report=print) -> list[dict]:
     when resuming. Returns the summaries."""
     import json
 
+    for cfg in runs:  # all of them before the first trains: phase 2's options fail before phase 1 runs
+        check_config(cfg)
     summaries = []
     for cfg in runs:
         done = os.path.join(cfg.out_dir, "summary.json")
@@ -305,6 +349,7 @@ def add_arguments(parser) -> None:
 
 def main(args, argv, parser) -> int:
     """``mlrb train --arch dmd``: the arguments parsed by :mod:`mlrb.train.cli`."""
+    from mlrb.errors import UserError, one_line
     from mlrb.models import PretrainedWeightsError
     from mlrb.train.cli import config_from_args
     from mlrb.train.datasets import DataFileError
@@ -337,7 +382,7 @@ def main(args, argv, parser) -> int:
         lr_step = PAPER_PHASE1[1] if lr_step is None else lr_step
         phase2_lr_step = PAPER_PHASE2[1] if phase2_lr_step is None else phase2_lr_step
     try:
-        cfg = DMDConfig(**fields, decoders=args.decoders, mdr=args.mdr,
+        cfg = DMDConfig(**fields, decoders=args.decoders.strip().lower(), mdr=args.mdr,
                         mdr_patch=pick(args.mdr_patch, "mdr_patch", 8), log_m=not args.no_log_m,
                         init_from=args.init_from, lr_step=lr_step, weight_decay=args.weight_decay,
                         relative_fraction=args.relative_fraction)
@@ -349,8 +394,8 @@ def main(args, argv, parser) -> int:
     t0 = time.perf_counter()
     try:
         summaries = run_plan(runs, report=lambda s: print(s, flush=True))
-    except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError) as exc:
-        print(f"mlrb train: error: {exc}", file=sys.stderr)
+    except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError, UserError) as exc:
+        print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     from mlrb.train.cli import format_comparison
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports

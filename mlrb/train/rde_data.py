@@ -68,7 +68,7 @@ class DisparityCSV(Dataset):
             disp = _read_image(disp_path, depth=True)
         ok = np.isfinite(disp) & (disp > 0)
         depth = np.where(ok, 1.0 / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
-        return _to_sample(_read_image(rgb, depth=False), depth, self.size)
+        return _to_sample(_read_image(rgb, depth=False), depth, self.size, files=(rgb, disp_path))
 
 
 class ConcatSamples(ConcatDataset):

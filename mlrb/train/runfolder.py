@@ -2,7 +2,8 @@
 
 A folder that holds any file of a run (run.json, summary.json, a checkpoint, a log or a
 report) belongs to that run, even an interrupted one that has not logged a period yet: a
-new run there is refused unless it resumes (``--resume auto`` or ``--resume PATH``). The
+new run there is refused unless it resumes (``--resume auto`` or ``--resume PATH`` with a
+checkpoint of that folder; another run's checkpoint continues in a new folder). The
 folder must also be writable, which is checked before anything is built.
 """
 from __future__ import annotations
@@ -46,6 +47,10 @@ def check_run_folder(run_dir: str, resume: str | None) -> str | None:
                                  f"--resume auto, or choose another --out")
         return None
     if resume != "auto":
+        if found and not _inside(resume, run_dir):
+            # Continuing another run here would overwrite this one's logs and checkpoints.
+            raise RunFolderError(f"--out {run_dir} already holds a run ({', '.join(found)}) and --resume {resume} "
+                                 f"is not one of its checkpoints; resume that run into a new --out (or its own)")
         return resume
     last = os.path.join(run_dir, "checkpoints", "last.pt")
     if os.path.exists(last):
@@ -61,6 +66,11 @@ def check_run_folder(run_dir: str, resume: str | None) -> str | None:
         raise RunFolderError(f"--out {run_dir} holds a run ({', '.join(others or found)}) but no "
                              f"checkpoints/last.pt to resume from{extra}; or choose another --out")
     return None  # --resume auto in a new folder: a fresh run
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _check_writable(run_dir: str) -> None:

@@ -32,6 +32,7 @@ from torch import nn
 
 from mlrb.names import AMLR_NAMES, names_of, resolve_select
 from mlrb.models import DEFAULT_MODEL, build_model
+from mlrb.models.encoder import check_batch_norm_batch
 from mlrb.weighting.rebalance import DEFAULT_MAX_RATIO
 from mlrb.train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save, read_checkpoint
 from mlrb.train.interrupt import InterruptGuard, TrainingInterrupted
@@ -155,6 +156,9 @@ class Trainer:
         if cfg.lr_schedule != "constant":
             from mlrb.train.schedule import lr_at
             lr_at(cfg.lr_schedule, 0, 1, cfg.lr, cfg.lr_min)  # validates the name
+            if not 0 <= cfg.lr_min <= cfg.lr:  # (NaN fails too) the schedule rises from lr_min to lr
+                raise ValueError(f"--lr-min must be a number from 0 to --lr ({cfg.lr:g}) for the {cfg.lr_schedule} "
+                                 f"schedule, got {cfg.lr_min:g}")
         if cfg.tta not in ("none", "flip", "flip+sw"):
             raise ValueError(f"tta must be 'none', 'flip' or 'flip+sw', got {cfg.tta!r}")
         # Before anything is built: never start over an existing run, fail early on a bad --out.
@@ -188,6 +192,9 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = self.build_network()
+        info = getattr(self.model, "info", None)
+        if info is not None:  # before the run folder is written to (torch would raise at step 1)
+            check_batch_norm_batch(self.model, info.reduction, cfg.batch_size, self.size)
         init_depth = cfg.init_depth
         if init_depth == "auto":
             init_depth = mean_depth(self.train_set)
@@ -587,14 +594,20 @@ class Trainer:
     def load_checkpoint(self, path: str) -> None:
         """Restore everything saved by save_checkpoint; the run continues with the next step."""
         state = read_checkpoint(path)  # CheckpointError: names the file and the other checkpoints
+        missing = [k for k in self.state_dict() if k not in state and k != "world_size"]
+        if missing or not isinstance(state["config"], dict):
+            raise CheckpointError(f"cannot resume from {path}: an incomplete mlrb checkpoint (no "
+                                  f"{', '.join(missing) or 'config'})")
         old = state["config"]
         mine = dataclasses.asdict(self.cfg)
         diff = [k for k in _RESUME_KEYS if _norm(old.get(k)) != _norm(mine.get(k))]
         if state.get("world_size", 1) != self.world:
             diff.append(f"world_size ({state.get('world_size')} -> {self.world})")
         if diff:
+            run_json = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "run.json")
+            see = f", see {run_json}" if os.path.isfile(run_json) else ""  # (the checkpoint's run folder)
             raise CheckpointError(f"cannot resume from {path}: settings differ: {', '.join(map(str, diff))} "
-                                  f"(resume with the run's settings, see {os.path.join(self.run_dir, 'run.json')})")
+                                  f"(resume with the run's settings{see})")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -649,12 +662,12 @@ class Trainer:
         for key in ("losses", "weights", "contributions"):
             p = os.path.join(self.run_dir, f"{key}.csv")
             if os.path.exists(p):
-                with open(p) as fh:
+                with open(p, newline="") as fh:  # rows as csv.writer ended them (\r\n), kept byte for byte
                     rows = fh.readlines()
                 width = rows[0].count(",") if rows else 0
                 keep = rows[:1] + [r for r in rows[1:] if r.endswith("\n") and r.count(",") == width
                                    and _period_of_csv(r) < self.period]
-                with open(p, "w") as fh:
+                with open(p, "w", newline="") as fh:
                     fh.writelines(keep)
 
     # ------------------------------------------------------------------ outputs

@@ -140,3 +140,9 @@ def test_mdr_block_counts():
     # 8x8 embedding 524,416 + 3x3 conv 73,856 + 4 layers x 329,856 + positions 64,000
     # + regressor 99,073 + 1x1 projection 12,288
     assert n == 524_416 + 73_856 + 4 * 329_856 + 64_000 + 99_073 + 12_288
+
+
+@pytest.mark.parametrize("patch", [0, -1])
+def test_mdr_queries_for_rejects_a_patch_below_one(patch):
+    with pytest.raises(ValueError, match="--mdr-patch"):  # 0 used to be a ZeroDivisionError
+        mdr_queries_for((32, 32), patch)

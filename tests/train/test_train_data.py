@@ -100,6 +100,10 @@ def test_nyu_csv_errors(tmp_path):
         BTSSplit(str(tmp_path / "binary.csv"), str(tmp_path))
     (tmp_path / "bom.csv").write_bytes("\ufeffrgb.png,d8.png\n".encode("utf-8"))  # spreadsheet export
     assert NYUv2CSV(str(tmp_path / "bom.csv"), size=None).rows[0][0] == str(tmp_path / "rgb.png")
+    _depth16(tmp_path / "d16.png", np.full((4, 6), 3000))  # half the image's size: the error names both files
+    (tmp_path / "sizes.csv").write_text("rgb.png,d16.png\n")
+    with pytest.raises(DataFileError, match=r"image .*rgb.png is 8x8 but depth .*d16.png is 4x6"):
+        NYUv2CSV(str(tmp_path / "sizes.csv"))[0]
 
 
 def test_bts_nyu_split(tmp_path):
@@ -132,6 +136,11 @@ def test_bts_kitti_split_sparse_crop_and_none(tmp_path):
     assert s["mask"][0, -1].any()  # the bottom-row measurement survived the bottom-centred crop
     with pytest.raises(ValueError, match="dataset"):
         BTSSplit(str(tmp_path / "split.txt"), str(tmp_path), dataset="make3d")
+    _depth16(tmp_path / "gt" / "1.png", d[:-1, :-1])  # one row and column short: both crop to 352x1216
+    _rgb(tmp_path / "img" / "1.png", h, w)
+    (tmp_path / "sizes.txt").write_text("1.png 1.png 721.5377\n")
+    with pytest.raises(DataFileError, match=r"image .*1.png is 376x1242 but depth .*1.png is 375x1241"):
+        BTSSplit(str(tmp_path / "sizes.txt"), str(tmp_path / "img"), str(tmp_path / "gt"), dataset="kitti")[0]
     (tmp_path / "bad.txt").write_text("0.png 0.png notanumber\n")
     with pytest.raises(DataFileError, match="focal"):
         BTSSplit(str(tmp_path / "bad.txt"), str(tmp_path / "img"), str(tmp_path / "gt"), dataset="kitti")

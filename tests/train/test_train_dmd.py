@@ -94,3 +94,68 @@ def test_cli(tmp_path, capsys):
     rc = train_main(["--arch", "dmd", "--phase", "2", "--init-from", str(tmp_path / "nope.pt"),
                      "--size", "32", "48", "--n-d", "32", "--out", str(tmp_path / "e"), "--no-progress"])
     assert rc == 2 and "phase-1 checkpoint not found" in capsys.readouterr().err
+
+
+TINY_CLI = ["--synthetic-train", "4", "--synthetic-val", "2", "--size", "32", "32", "--n-d", "32", "--batch-size", "2",
+            "--epochs", "1", "--model", "test_efficientnet", "--no-progress", "--no-eval-before"]
+
+
+def _rejected(tmp_path, capsys, argv, *names):
+    """``mlrb train --arch dmd argv`` fails with one line naming ``names``, before any run folder is made."""
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = train_main(["--arch", "dmd", *TINY_CLI, *argv, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("mlrb train: error: "), err
+    for name in names:
+        assert name in err, err
+    assert not out.exists()  # nothing trained, --out still free
+    return err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--phase2-epochs", "0"], "--phase2-epochs"),              # used to fail after phase 1 had run
+    (["--phase2-lr-step", "0"], "--phase2-lr-step"),
+    (["--phase", "2", "--init-from", "x.pt", "--phase2-epochs", "0"], "--phase2-epochs"),
+    (["--lr-step", "0"], "--lr-step"),
+    (["--weight-decay", "nan"], "--weight-decay"),              # used to train into a non-finite loss
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--weight-decay=-1e-4"], "--weight-decay"),
+    (["--mdr-patch", "0"], "--mdr-patch"),                      # used to divide by zero
+    (["--mdr-patch", "-1"], "--mdr-patch"),
+    (["--mdr-patch", "64"], "--mdr-patch"),                     # no 2 patches at 32x32: phase 2 only, checked first
+    (["--relative-fraction", "-0.5"], "--relative-fraction"),
+    (["--decoders", "gx"], "--decoders"),
+])
+def test_bad_options_are_one_line_before_training(tmp_path, capsys, argv, option):
+    _rejected(tmp_path, capsys, argv, option)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--decoders", "g", "--phase", "1"],                        # used to train, then KeyError 'N' at evaluation
+    ["--decoders", "g", "--dmd-variant", "single-phase"],
+    ["--decoders", "gm"],                                       # phase 1 of 'both' would be G-Net alone
+])
+def test_decoders_without_n_net_or_m_net_are_rejected(tmp_path, capsys, argv):
+    _rejected(tmp_path, capsys, argv, "--decoders")
+
+
+def test_unreadable_init_from_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("hello\n")                                   # used to be an UnpicklingError traceback
+    err = _rejected(tmp_path, capsys, ["--phase", "2", "--init-from", str(bad)], "--init-from", str(bad))
+    assert "--resume" not in err
+    real = tmp_path / "real.pt"
+    torch.save({"format": "mlrb-train-1", "config": {"arch": "dmd", "stage": "1"},
+                "model": {"w": torch.zeros(4096)}}, real)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(real.read_bytes()[:5000])                   # a copy cut short: used to be an OSError traceback
+    _rejected(tmp_path, capsys, ["--phase", "2", "--init-from", str(cut)], "--init-from", str(cut))
+    # A readable checkpoint of another run kind, and one of another network: named, no traceback.
+    torch.save({"format": "mlrb-train-1", "config": {"arch": "ode"}, "model": {}}, real)
+    _rejected(tmp_path, capsys, ["--phase", "2", "--init-from", str(real)], "--init-from", "not a phase-1 checkpoint")
+    torch.save({"format": "mlrb-train-1", "config": {"arch": "dmd", "stage": "1"},
+                "model": {"nets.n.conv_out.weight": torch.zeros(7)}}, real)
+    _rejected(tmp_path, capsys, ["--phase", "2", "--init-from", str(real)], "--init-from", "does not fit")

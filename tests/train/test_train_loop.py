@@ -97,6 +97,8 @@ def test_resume_reproduces_the_next_steps_exactly(tmp_path):
     assert len(pa) == len(pb) == 5
     assert [r["losses"] for r in pa] == [r["losses"] for r in pb]
     assert [r["weights"] for r in pa] == [r["weights"] for r in pb]
+    for key in ("losses", "weights", "contributions"):  # the logs the resume rewrote, byte for byte
+        assert (tmp_path / "straight" / f"{key}.csv").read_bytes() == (tmp_path / "resumed" / f"{key}.csv").read_bytes()
 
 
 def test_resume_refuses_other_settings_and_reused_folders(tmp_path):

@@ -130,3 +130,8 @@ def test_eval_only_scores_a_checkpoint_with_the_recipe_protocol(tmp_path, capsys
     assert "does not fit the network" in capsys.readouterr().err
     assert train_main([*common, "--eval-only", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    from PIL import Image
+    Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")  # torch.load's message for it has two lines
+    assert train_main([*common, "--eval-only", str(tmp_path / "rgb.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlrb train: error: cannot read checkpoint") and len(err.splitlines()) == 1, err

@@ -73,6 +73,16 @@ def test_empty_folders_are_not_runs_and_resume_auto_needs_last_pt(tmp_path):
     (tmp_path / "half" / "checkpoints" / "epoch001.pt").write_bytes(b"x")
     with pytest.raises(RunFolderError, match="no checkpoints/last.pt.*checkpoints/epoch001.pt"):
         check_run_folder(str(tmp_path / "half"), "auto")
+    # --resume PATH: a checkpoint of the folder itself, or any checkpoint into a new folder;
+    # never another run's into this one (its logs and checkpoints would be overwritten)
+    own = str(tmp_path / "half" / "checkpoints" / "epoch001.pt")
+    assert check_run_folder(str(tmp_path / "half"), own) == own
+    assert check_run_folder(str(tmp_path / "new"), own) == own
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "other" / "run.json").write_text("{}")
+    with pytest.raises(RunFolderError, match=r"--out .*other already holds a run \(run.json\) and --resume "
+                                             r".*epoch001.pt is not one of its checkpoints"):
+        check_run_folder(str(tmp_path / "other"), own)
 
 
 def test_out_must_be_a_writable_folder(tmp_path, capsys):
@@ -120,7 +130,7 @@ def test_truncated_or_empty_checkpoint_is_named_with_the_others(tmp_path, capsys
     tr.fit()  # writes checkpoints/epoch001.pt and last.pt
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     data = last.read_bytes()
-    for broken in (data[: len(data) // 2], b""):
+    for broken in (data[: len(data) // 2], data[:5000], data[:20000], b""):  # (zip seeks past the end: OSError)
         last.write_bytes(broken)
         with pytest.raises(CheckpointError, match=r"last\.pt: checkpoint is (truncated or corrupt|empty).*"
                                                   r"epoch001\.pt.*--resume PATH"):
@@ -136,6 +146,9 @@ def test_truncated_or_empty_checkpoint_is_named_with_the_others(tmp_path, capsys
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "weights.pt")  # e.g. a model's state dict
     with pytest.raises(CheckpointError, match="not an mlrb training checkpoint"):
         read_checkpoint(str(tmp_path / "weights.pt"))
+    torch.save({"format": ckpt.CHECKPOINT_FORMAT, "model": {}}, tmp_path / "tagged.pt")  # the tag, little else
+    assert cli_main(["train", *TINY_ARGS, "--out", str(tmp_path / "run2"), "--resume", str(tmp_path / "tagged.pt")]) != 0
+    _one_line_error(capsys, "tagged.pt: an incomplete mlrb checkpoint (no config, optimizer")
 
 
 # ---------------------------------------------------------------------------- Ctrl-C
