@@ -65,10 +65,17 @@ mlrb::LossSpaceArgs make_args(const py::buffer_info& p, const py::buffer_info& g
                                   std::to_string(kMaxDim));
   }
   if (indices.empty()) throw std::invalid_argument("indices is empty");
-  for (int i : indices)
+  bool seen[mlrb::kNumAll] = {};
+  for (int i : indices) {
     if (i < 0 || i >= mlrb::kNumAll)
       throw std::invalid_argument("loss index out of range: " + std::to_string(i) + " (valid: 0.." +
                                   std::to_string(mlrb::kNumAll - 1) + ")");
+    if (seen[i]) throw std::invalid_argument("loss index " + std::to_string(i) + " is given twice");
+    seen[i] = true;
+  }
+  if (!std::isfinite(si_lambda) || !std::isfinite(si_scale))
+    throw std::invalid_argument("si_lambda and si_scale must be finite, got " + std::to_string(si_lambda) + ", " +
+                                std::to_string(si_scale));
   if (num_threads < 1 || num_threads > kMaxThreads)
     throw std::invalid_argument("num_threads must be in 1.." + std::to_string(kMaxThreads) + ", got " +
                                 std::to_string(num_threads));

@@ -26,8 +26,9 @@ def compute_multi_loss(pred: torch.Tensor, gt: torch.Tensor, loss_valid=None, **
         if len(enabled) != n:
             raise ValueError(f"loss_valid must have {n} entries (trainer order), got {len(enabled)}")
     names = [name for name, on in zip(TRAINER_LOSS_NAMES, enabled) if on]
-    if not names:
-        zeros = torch.zeros(pred.shape[0], device=pred.device)
+    if not names:  # the dtype the losses would have had (fused_loss_space: float64 for float64 pred)
+        zeros = torch.zeros(pred.shape[0], device=pred.device,
+                            dtype=torch.float64 if pred.dtype == torch.float64 else torch.float32)
         return [zeros.clone() for _ in range(n)]
     values = fused_loss_space(pred, gt, select=names, **kwargs)
     column = {name: values[:, j] for j, name in enumerate(names)}

@@ -192,7 +192,8 @@ def fused_loss_space(
     indices = _resolve(select)
     pred4, gt4, mask4 = _check_inputs(pred, gt, mask)
     for what, v in (("si_lambda", si_lambda), ("si_scale", si_scale)):
-        if not math.isfinite(v):
+        # (under torch.compile(dynamic=True) they can be symbolic: the ops check the real values)
+        if not torch.compiler.is_compiling() and not math.isfinite(v):
             raise ValueError(f"{what} must be finite, got {v}")
     if check_finite and not torch.compiler.is_compiling():
         _check_finite(pred4, gt4, mask4)

@@ -225,6 +225,10 @@ def test_compute_multi_loss_only_computes_enabled(monkeypatch):
     assert out[1].abs().sum() > 0 and out[20].abs().sum() > 0
     with pytest.raises(ValueError, match="78 entries"):
         compute_multi_loss(pred, gt, [1] * 77)
+    for dtype in (torch.float32, torch.float64):  # all off: the zeros have the losses' dtype
+        off = compute_multi_loss(pred.to(dtype), gt.to(dtype), [0] * 78, backend="reference")
+        some = compute_multi_loss(pred.to(dtype), gt.to(dtype), valid, backend="reference")
+        assert {v.dtype for v in off} == {v.dtype for v in some} == {dtype}
 
 
 def test_demo_runs(capsys):

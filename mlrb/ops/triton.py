@@ -244,6 +244,7 @@ def _backward(grad_out, pred, mask, ws, stats, indices, si_lambda, si_sqrt, si_s
     B, H, W, plan, geom, cols, pred, m = _prep(pred, mask, indices)
     bl = plan.blocks
     grad_out = grad_out.to(torch.float32).contiguous()
+    ws, stats = ws.contiguous(), stats.contiguous()  # read as flat buffers (a direct call may pass views)
     bws = torch.empty(plan.bws_numel, device=pred.device, dtype=torch.float32)
     grad = torch.empty(B, 1, H, W, device=pred.device, dtype=pred.dtype)
     has_mask = m is not None

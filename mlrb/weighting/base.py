@@ -145,9 +145,9 @@ class LossWeighting(nn.Module):
         if finite_check not in ("step", "period"):
             raise ValueError(f"finite_check must be 'step' or 'period', got {finite_check!r}")
         self.finite_check = finite_check
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:  # (numpy ints too)
             raise ValueError(f"n (the number of losses) must be a positive int, got {n!r}")
-        self.n = n
+        self.n = n = int(n)
         if names is None:
             names = tuple(f"loss{i}" for i in range(n))
         names = tuple(str(s) for s in names)

@@ -593,12 +593,14 @@ def test_torch_compile_fullgraph(backend, how):
     torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("backend,case", params(FUSED))
-def test_fused_loss_space_under_torch_compile_fullgraph(backend, case):
-    """The public entry point itself (dispatch included) compiles without graph breaks."""
+def test_fused_loss_space_under_torch_compile_fullgraph(backend, case, dynamic):
+    """The public entry point itself (dispatch and argument checks included) compiles without
+    graph breaks, with dynamic shapes too (the AMLR options are then symbolic)."""
     pred, gt, m = inputs(backend, None, 20, 28, dtype=F32, mask="holes")
     compiled = torch.compile(lambda p, g, mask: losses(backend, p, g, mask, "L^0 | AMLR").sum(), fullgraph=True,
-                             backend="aot_eager")
+                             backend="aot_eager", dynamic=dynamic)
     p, q = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
     compiled(p, gt, m).backward()
     losses(backend, q, gt, m, "L^0 | AMLR").sum().backward()

@@ -153,3 +153,22 @@ def test_scale_invariant_loss_with_pred_off_by_a_factor_tiled(small_tiles):
 def test_workspace_beyond_int32_is_refused():
     with pytest.raises(ValueError, match="split the batch"):
         triton_backend.make_plan(64, 1024, 2048, tuple(range(80)), triton_backend.GPU_BLOCKS)
+
+
+def test_backward_op_reads_strided_workspace_and_sums_by_value():
+    """A direct call of the backward op with views of the forward's ws and stats (strided,
+    expanded) gives the same gradient, never reads another tensor's memory."""
+    ops = torch.ops.mlrb_triton
+    pred, gt, _ = make_inputs(1, 8, 8, seed=3, device=DEVICE)
+    idx, args = [0, 13], (1.0, False, 1.0)
+    _, stats, ws = ops.loss_space_fwd(pred, gt, None, idx, *args, True)
+    g = torch.ones(1, 2, device=DEVICE)
+    want = ops.loss_space_bwd(g, pred, None, ws, stats, idx, *args)
+    ws2 = torch.zeros(2 * ws.numel(), device=DEVICE)
+    ws2[::2] = ws
+    st2 = torch.zeros(stats.shape[0], 2 * stats.shape[1], device=DEVICE)
+    st2[:, ::2] = stats
+    assert torch.equal(ops.loss_space_bwd(g, pred, None, ws2[::2], st2[:, ::2], idx, *args), want)
+    flat = torch.zeros(1, device=DEVICE).expand(ws.numel())  # one float seen ws.numel() times
+    assert torch.equal(ops.loss_space_bwd(g, pred, None, flat, stats, idx, *args),
+                       ops.loss_space_bwd(g, pred, None, flat.contiguous(), stats, idx, *args))

@@ -305,3 +305,9 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="every enabled"):
         FixedWeights(N, [0.0, 1.0, 0.0, 0.0], enabled=[True, False, True, True])
     assert MultiLossRebalancer(N, steps_per_period=2.0).steps_per_period == 2
+    import numpy as np  # n as numpy (or torch) gives it, e.g. len of an array's row
+    for cls in (FixedWeights, MultiLossRebalancer, AMLRRebalancer, UncertaintyWeighting):
+        assert cls(np.int64(3)).n == 3 and type(cls(np.int64(3)).n) is int
+    for bad in (2.0, True, 0, "3"):
+        with pytest.raises(ValueError, match="n .the number of losses. must be a positive int"):
+            FixedWeights(bad)
