@@ -4,12 +4,13 @@ Every subcommand module exposes ``main(argv: list[str] | None) -> int``; this fi
 dispatches, so new commands never touch each other's code. It also reports, for every
 command, what is the user's doing rather than a bug as one line without a traceback: a
 :class:`mlrb.errors.UserError`, an operating-system error on a named file (missing,
-unreadable, not writable, disk full) and Ctrl-C.
+unreadable, not writable, disk full), an allocation too large for the machine and Ctrl-C.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from mlrb.errors import UserError, one_line
@@ -68,3 +69,20 @@ def run_command(prog: str, main, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        what = _allocation_failure(exc)
+        if what is None:
+            raise
+        print(f"{prog}: error: out of memory ({what}); give smaller sizes, batches or counts", file=sys.stderr)
+        return 1
+
+
+def _allocation_failure(exc: BaseException) -> str | None:
+    """The allocator's words if ``exc`` is a failed allocation (sizes too large for the
+    machine, a user's choice), else None. torch's CPU allocator raises a RuntimeError, CUDA
+    its OutOfMemoryError (a RuntimeError), Python a MemoryError."""
+    text = one_line(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" \
+            or "can't allocate memory" in text:
+        return re.sub(r"^\[enforce fail at [^\]]*\] [^.]*\. ", "", text)[:300]
+    return None

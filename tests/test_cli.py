@@ -36,6 +36,18 @@ def test_run_command_reports_user_errors_file_errors_and_ctrl_c(capsys):
     with pytest.raises(ZeroDivisionError):
         cli.run_command("mlrb x", bug, [])
 
+    def too_large(argv):  # e.g. a --size far beyond the machine's memory
+        import torch
+        torch.empty(2**62, dtype=torch.uint8)
+
+    def runtime_bug(argv):
+        raise RuntimeError("shape mismatch: a bug, keep the traceback")
+
+    assert cli.run_command("mlrb x", too_large, []) == 1
+    _one_line(capsys, "mlrb x: error: out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.run_command("mlrb x", runtime_bug, [])
+
     def closed_pipe(argv):  # `mlrb eval ... | head`
         raise BrokenPipeError(32, "Broken pipe")
 
@@ -52,6 +64,8 @@ def test_run_command_reports_user_errors_file_errors_and_ctrl_c(capsys):
     (["time", "--device", "nonsense"], "--device"),
     (["time", "--backend", "magic", "--size", "32", "32"], "--backend"),
     (["time", "--json", "/nonexistent-mlrb-dir/t.json"], "--json"),
+    (["time", "--json", ".", "--size", "64", "64", "--batch-size", "2", "--n-d", "32", "--iters", "1",
+      "--warmup", "0", "--sets", "{D0}", "--no-progress"], "--json"),  # a folder: was found after the timing
     (["bench", "--shape", "1x1x0x4"], "1x1x0x4"),
     (["bench", "--repeat", "0"], "--repeat"),
     (["bench", "--threads", "0"], "--threads"),
@@ -64,6 +78,16 @@ def test_run_command_reports_user_errors_file_errors_and_ctrl_c(capsys):
     (["train", "--depth-scale", "abc"], "--depth-scale"),
     (["train", "--device", "nonsense"], "--device"),
     (["train", "--backend", "magic"], "--backend"),  # was found at the first step
+    (["train", "--lr-schedule", "poly-updown", "--lr-min", "nan"], "--lr-min"),  # was NaN losses at step 1
+    (["train", "--lr-schedule", "poly-updown", "--lr-min", "-1e-4"], "--lr-min"),  # was a negative lr
+    (["train", "--lr-schedule", "poly-updown", "--lr-min", "1"], "--lr-min"),  # above --lr
+    (["train", "--seed", "99999999999999999999"], "--seed"),  # was "Overflow when unpacking long long"
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--model-kwargs", '{"bogus": 1}'], "--model-kwargs"),  # was timm's TypeError
+    (["train", "--batch-size", "1", "--size", "32", "32"], "--batch-size 1 at --size 32 32"),  # was BatchNorm's
+    (["demo", "--size", "100000x100000"], "out of memory (DefaultCPUAllocator"),
+    (["time", "--batch-size", "1", "--size", "32", "32", "--n-d", "32", "--iters", "1", "--warmup", "0", "--sets",
+      "{D0}", "--no-progress"], "--batch-size 1 at --size 32 32"),  # was BatchNorm's words
     (["report", "/nonexistent-mlrb-dir"], "periods.jsonl"),
     (["eval", "/nonexistent-mlrb-dir", "/nonexistent-mlrb-dir", "--dataset", "nyu"], "not a directory"),
 ])

@@ -20,6 +20,8 @@ does for image k of one big batch, so the numbers match it exactly.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -129,8 +131,8 @@ class _Ordinal(_PerImageMean):
         super().__init__(**kwargs)
         if int(n_pairs) < 1:
             raise ValueError(f"n_pairs must be positive, got {n_pairs}")
-        if threshold < 0:
-            raise ValueError(f"ordinal threshold must be >= 0, got {threshold}")
+        if not (math.isfinite(threshold) and threshold >= 0):  # (NaN passes "< 0")
+            raise ValueError(f"ordinal threshold must be a finite number >= 0, got {threshold}")
         self.n_pairs, self.threshold, self.seed = int(n_pairs), float(threshold), int(seed)
         # Images seen on this process: the seed offset of the next batch. "sum" only matters
         # for a synced read; each process keeps counting its own images.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -69,16 +70,21 @@ def read_diw_csv(path: str | os.PathLike) -> list[DIWPair]:
         if len(f) != 7:
             raise DIWFormatError(f"{path}:{lj}: expected 7 fields yA,xA,yB,xB,relation,width,height, got {len(f)}")
         try:
-            yA, xA, yB, xB = (float(x) for x in f[:4])
-            width, height = int(float(f[5])), int(float(f[6]))
+            nums = [float(x) for x in f[:4] + f[5:]]
         except ValueError:
             raise DIWFormatError(f"{path}:{lj}: non-numeric coordinate or size in {ann!r}") from None
+        # float() takes "inf" and "nan" (and int() of them raises): refuse them here, with the line
+        if not all(math.isfinite(v) for v in nums):
+            raise DIWFormatError(f"{path}:{lj}: coordinates and size must be finite numbers, got {ann!r}")
+        if any(v != int(v) for v in nums):  # DIW annotates whole pixels
+            raise DIWFormatError(f"{path}:{lj}: coordinates and size must be whole pixels, got {ann!r}")
+        yA, xA, yB, xB = nums[:4]
+        width, height = int(nums[4]), int(nums[5])
         if f[4] not in (">", "<"):
             raise DIWFormatError(f"{path}:{lj}: relation must be '>' or '<', got {f[4]!r}")
         if width < 1 or height < 1:
             raise DIWFormatError(f"{path}:{lj}: width and height must be >= 1, got {width}x{height}")
-        if not all(np.isfinite([yA, xA, yB, xB])) or not (1 <= yA <= height and 1 <= yB <= height
-                                                         and 1 <= xA <= width and 1 <= xB <= width):
+        if not (1 <= yA <= height and 1 <= yB <= height and 1 <= xA <= width and 1 <= xB <= width):
             raise DIWFormatError(f"{path}:{lj}: a point lies outside the 1-based {width}x{height} image: {ann!r}")
         pairs.append(DIWPair(image, yA, xA, yB, xB, 1 if f[4] == ">" else -1, width, height))
     return pairs
@@ -202,24 +208,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _threshold_ok(t: float) -> bool:
+    return math.isfinite(t) and t >= 0  # NaN or inf would score every pair as "equal"
+
+
 def main(argv: list[str] | None = None) -> int:
     from mlrb.relative.fuse_cli import FuseError
 
+    from .evaluate import EvalError, check_json_target
     from .sweep import DEFAULT_THRESHOLDS, best_of_curves
 
     args = build_parser().parse_args(argv)
     try:
+        # option values first, before minutes of reading and predicting
+        bad = [] if _threshold_ok(args.threshold) else \
+            [f"--threshold must be a finite number >= 0, got {args.threshold:g}"]
+        wrong = [f"{t:g}" for t in args.sweep or () if not _threshold_ok(t)]
+        if wrong:
+            bad.append(f"--sweep values must be finite numbers >= 0, got {', '.join(wrong)}")
+        if bad:
+            raise ValueError("; ".join(bad))
         if args.json and os.path.exists(args.json):
             raise ValueError(f"{args.json} already exists; choose another --json")
-        if args.threshold < 0 or (args.sweep and any(t < 0 for t in args.sweep)):
-            raise ValueError("thresholds must be >= 0")
+        check_json_target(args.json)
         pairs = read_diw_csv(args.csv)
         preds = load_prediction_folder(pairs, args.pred) if args.pred else predict_with_rde(pairs, args)
         ts = [args.threshold]
         if args.sweep is not None:
             ts += list(args.sweep or DEFAULT_THRESHOLDS)
         lab, pred = diw_relations(pairs, preds, thresholds=ts, disparity=args.disparity)
-    except (ValueError, KeyError, FuseError) as exc:
+    except (ValueError, KeyError, FuseError, EvalError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"mlrb diw: error: {msg}", file=sys.stderr)
         return 2

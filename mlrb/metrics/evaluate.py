@@ -33,6 +33,12 @@ from .ordinal import WKDR_KEYS, wkdr_per_image
 from ..errors import UserError
 
 EXTENSIONS = (".npy", ".png")
+# --n-pairs: WKDR holds ~75 bytes per pair of an image at once, so 10M pairs is ~1 GB; more
+# would run out of memory in the middle of the evaluation (200x the default is plenty).
+MAX_N_PAIRS = 10_000_000
+# --seed: image k is sampled with torch.Generator().manual_seed(seed + k), which takes
+# -2**63 .. 2**64-1; an int64 seed leaves room for seed + k.
+SEED_RANGE = (-2**63, 2**63 - 1)
 
 
 class EvalError(UserError, RuntimeError):
@@ -142,10 +148,13 @@ def _settings(args: argparse.Namespace) -> dict:
     bad = [f"{name} must be a positive number, got {v:g}" for name, v in
            (("--gt-png-scale", gt_scale), ("--pred-png-scale", pred_scale), ("--max-depth", max_d))
            if v is not None and not (np.isfinite(v) and v > 0)]
-    if not (np.isfinite(min_d) and 0 <= min_d < max_d):
-        bad.append(f"--min-depth must be >= 0 and below --max-depth, got {min_d:g} and {max_d:g}")
-    if args.n_pairs < 1:
-        bad.append(f"--n-pairs must be >= 1, got {args.n_pairs}")
+    # strictly > 0, as depth.valid_mask needs (0 would be reported as the first file's error)
+    if not (np.isfinite(min_d) and 0 < min_d < max_d):
+        bad.append(f"--min-depth must be > 0 and below --max-depth, got {min_d:g} and {max_d:g}")
+    if not 1 <= args.n_pairs <= MAX_N_PAIRS:
+        bad.append(f"--n-pairs must be between 1 and {MAX_N_PAIRS} (memory), got {args.n_pairs}")
+    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+        bad.append(f"--seed must be a 64-bit integer ({SEED_RANGE[0]} .. {SEED_RANGE[1]}), got {args.seed}")
     if not (np.isfinite(args.wkdr_threshold) and args.wkdr_threshold >= 0):
         bad.append(f"--wkdr-threshold must be >= 0, got {args.wkdr_threshold:g}")
     if bad:
@@ -154,10 +163,12 @@ def _settings(args: argparse.Namespace) -> dict:
             "gt_png_scale": gt_scale, "pred_png_scale": pred_scale}
 
 
-def _check_json_target(path: Path | None) -> None:
+def check_json_target(path: str | os.PathLike | None) -> None:
+    """EvalError naming --json if it cannot be written; also used by `mlrb diw` and `mlrb time`."""
     # Fail before the (long) evaluation, not after it.
     if path is None:
         return
+    path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise EvalError(f"{path}: --json is a folder; give a file name")
@@ -170,7 +181,7 @@ def _check_json_target(path: Path | None) -> None:
 def evaluate_folders(args: argparse.Namespace) -> tuple[dict[str, float], MetricAccumulator,
                                                         dict]:
     s = _settings(args)
-    _check_json_target(args.json)
+    check_json_target(args.json)
     gts, preds = index_folder(args.gt_dir), index_folder(args.pred_dir)
     if not gts:
         raise EvalError(f"no {'/'.join(EXTENSIONS)} files in {args.gt_dir}")

@@ -30,6 +30,8 @@ results do not depend on the device.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -40,8 +42,8 @@ WKDR_KEYS: tuple[str, ...] = ("wkdr", "wkdr_eq", "wkdr_neq")
 
 def ordinal_labels(d_a: Tensor, d_b: Tensor, threshold: float) -> Tensor:
     """Ordinal relation of ``d_a`` to ``d_b``: +1 farther, -1 closer, 0 equivalent (int8)."""
-    if threshold < 0:
-        raise ValueError(f"ordinal threshold must be >= 0, got {threshold}")
+    if not (math.isfinite(threshold) and threshold >= 0):  # NaN would pass "< 0" and call every pair equal
+        raise ValueError(f"ordinal threshold must be a finite number >= 0, got {threshold}")
     s = 1.0 + threshold
     return (d_a > s * d_b).to(torch.int8) - (d_b > s * d_a).to(torch.int8)
 

@@ -15,6 +15,7 @@ WKDR!= are closest, with the three rates there (``balanced``).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -30,8 +31,8 @@ def wkdr_sweep_per_image(pred, gt, mask=None, *, thresholds: Sequence[float] = D
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-image rates for every prediction threshold: key -> (B, T) float64, and key -> (B,) bool."""
     ts = [float(t) for t in thresholds]
-    if not ts or any(not t >= 0 for t in ts):
-        raise ValueError(f"thresholds must be a non-empty list of numbers >= 0, got {thresholds!r}")
+    if not ts or any(not (math.isfinite(t) and t >= 0) for t in ts):
+        raise ValueError(f"thresholds must be a non-empty list of finite numbers >= 0, got {thresholds!r}")
     pred, gt = as_bhw(pred, "pred"), as_bhw(gt, "gt")
     check_pair(pred, gt)
     valid = as_mask(mask, gt) & torch.isfinite(gt) & (gt > 0) & torch.isfinite(pred)

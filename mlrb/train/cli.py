@@ -311,6 +311,12 @@ def resume_command(argv: list[str] | None, out_dir: str) -> str:
     return shlex.join(["mlrb", "train", *keep, "--out", out_dir, "--resume", "auto"])
 
 
+def report_interrupted(stop, argv: list[str] | None, out_dir: str) -> None:
+    """What Ctrl-C saved (a TrainingInterrupted) and the command that resumes the run."""
+    print(f"\nmlrb train: interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
+          f"Resume it with:\n  {resume_command(argv, out_dir)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -382,8 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.fit()
     except TrainingInterrupted as stop:
         if trainer.main:
-            print(f"\nmlrb train: interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
-                  f"Resume it with:\n  {resume_command(argv, cfg.out_dir)}", file=sys.stderr)
+            report_interrupted(stop, argv, cfg.out_dir)
         return 130
     except UserError as exc:  # e.g. a broken image met during training
         print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)

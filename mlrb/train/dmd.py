@@ -351,8 +351,9 @@ def main(args, argv, parser) -> int:
     """``mlrb train --arch dmd``: the arguments parsed by :mod:`mlrb.train.cli`."""
     from mlrb.errors import UserError, one_line
     from mlrb.models import PretrainedWeightsError
-    from mlrb.train.cli import config_from_args
+    from mlrb.train.cli import config_from_args, report_interrupted
     from mlrb.train.datasets import DataFileError
+    from mlrb.train.interrupt import TrainingInterrupted
 
     # Options left at their generic defaults take the DMD ones (the paper's for real data).
     probe = type(parser)(add_help=False)
@@ -394,6 +395,10 @@ def main(args, argv, parser) -> int:
     t0 = time.perf_counter()
     try:
         summaries = run_plan(runs, report=lambda s: print(s, flush=True))
+    except TrainingInterrupted as stop:  # Ctrl-C: the phase's checkpoint is saved; --resume auto goes on
+        if int(os.environ.get("RANK", "0")) == 0:
+            report_interrupted(stop, argv, base.out_dir)
+        return 130
     except (DataFileError, PretrainedWeightsError, FileNotFoundError, ValueError, UserError) as exc:
         print(f"mlrb train: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from mlrb.errors import UserError
 from mlrb.names import TABLE5_SETS, resolve_select
 
 # Table 7 of the paper: training seconds per iteration on a TITAN X.
@@ -57,6 +58,7 @@ def measure(sets: dict[str, str], *, model_name: str = "resnet18", n_d: int = 10
             amp: bool = True, progress: bool = True, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per iteration for every selection in ``sets`` (label -> selection), round-robin."""
     from mlrb.models import build_model
+    from mlrb.models.encoder import check_batch_norm_batch
     from mlrb.train.synthetic import render_scene
 
     if iters < 1 or warmup < 0:
@@ -64,6 +66,7 @@ def measure(sets: dict[str, str], *, model_name: str = "resnet18", n_d: int = 10
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     torch.manual_seed(seed)
     model = build_model(model_name, n_d=n_d, input_size=tuple(size)).to(dev).train()
+    check_batch_norm_batch(model, model.info.reduction, batch_size, size)  # before minutes of timing
     g = torch.Generator().manual_seed(seed)
     pairs = [render_scene(size[0], size[1], g) for _ in range(batch_size)]
     image = torch.stack([p[0] for p in pairs]).to(dev)
@@ -138,9 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    """Errors found before minutes of timing (ValueError naming the option)."""
-    import os
-
+    """Errors found before minutes of timing (ValueError or UserError naming the option)."""
+    from mlrb.metrics.evaluate import check_json_target
     from mlrb.train.trainer import _check_backend, _pick_device
 
     for opt, value, low in (("--iters", args.iters, 1), ("--warmup", args.warmup, 0), ("--batch-size", args.batch_size, 1),
@@ -148,10 +150,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if value < low:
             raise ValueError(f"{opt} must be >= {low}, got {value}")
     _check_backend(args.backend, _pick_device(args.device, 0))
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise ValueError(f"--json {args.json}: folder {folder} does not exist or is not writable")
+    check_json_target(args.json)  # `mlrb eval`'s check: also refuses a folder (e.g. --json .)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for sel in sets.values():
             resolve_select(sel)
         _check_args(args)
-    except ValueError as exc:
+    except (ValueError, UserError) as exc:
         print(f"mlrb time: error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -90,6 +90,13 @@ def test_wkdr_and_whdr_stream_equal_one_shot(use_mask):
     assert _stream(metric, pred, gt, mask) == first
 
 
+def test_ordinal_thresholds_must_be_finite_and_non_negative():
+    for bad in (-0.1, float("nan"), float("inf")):
+        for cls in (WKDR, WHDR):
+            with pytest.raises(ValueError, match="ordinal threshold must be a finite number >= 0"):
+                cls(threshold=bad)
+
+
 def test_single_hw_image_counts_as_one():
     pred, gt, _ = _data()
     metric = WKDR(n_pairs=50)

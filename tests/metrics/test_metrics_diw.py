@@ -42,6 +42,12 @@ def test_read_and_score(tmp_path):
     ("a.png\n1,1,2,2,=,4,4\n", ":2: relation must be"),
     ("a.png\n1,x,2,2,>,4,4\n", ":2: non-numeric"),
     ("a.png\n1,1,2,9,>,4,4\n", ":2: a point lies outside"),
+    ("a.png\n-1,1,2,2,>,4,4\n", ":2: a point lies outside"),
+    ("a.png\n1,1,2,2,>,inf,4\n", ":2: .*finite"),  # was an OverflowError traceback
+    ("a.png\n1,1,2,2,>,4,1e400\n", ":2: .*finite"),
+    ("a.png\nnan,1,2,2,>,4,4\n", ":2: .*finite"),
+    ("a.png\n1,1.5,2,2,>,4,4\n", ":2: .*whole pixels"),
+    ("a.png\n1,1,2,2,>,4.5,4\n", ":2: .*whole pixels"),  # was silently read as 4
     ("a.png\n1,1,2,2,>,4,4\nb.png\n", ":3: image path without"),
     ("", "no annotations"),
 ])
@@ -91,5 +97,37 @@ def test_wkdr_sweep_matches_wkdr_and_picks_the_best():
     for j in range(len(ts)):
         lo, hi = sorted((sweep["wkdr_eq"]["curve"][j], sweep["wkdr_neq"]["curve"][j]))
         assert lo - 1e-12 <= sweep["wkdr"]["curve"][j] <= hi + 1e-12
-    with pytest.raises(ValueError, match="thresholds"):
-        wkdr_sweep(pred, gt, thresholds=[-1.0])
+    for bad in (-1.0, float("nan"), float("inf")):  # NaN passed a "< 0" test and scored every pair "equal"
+        with pytest.raises(ValueError, match="thresholds must be a non-empty list of finite numbers"):
+            wkdr_sweep(pred, gt, thresholds=[0.01, bad])
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("mlrb diw: error: ") and all(f in err for f in fragments), err
+    return err
+
+
+def test_cli_bad_csv_line_is_one_line_naming_file_and_line(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    np.save(tmp_path / "p" / "0001.npy", np.ones((48, 64)))
+    (tmp_path / "d.csv").write_text("./DIW_test/0001.thumb\n10,50,10,5,>,inf,48\n")
+    assert mlrb_main(["diw", "--csv", str(tmp_path / "d.csv"), "--pred", str(tmp_path / "p")]) != 0
+    _one_line_error(capsys, f"{tmp_path / 'd.csv'}:2: ")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--threshold", "nan"], "--threshold"),  # was "WHDR 100.00% at t = nan"
+    (["--threshold", "inf"], "--threshold"),
+    (["--threshold", "-0.1"], "--threshold"),
+    (["--sweep", "0", "nan"], "--sweep"),
+    (["--json", "nodir/x.json"], "--json"),  # was found after the scoring
+])
+def test_cli_bad_options_are_refused_before_reading_anything(tmp_path, capsys, extra, fragment):
+    # the CSV does not exist: an option checked up front is reported instead of it
+    missing = tmp_path / "missing.csv"
+    if extra[0] == "--json":
+        extra = ["--json", str(tmp_path / extra[1])]
+    assert mlrb_main(["diw", "--csv", str(missing), "--pred", str(tmp_path), *extra]) != 0
+    assert str(missing) not in _one_line_error(capsys, fragment)

@@ -139,3 +139,22 @@ def test_broken_files_and_bad_options_are_one_line_errors(tmp_path, capsys):
     assert cli_main(["eval", str(p), str(g), "--dataset", "nyu", "--min-depth", "20", "--n-pairs", "0"]) == 1
     err = capsys.readouterr().err
     assert "--min-depth" in err and "--n-pairs" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, option", [
+    (["--min-depth", "0"], "--min-depth"),  # was blamed on the first ground-truth file
+    (["--wkdr", "--seed", "99999999999999999999"], "--seed"),  # was "g/a.png: Overflow ..."
+    (["--wkdr", "--seed", str(-2**63 - 1)], "--seed"),
+    (["--wkdr", "--n-pairs", "100000000000"], "--n-pairs"),  # was an out-of-memory traceback
+    (["--json", "."], "--json"),
+])
+def test_bad_option_values_name_the_option_not_a_file(tmp_path, capsys, extra, option):
+    g, p = tmp_path / "g", tmp_path / "p"
+    g.mkdir()
+    p.mkdir()
+    np.save(g / "a.npy", np.full((4, 5), 3.0))
+    np.save(p / "a.npy", np.full((4, 5), 3.3))
+    rc = cli_main(["eval", str(p), str(g), "--min-depth", "0.001", "--max-depth", "10", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert option in err and "a.npy" not in err, err

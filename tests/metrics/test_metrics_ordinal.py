@@ -18,6 +18,9 @@ def test_ordinal_labels_hand_worked():
     assert ordinal_labels(a, b, 0.0).tolist() == [0, 1, 1, -1, 1]
     with pytest.raises(ValueError):
         ordinal_labels(a, b, -0.1)
+    for t in (float("nan"), float("inf")):  # NaN passed the "< 0" test and made every pair "equal"
+        with pytest.raises(ValueError, match="finite"):
+            ordinal_labels(a, b, t)
 
 
 def test_ordinal_disagreement_weighted():

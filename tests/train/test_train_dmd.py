@@ -159,3 +159,25 @@ def test_unreadable_init_from_is_one_line(tmp_path, capsys):
     torch.save({"format": "mlrb-train-1", "config": {"arch": "dmd", "stage": "1"},
                 "model": {"nets.n.conv_out.weight": torch.zeros(7)}}, real)
     _rejected(tmp_path, capsys, ["--phase", "2", "--init-from", str(real)], "--init-from", "does not fit")
+
+
+def test_ctrl_c_says_how_to_resume_the_plan(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in a DMD phase (a TrainingInterrupted from the trainer): the saved checkpoint and
+    the command that resumes the plan, as for `mlrb train`, not a bare "interrupted"."""
+    import shlex
+
+    from mlrb.train.interrupt import TrainingInterrupted
+
+    def fit(self):
+        raise TrainingInterrupted(1, str(tmp_path / "out" / "phase1" / "checkpoints" / "last.pt"))
+
+    monkeypatch.setattr(DMDTrainer, "fit", fit)
+    argv = ["--arch", "dmd", *TINY_CLI, "--out", str(tmp_path / "out")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "interrupted after step 1" in err[0] and "phase1/checkpoints/last.pt" in err[0]
+    command = shlex.split(err[-1])
+    assert command[:4] == ["mlrb", "train", "--arch", "dmd"]
+    assert command[-4:] == ["--out", str(tmp_path / "out"), "--resume", "auto"]
