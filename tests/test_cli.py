@@ -86,6 +86,8 @@ def test_run_command_reports_user_errors_file_errors_and_ctrl_c(capsys):
     (["train", "--model-kwargs", '{"bogus": 1}'], "--model-kwargs"),  # was timm's TypeError
     (["train", "--batch-size", "1", "--size", "32", "32"], "--batch-size 1 at --size 32 32"),  # was BatchNorm's
     (["demo", "--size", "100000x100000"], "out of memory (DefaultCPUAllocator"),
+    (["train", "--weight-decay", "0.1"], "--weight-decay applies to --arch dmd only"),  # was silently ignored
+    (["train", "--phase", "1", "--decoders", "gn"], "--decoders, --phase apply to --arch dmd only"),
     (["time", "--batch-size", "1", "--size", "32", "32", "--n-d", "32", "--iters", "1", "--warmup", "0", "--sets",
       "{D0}", "--no-progress"], "--batch-size 1 at --size 32 32"),  # was BatchNorm's words
     (["report", "/nonexistent-mlrb-dir"], "periods.jsonl"),

@@ -338,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.arch == "dmd":
         from mlrb.train.dmd import main as dmd_main
         return dmd_main(args, argv, parser)
+    # The DMD options (their help starts "dmd") would be silently ignored by the other architectures.
+    dmd_only = {a.dest: a.option_strings[0] for a in parser._actions if (a.help or "").startswith("dmd")}
+    stray = sorted(dmd_only[d] for d in explicit_fields(argv) if d in dmd_only)
+    if stray:
+        parser.error(f"{', '.join(stray)} {'apply' if len(stray) > 1 else 'applies'} to --arch dmd only")
     try:
         cfg, applied = recipe_config(args, argv)
     except ValueError as exc:
