@@ -20,15 +20,13 @@ does for image k of one big batch, so the numbers match it exactly.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from mlrb.integrations import require
 from mlrb.metrics.depth import METRIC_KEYS, Crop, _check_caps, crop_box, depth_metrics_per_image
 from mlrb.metrics.kendall import kendall_tau_per_image
-from mlrb.metrics.ordinal import WKDR_KEYS, whdr_per_image, wkdr_per_image
+from mlrb.metrics.ordinal import WKDR_KEYS, check_threshold, whdr_per_image, wkdr_per_image
 
 Metric = require("torchmetrics", "torchmetrics", "mlrb.integrations.torchmetrics").Metric
 
@@ -131,8 +129,7 @@ class _Ordinal(_PerImageMean):
         super().__init__(**kwargs)
         if int(n_pairs) < 1:
             raise ValueError(f"n_pairs must be positive, got {n_pairs}")
-        if not (math.isfinite(threshold) and threshold >= 0):  # (NaN passes "< 0")
-            raise ValueError(f"ordinal threshold must be a finite number >= 0, got {threshold}")
+        check_threshold(threshold)
         self.n_pairs, self.threshold, self.seed = int(n_pairs), float(threshold), int(seed)
         # Images seen on this process: the seed offset of the next batch. "sum" only matters
         # for a synced read; each process keeps counting its own images.

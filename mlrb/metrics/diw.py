@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .ordinal import ordinal_labels
+from .ordinal import ordinal_labels, threshold_ok
 
 
 class DIWFormatError(ValueError):
@@ -208,10 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _threshold_ok(t: float) -> bool:
-    return math.isfinite(t) and t >= 0  # NaN or inf would score every pair as "equal"
-
-
 def main(argv: list[str] | None = None) -> int:
     from mlrb.relative.fuse_cli import FuseError
 
@@ -221,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         # option values first, before minutes of reading and predicting
-        bad = [] if _threshold_ok(args.threshold) else \
+        bad = [] if threshold_ok(args.threshold) else \
             [f"--threshold must be a finite number >= 0, got {args.threshold:g}"]
-        wrong = [f"{t:g}" for t in args.sweep or () if not _threshold_ok(t)]
+        wrong = [f"{t:g}" for t in args.sweep or () if not threshold_ok(t)]
         if wrong:
             bad.append(f"--sweep values must be finite numbers >= 0, got {', '.join(wrong)}")
         if bad:

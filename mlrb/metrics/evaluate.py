@@ -29,7 +29,7 @@ from .accumulator import MetricAccumulator
 from .depth import (CROPS, DATASET_PRESETS, METRIC_KEYS, clamp_prediction,
                     depth_metrics_per_image, valid_mask)
 from .kendall import kendall_tau_per_image
-from .ordinal import WKDR_KEYS, wkdr_per_image
+from .ordinal import WKDR_KEYS, threshold_ok, wkdr_per_image
 from ..errors import UserError
 
 EXTENSIONS = (".npy", ".png")
@@ -155,7 +155,7 @@ def _settings(args: argparse.Namespace) -> dict:
         bad.append(f"--n-pairs must be between 1 and {MAX_N_PAIRS} (memory), got {args.n_pairs}")
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         bad.append(f"--seed must be a 64-bit integer ({SEED_RANGE[0]} .. {SEED_RANGE[1]}), got {args.seed}")
-    if not (np.isfinite(args.wkdr_threshold) and args.wkdr_threshold >= 0):
+    if not threshold_ok(args.wkdr_threshold):
         bad.append(f"--wkdr-threshold must be >= 0, got {args.wkdr_threshold:g}")
     if bad:
         raise EvalError("; ".join(bad))

@@ -40,10 +40,20 @@ from ._input import as_bhw, as_mask, check_pair
 WKDR_KEYS: tuple[str, ...] = ("wkdr", "wkdr_eq", "wkdr_neq")
 
 
+def threshold_ok(threshold: float) -> bool:
+    """An ordinal threshold is a finite number >= 0 (NaN passes a "< 0" test and, like inf,
+    calls every pair equal). The one rule for every caller that checks one."""
+    return math.isfinite(threshold) and threshold >= 0
+
+
+def check_threshold(threshold: float) -> None:
+    if not threshold_ok(threshold):
+        raise ValueError(f"ordinal threshold must be a finite number >= 0, got {threshold}")
+
+
 def ordinal_labels(d_a: Tensor, d_b: Tensor, threshold: float) -> Tensor:
     """Ordinal relation of ``d_a`` to ``d_b``: +1 farther, -1 closer, 0 equivalent (int8)."""
-    if not (math.isfinite(threshold) and threshold >= 0):  # NaN would pass "< 0" and call every pair equal
-        raise ValueError(f"ordinal threshold must be a finite number >= 0, got {threshold}")
+    check_threshold(threshold)
     s = 1.0 + threshold
     return (d_a > s * d_b).to(torch.int8) - (d_b > s * d_a).to(torch.int8)
 

@@ -15,13 +15,12 @@ WKDR!= are closest, with the three rates there (``balanced``).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
 from ._input import as_bhw, as_mask, check_pair
-from .ordinal import WKDR_KEYS, ordinal_labels, sample_pairs
+from .ordinal import WKDR_KEYS, ordinal_labels, sample_pairs, threshold_ok
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.005 * i, 3) for i in range(41))  # 0 .. 0.2
 
@@ -31,7 +30,7 @@ def wkdr_sweep_per_image(pred, gt, mask=None, *, thresholds: Sequence[float] = D
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-image rates for every prediction threshold: key -> (B, T) float64, and key -> (B,) bool."""
     ts = [float(t) for t in thresholds]
-    if not ts or any(not (math.isfinite(t) and t >= 0) for t in ts):
+    if not ts or not all(threshold_ok(t) for t in ts):
         raise ValueError(f"thresholds must be a non-empty list of finite numbers >= 0, got {thresholds!r}")
     pred, gt = as_bhw(pred, "pred"), as_bhw(gt, "gt")
     check_pair(pred, gt)
